@@ -1,0 +1,167 @@
+"""Backup estimators: how a parent edge's advantage is made from its children's.
+
+Every estimator here returns *weights*: ``[E]`` non-negative numbers that sum to one over each
+parent's children, and the parent's advantage is ``sum_e w_e A_e`` (method.md section 5). Keeping
+to convex combinations gives every estimator the same checkable contract (bounds, effective
+sample size) and lets the backup log the weights.
+
+Add an estimator in a dozen lines::
+
+    @register_estimator("softmin")
+    @dataclass(frozen=True)
+    class SoftMin(BackupEstimator):
+        beta: float = 1.0
+        invariants = BackupEstimator.invariants | {"logprob_shift"}
+
+        def weights(self, siblings: Siblings) -> Tensor:
+            return siblings.softmax(-siblings.advantage / self.beta)
+
+and check it with :func:`treeadv.testing.check_estimator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from torch import Tensor
+
+from treeadv.errors import EstimatorError
+from treeadv.siblings import Siblings
+
+#: Invariants every convex-weight estimator satisfies; see :mod:`treeadv.testing`.
+UNIVERSAL_INVARIANTS = frozenset(
+    {
+        "leaf_identity",
+        "convex",
+        "ess_bounds",
+        "single_child",
+        "permutation",
+        "tree_locality",
+        "dtype",
+        "device",
+    }
+)
+
+
+class BackupEstimator(ABC):
+    """Base class: turn one level's child edges into per-edge weights.
+
+    Subclasses are small frozen dataclasses whose fields are the estimator's options, and list in
+    ``invariants`` the properties of :mod:`treeadv.testing` they claim, so the test kit checks
+    exactly those.
+    """
+
+    name: ClassVar[str] = ""
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS
+
+    @abstractmethod
+    def weights(self, siblings: Siblings) -> Tensor:
+        """``[E]`` non-negative weights summing to one over each parent's children."""
+
+
+_REGISTRY: dict[str, type[BackupEstimator]] = {}
+EstimatorType = TypeVar("EstimatorType", bound=type[BackupEstimator])
+
+
+def register_estimator(name: str) -> Callable[[EstimatorType], EstimatorType]:
+    """Class decorator: make an estimator available to :func:`treeadv.backup` by ``name``."""
+
+    def register(cls: EstimatorType) -> EstimatorType:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise EstimatorError(f"estimator: the name {name!r} is already registered to {_REGISTRY[name]}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def registered_estimators() -> list[str]:
+    """Names accepted by :func:`make_estimator`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def make_estimator(estimator: str | BackupEstimator, **options: object) -> BackupEstimator:
+    """An estimator instance from a registered name and its options, or the instance itself."""
+    if isinstance(estimator, BackupEstimator):
+        if options:
+            raise EstimatorError(
+                f"options {sorted(options)}: pass options to the estimator's constructor, not with an instance"
+            )
+        return estimator
+    if estimator not in _REGISTRY:
+        raise EstimatorError(
+            f"estimator: unknown name {estimator!r}; registered: {registered_estimators()}"
+        )
+    cls = _REGISTRY[estimator]
+    allowed = sorted(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else []
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise EstimatorError(f"estimator {estimator!r}: unknown options {unknown}; allowed: {allowed}")
+    return cls(**options)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise EstimatorError(f"{name}: expected a finite number > 0, got {value!r}")
+
+
+@register_estimator("logprob_softmax")
+@dataclass(frozen=True)
+class LogProbSoftmax(BackupEstimator):
+    """The paper's backup: ``w_e = softmax_e(l_e / temperature)`` over the children's stored log-probs.
+
+    With mean-reduced log-probs the weights stay soft; a sum over latent dimensions makes them
+    nearly one-hot, which a larger ``temperature`` undoes. ``temperature`` -> inf gives ``mean``.
+    """
+
+    temperature: float = 1.0
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
+
+    def __post_init__(self) -> None:
+        _check_positive("temperature", self.temperature)
+
+    def weights(self, siblings: Siblings) -> Tensor:
+        return siblings.softmax(siblings.log_prob / self.temperature)
+
+
+@register_estimator("mean")
+@dataclass(frozen=True)
+class Mean(BackupEstimator):
+    """Uniform weights: each parent edge gets the plain mean of its children's advantages."""
+
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
+
+    def weights(self, siblings: Siblings) -> Tensor:
+        return 1.0 / siblings.num_siblings
+
+
+@register_estimator("max")
+@dataclass(frozen=True)
+class Max(BackupEstimator):
+    """Optimistic backup: each parent edge takes its best child's advantage (ties share the weight)."""
+
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"positive_affine", "logprob_shift"}
+
+    def weights(self, siblings: Siblings) -> Tensor:
+        best = siblings.broadcast(siblings.max(siblings.advantage))
+        return siblings.normalize((siblings.advantage == best).to(siblings.advantage.dtype))
+
+
+@register_estimator("leaf")
+@dataclass(frozen=True)
+class LeafMean(BackupEstimator):
+    """Trajectory-level credit: each edge gets the mean advantage of the leaves below it.
+
+    The weight of a child is its share of the parent's leaves; on a regular tree this equals ``mean``.
+    """
+
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift"}
+
+    def weights(self, siblings: Siblings) -> Tensor:
+        return siblings.normalize(siblings.leaf_count)

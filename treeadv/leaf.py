@@ -1,0 +1,97 @@
+"""Leaf advantages: rewards normalised within their group (prompt), one reward model at a time.
+
+For reward model ``j`` and the leaves ``l`` of group ``g`` (method.md section 4)::
+
+    A_l^(j) = (r_l^(j) - mean_g r^(j)) / (std_g r^(j) + eps),     A_l = sum_j w_j A_l^(j)
+
+with the population standard deviation. Normalising each reward before weighting keeps a
+reward with a large scale (Aesthetic ~ 6) from drowning one with a small scale (CLIPScore ~ 0.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from treeadv.errors import NonFiniteError
+from treeadv.errors import format_indices as _listed
+
+
+def leaf_advantages(
+    rewards: Tensor,
+    group: Tensor,
+    weights: Tensor | Sequence[float] | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Group-normalised, weighted leaf advantages ``[L]``.
+
+    Args:
+        rewards: ``[L]`` (one reward model) or ``[L, m]`` (one column per reward model), float.
+        group: ``[L]`` integer group (prompt) id of each leaf; ids need not be contiguous.
+        weights: ``[m]`` non-negative weight per reward column; defaults to ``1/m`` each
+            (the paper's HPSv2.1 + CLIPScore run uses ``[0.8, 0.2]``).
+        eps: added to the standard deviation before dividing.
+
+    Edge cases: a group of one leaf, or a group whose rewards are all equal, has zero spread, so
+    its leaves get advantage exactly 0 (no learning signal rather than noise divided by eps).
+    NaN or inf rewards raise :class:`NonFiniteError` naming how many and in which groups, since a
+    single NaN would otherwise poison its whole group.
+
+    The arithmetic runs in the dtype of ``rewards`` (float64 in gives float64 out).
+    """
+    if not isinstance(rewards, Tensor) or not rewards.dtype.is_floating_point:
+        raise TypeError(f"rewards: expected a floating-point tensor [L] or [L, m], got {_describe(rewards)}")
+    if rewards.dim() not in (1, 2):
+        raise ValueError(f"rewards: expected shape [L] or [L, m], got {tuple(rewards.shape)}")
+    columns = rewards if rewards.dim() == 2 else rewards.unsqueeze(1)  # [L, m]
+    num_leaves, num_rewards = columns.shape
+    group = torch.as_tensor(group, device=rewards.device)
+    if group.shape != (num_leaves,) or group.dtype.is_floating_point or group.dtype == torch.bool:
+        raise ValueError(
+            f"group: expected integer ids of shape ({num_leaves},), got {_describe(group)}"
+        )
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    weight_t = _reward_weights(weights, num_rewards, columns)
+
+    bad_rows = (~torch.isfinite(columns)).any(dim=1)
+    if bool(bad_rows.any()):
+        bad_groups = torch.unique(group[bad_rows])
+        raise NonFiniteError(
+            f"rewards: {int((~torch.isfinite(columns)).sum())} NaN/inf values in "
+            f"{bad_groups.numel()} groups (group ids {_listed(bad_groups)}); "
+            "drop or repair those samples before computing advantages"
+        )
+
+    _, slot = torch.unique(group, return_inverse=True)  # [L] in 0..G-1
+    num_groups = int(slot.max()) + 1 if num_leaves else 0
+    count = torch.zeros(num_groups, dtype=columns.dtype, device=columns.device)
+    count.index_add_(0, slot, torch.ones_like(columns[:, 0]))
+    mean = torch.zeros(num_groups, num_rewards, dtype=columns.dtype, device=columns.device)
+    mean.index_add_(0, slot, columns)
+    mean /= count.unsqueeze(1)
+    centred = columns - mean[slot]  # [L, m]
+    variance = torch.zeros_like(mean).index_add_(0, slot, centred.square()) / count.unsqueeze(1)
+    normalised = centred / (variance.sqrt()[slot] + eps)  # [L, m]
+    return normalised @ weight_t
+
+
+def _reward_weights(weights: Tensor | Sequence[float] | None, num_rewards: int, like: Tensor) -> Tensor:
+    if weights is None:
+        return torch.full((num_rewards,), 1.0 / num_rewards, dtype=like.dtype, device=like.device)
+    weight_t = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+    if weight_t.shape != (num_rewards,):
+        raise ValueError(
+            f"weights: expected one weight per reward column ({num_rewards}), got shape {tuple(weight_t.shape)}"
+        )
+    if not bool(torch.isfinite(weight_t).all()) or bool((weight_t < 0).any()):
+        raise ValueError(f"weights: expected finite non-negative values, got {weight_t.tolist()}")
+    return weight_t
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
