@@ -1,0 +1,93 @@
+"""Every registered estimator against every invariant it claims, via the public test kit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given
+
+from treeadv import BackupEstimator, Tree, make_estimator, registered_estimators
+from treeadv.testing import INVARIANTS, InvariantViolation, check_estimator, forest_cases
+
+CLAIMS = [(name, invariant) for name in registered_estimators() for invariant in sorted(make_estimator(name).invariants)]
+
+
+@pytest.mark.parametrize(("estimator", "invariant"), CLAIMS)
+@given(case=forest_cases())
+def test_estimator_keeps_its_invariants(estimator, invariant, case):
+    report = check_estimator(make_estimator(estimator), case.tree, case.leaf_adv, invariants={invariant})
+    assert report[invariant] == "passed" or report[invariant].startswith("skipped: no CUDA")
+
+
+def test_shipped_estimators_claim_what_the_paper_needs():
+    softmax = make_estimator("logprob_softmax").invariants
+    assert {"convex", "permutation", "single_child", "logprob_shift", "affine", "ess_bounds", "equal_logprob_mean"} <= softmax
+    assert "positive_affine" in make_estimator("max").invariants
+    assert "affine" not in make_estimator("max").invariants
+    assert set(INVARIANTS) >= softmax
+
+
+# --- the kit must catch estimators that break a claim -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FirstChild(BackupEstimator):
+    """All weight on the lowest-numbered child: depends on node order."""
+
+    def weights(self, siblings):
+        first = torch.ones_like(siblings.advantage, dtype=torch.bool)
+        first[1:] = siblings.index[1:] != siblings.index[:-1]
+        return siblings.normalize(first.to(siblings.advantage.dtype))
+
+
+@dataclass(frozen=True)
+class Unnormalised(BackupEstimator):
+    def weights(self, siblings):
+        return torch.full_like(siblings.advantage, 0.9)
+
+
+@dataclass(frozen=True)
+class SigmoidOfLogProb(BackupEstimator):
+    def weights(self, siblings):
+        return siblings.normalize(torch.sigmoid(siblings.log_prob))
+
+
+@dataclass(frozen=True)
+class SoftmaxOfAdvantage(BackupEstimator):
+    def weights(self, siblings):
+        return siblings.softmax(siblings.advantage)
+
+
+def _case() -> tuple[Tree, torch.Tensor]:
+    # Root 0 -> {1, 2, 3}, node 1 -> {4, 5}; leaf advantages differ so every check bites.
+    parent = torch.tensor([-1, 0, 0, 0, 1, 1])
+    log_prob = torch.tensor([0.0, 0.3, -0.4, 1.1, -2.0, 0.7], dtype=torch.float64)
+    leaf_adv = torch.tensor([1e6, 1e6, 1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    return Tree.from_parents(parent, log_prob), leaf_adv
+
+
+@pytest.mark.parametrize(
+    ("estimator", "invariant", "message"),
+    [
+        (FirstChild(), "permutation", r"permutation: the advantage after renumbering differs at node"),
+        (Unnormalised(), "convex", r"convex: a weight sum differs at node"),
+        (SigmoidOfLogProb(), "logprob_shift", r"logprob_shift: the advantage after a log-prob shift differs"),
+        (SoftmaxOfAdvantage(), "affine", r"affine: backup\(a\*x\+b\) with a=2.5 differs"),
+        (SigmoidOfLogProb(), "equal_logprob_mean", None),
+    ],
+)
+def test_kit_catches_a_broken_claim(estimator, invariant, message):
+    tree, leaf_adv = _case()
+    if message is None:  # sigmoid of equal log-probs is uniform: that claim legitimately holds
+        assert check_estimator(estimator, tree, leaf_adv, invariants={invariant}) == {invariant: "passed"}
+        return
+    with pytest.raises(InvariantViolation, match=message):
+        check_estimator(estimator, tree, leaf_adv, invariants={invariant})
+
+
+def test_unknown_invariant_names_are_listed():
+    tree, leaf_adv = _case()
+    with pytest.raises(ValueError, match=r"invariants: unknown names \['monotone'\]; known: \["):
+        check_estimator(make_estimator("mean"), tree, leaf_adv, invariants={"monotone"})
