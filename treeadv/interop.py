@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from treeadv.errors import TreeError
 from treeadv.tree import Tree
 
 _STRUCTURE_KEYS = ("log_prob", "depth", "group")

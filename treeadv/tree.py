@@ -20,6 +20,7 @@ from torch import Tensor
 from treeadv.errors import NonFiniteError, TreeError
 from treeadv.errors import format_indices as _listed
 
+
 def _as_index_tensor(value: Tensor | Sequence[int], name: str, device: torch.device | None) -> Tensor:
     tensor = torch.as_tensor(value, device=device)
     if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.dtype.is_complex:

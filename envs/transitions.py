@@ -1,0 +1,186 @@
+"""Transitions: one denoising step as an ODE update or a Gaussian SDE update with its log-prob.
+
+A transition turns ``(x, model_output, step)`` into the next latent. The SDE update returns the
+behaviour log-prob of what it sampled; :meth:`Transition.log_prob` re-scores a stored sample under
+a new model output, which is all a policy-gradient loss needs. Steps are ``[B]`` integer tensors,
+so one call serves a frontier whose nodes sit at different steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+from treegrpo.envs import gaussian
+from treegrpo.envs._checks import check_float
+from treegrpo.envs.gaussian import Reduction
+from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
+
+Prediction = Literal["velocity", "epsilon"]
+
+
+def as_steps(step: Tensor | int, batch: int, device: torch.device) -> Tensor:
+    """A ``[B]`` int64 step tensor from an int or a tensor."""
+    step = torch.as_tensor(step, dtype=torch.long, device=device)
+    return step.expand(batch) if step.dim() == 0 else step
+
+
+class Transition(ABC):
+    """A Gaussian denoising step ``x_next ~ N(mean(x, pred, step), std(step)^2)`` and its ODE limit.
+
+    Subclasses implement :meth:`mean_std` and :meth:`ode_step`; sampling and scoring are shared.
+    ``reduce`` sets how per-dimension log-densities become one log-prob per sample (see
+    :func:`treegrpo.envs.gaussian.gaussian_log_prob`).
+    """
+
+    prediction: ClassVar[Prediction]
+    noise_attribute: ClassVar[str]  # the field that scales the injected noise
+
+    def __init__(self, reduce: Reduction = "mean") -> None:
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce: expected 'mean' or 'sum', got {reduce!r}")
+        self.reduce: Reduction = reduce
+
+    @property
+    @abstractmethod
+    def num_steps(self) -> int:
+        """``T``, the number of denoising steps."""
+
+    @abstractmethod
+    def model_time(self, step: Tensor) -> Tensor:
+        """The timestep value the denoiser receives at each of ``[B]`` steps."""
+
+    @abstractmethod
+    def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std of the SDE transition (float32 or float64)."""
+
+    @abstractmethod
+    def ode_step(self, x: Tensor, model_output: Tensor, step: Tensor) -> Tensor:
+        """The deterministic update (Euler for flow, DDIM eta=0)."""
+
+    def deterministic(self) -> Transition:
+        """A copy with zero noise: its SDE step is this transition's ODE limit (a self-check)."""
+        twin = copy.copy(self)
+        setattr(twin, self.noise_attribute, 0.0)
+        return twin
+
+    def sde_step(
+        self,
+        x: Tensor,
+        model_output: Tensor,
+        step: Tensor | int,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Sample the next latent; returns ``(x_next, log_prob)`` with ``log_prob`` ``[B]``."""
+        mean, std = self.mean_std(x, model_output, as_steps(step, x.shape[0], x.device))
+        x_next, _ = gaussian.sample_gaussian(mean, std, noise, generator)
+        return x_next, gaussian.gaussian_log_prob(x_next, mean, std, self.reduce)
+
+    def log_prob(self, x_next: Tensor, x: Tensor, model_output: Tensor, step: Tensor | int) -> Tensor:
+        """Log-prob ``[B]`` of a stored ``x_next`` given ``x`` and a (possibly new) model output."""
+        mean, std = self.mean_std(x, model_output, as_steps(step, x.shape[0], x.device))
+        return gaussian.gaussian_log_prob(x_next, mean, std, self.reduce)
+
+
+class _FlowTransition(Transition):
+    prediction = "velocity"
+
+    def __init__(self, timesteps: FlowTimesteps, reduce: Reduction = "mean") -> None:
+        super().__init__(reduce)
+        self.timesteps = timesteps
+
+    @classmethod
+    def from_scheduler(cls, scheduler, num_steps: int, *args, **kwargs):
+        """Build from a ``FlowMatchEulerDiscreteScheduler`` and a step count."""
+        return cls(FlowTimesteps.from_scheduler(scheduler, num_steps), *args, **kwargs)
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.num_steps
+
+    def model_time(self, step: Tensor) -> Tensor:
+        return self.timesteps.model_times.to(step.device)[step]
+
+    def ode_step(self, x: Tensor, model_output: Tensor, step: Tensor | int) -> Tensor:
+        t, t_next = self.timesteps.times(as_steps(step, x.shape[0], x.device))
+        return gaussian.flow_euler_step(x, model_output, t, t_next)
+
+
+class FlowSDE(_FlowTransition):
+    """Flow-GRPO's marginal-preserving SDE, ``sigma_t = a sqrt(t / (1 - t))`` (the default)."""
+
+    noise_attribute = "noise_level"
+
+    def __init__(self, timesteps: FlowTimesteps, noise_level: float = 0.7, reduce: Reduction = "mean") -> None:
+        super().__init__(timesteps, reduce)
+        self.noise_level = check_float("noise_level", noise_level, low=0.0)
+
+    def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        t, t_next = self.timesteps.times(step)
+        return gaussian.flow_sde_mean_std(x, model_output, t, t_next, self.noise_level)
+
+
+class DanceSDE(_FlowTransition):
+    """DanceGRPO's constant-noise SDE: same drift with ``g = eta``, ``std = eta sqrt(-dt)``."""
+
+    noise_attribute = "eta"
+
+    def __init__(self, timesteps: FlowTimesteps, eta: float = 0.3, reduce: Reduction = "mean") -> None:
+        super().__init__(timesteps, reduce)
+        self.eta = check_float("eta", eta, low=0.0)
+
+    def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        t, t_next = self.timesteps.times(step)
+        return gaussian.dance_sde_mean_std(x, model_output, t, t_next, self.eta)
+
+
+class FlowCPS(_FlowTransition):
+    """Flow-GRPO's coefficient-preserving sampler, ``std = t_next sin(a pi / 2)``."""
+
+    noise_attribute = "noise_level"
+
+    def __init__(self, timesteps: FlowTimesteps, noise_level: float = 0.7, reduce: Reduction = "mean") -> None:
+        super().__init__(timesteps, reduce)
+        self.noise_level = check_float("noise_level", noise_level, low=0.0, high=1.0)
+
+    def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        t, t_next = self.timesteps.times(step)
+        return gaussian.flow_cps_mean_std(x, model_output, t, t_next, self.noise_level)
+
+
+class DDIM(Transition):
+    """DDIM with stochasticity ``eta`` for epsilon-prediction diffusion (DDPO's sampler)."""
+
+    noise_attribute = "eta"
+
+    prediction = "epsilon"
+
+    def __init__(self, timesteps: DDIMTimesteps, eta: float = 1.0, reduce: Reduction = "mean") -> None:
+        super().__init__(reduce)
+        self.timesteps = timesteps
+        self.eta = check_float("eta", eta, low=0.0)
+
+    @classmethod
+    def from_scheduler(cls, scheduler, num_steps: int, *args, **kwargs) -> DDIM:
+        """Build from a ``DDIMScheduler`` and a step count."""
+        return cls(DDIMTimesteps.from_scheduler(scheduler, num_steps), *args, **kwargs)
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.num_steps
+
+    def model_time(self, step: Tensor) -> Tensor:
+        return self.timesteps.model_times.to(step.device)[step]
+
+    def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
+        alpha_bar, alpha_bar_prev = self.timesteps.alphas(step)
+        return gaussian.ddim_mean_std(x, model_output, alpha_bar, alpha_bar_prev, self.eta)
+
+    def ode_step(self, x: Tensor, model_output: Tensor, step: Tensor | int) -> Tensor:
+        alpha_bar, alpha_bar_prev = self.timesteps.alphas(as_steps(step, x.shape[0], x.device))
+        mean, _ = gaussian.ddim_mean_std(x, model_output, alpha_bar, alpha_bar_prev, 0.0)
+        return mean
