@@ -1,5 +1,84 @@
-"""``treegrpo.envs``: denoising wrapped as TorchRL environments, transitions and tree samplers.
+"""treegrpo.envs: denoising models, stochastic transitions, window schedules and samplers.
 
-Installed as ``treegrpo.envs`` (the folder is ``envs/`` at the repository root). Samplers hand out
-:class:`treeadv.Tree` forests; nothing here computes losses. Contents arrive with the envs issue.
+Importable as ``treegrpo.envs`` (the source lives in the top-level ``envs/`` folder).
+Samplers return :class:`treeadv.Tree` forests whose edges are SDE steps, the one format every
+loss in :mod:`treegrpo.algos` reads; :class:`DenoisingEnv` is the TorchRL-native path.
 """
+
+from __future__ import annotations
+
+from treegrpo.envs.analytic import GaussianData
+from treegrpo.envs.edges import (
+    OnPolicyError,
+    check_ode_limit,
+    check_on_policy,
+    edge_log_probs,
+    importance_ratios,
+    tree_edges,
+)
+from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy
+from treegrpo.envs.gaussian import (
+    dance_sde_mean_std,
+    ddim_mean_std,
+    flow_cps_mean_std,
+    flow_euler_step,
+    flow_sde_mean_std,
+    flow_sde_step,
+    gaussian_log_prob,
+)
+from treegrpo.envs.models import CallableDenoiser, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
+from treegrpo.envs.sampler import Rollout, TrajectorySampler, TreeSampler, sample_forest, tree_nfe
+from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
+from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition
+from treegrpo.envs.windows import (
+    AdaptiveGeometricWindow,
+    FixedWindow,
+    GeometricWindow,
+    ShiftingWindow,
+    WindowSchedule,
+    reward_progress_rule,
+    truncated_geometric_probs,
+)
+
+__all__ = [
+    "AdaptiveGeometricWindow",
+    "CallableDenoiser",
+    "DDIM",
+    "DDIMTimesteps",
+    "DanceSDE",
+    "Denoiser",
+    "DenoisingEnv",
+    "DenoisingPolicy",
+    "FixedWindow",
+    "FlowCPS",
+    "FlowSDE",
+    "FlowTimesteps",
+    "GaussianData",
+    "GeometricWindow",
+    "GuidedDenoiser",
+    "OnPolicyError",
+    "Rollout",
+    "SD3Denoiser",
+    "ShiftingWindow",
+    "TrajectorySampler",
+    "Transition",
+    "TreeSampler",
+    "UNetDenoiser",
+    "WindowSchedule",
+    "check_ode_limit",
+    "check_on_policy",
+    "dance_sde_mean_std",
+    "ddim_mean_std",
+    "edge_log_probs",
+    "flow_cps_mean_std",
+    "flow_euler_step",
+    "flow_sde_mean_std",
+    "flow_sde_step",
+    "gaussian_log_prob",
+    "importance_ratios",
+    "reward_progress_rule",
+    "sample_forest",
+    "tree_edges",
+    "tree_nfe",
+    "truncated_geometric_probs",
+]
