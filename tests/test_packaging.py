@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
-import treeadv
+import pytest
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,8 +37,10 @@ def test_treeadv_imports_only_torch_and_tensordict(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_every_public_name_has_a_docstring():
-    missing = [name for name in treeadv.__all__ if not (getattr(treeadv, name).__doc__ or "").strip()]
+@pytest.mark.parametrize("module", ["treeadv", "treegrpo.envs"])
+def test_every_public_name_has_a_docstring(module):
+    package = importlib.import_module(module)
+    missing = [name for name in package.__all__ if not (getattr(package, name).__doc__ or "").strip()]
     assert not missing
 
 
