@@ -95,6 +95,7 @@ def evaluate(
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
+@torch.no_grad()
 def sample_forest(
     model: Denoiser,
     transition: Transition,
@@ -122,6 +123,8 @@ def sample_forest(
         noise: initial noise ``[num_prompts * trees_per_prompt, *latent_shape]`` (prompt-major);
             drawn from ``generator`` if omitted, which then needs ``latent_shape``.
         max_batch: most rows per model call (``None``: the whole frontier).
+
+    Runs without gradients: behaviour samples are data; losses re-score them with gradients.
     """
     num_steps = transition.num_steps
     steps = _check_sde_steps(sde_steps, num_steps)
