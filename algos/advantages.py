@@ -1,0 +1,110 @@
+"""From leaf rewards to per-edge advantages, the way each algorithm defines them.
+
+:class:`GroupAdvantage` is the GRPO family (TreeGRPO, Flow-GRPO, DanceGRPO, MixGRPO): normalise
+within the prompt's group of leaves, then back up the tree with a :mod:`treeadv` estimator (the
+``leaf`` estimator gives every edge its trajectory's advantage). :class:`PerPromptStatTracker` is
+DDPO's: normalise by running statistics of each prompt across iterations.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import treeadv
+from treeadv import Tree
+
+
+def combine_rewards(rewards: Tensor, weights: Sequence[float] | None) -> Tensor:
+    """``[L]`` from ``[L]`` or ``[L, m]`` raw rewards: the weighted sum (equal weights by default)."""
+    if rewards.dim() == 1:
+        return rewards
+    w = torch.full((rewards.shape[1],), 1 / rewards.shape[1]) if not weights else torch.as_tensor(weights)
+    if w.numel() != rewards.shape[1]:
+        raise ValueError(f"reward_weights: expected {rewards.shape[1]} weights, got {w.numel()}")
+    return rewards @ w.to(rewards)
+
+
+def clip_advantages(advantage: Tensor, limit: float | None) -> Tensor:
+    """Clamp to ``[-limit, limit]`` (peers use 5); ``None`` or 0 leaves them as they are."""
+    return advantage.clamp(-limit, limit) if limit else advantage
+
+
+class GroupAdvantage:
+    """Group-normalised leaf advantages (per reward, then weighted) backed up by ``estimator``."""
+
+    def __init__(
+        self,
+        estimator: str | treeadv.BackupEstimator = "logprob_softmax",
+        *,
+        reward_weights: Sequence[float] | None = None,
+        eps: float = 1e-6,
+        **options: Any,
+    ) -> None:
+        self.estimator = treeadv.make_estimator(estimator, **options) if isinstance(estimator, str) else estimator
+        self.reward_weights = list(reward_weights) if reward_weights else None
+        self.eps = eps
+
+    def __call__(self, tree: Tree, rewards: Tensor, prompt_ids: Tensor | None = None) -> treeadv.BackupResult:
+        """``[N]`` edge advantages (and backup weights) from ``[L]``/``[L, m]`` rewards in leaf order."""
+        group = tree.group[tree.leaves()]
+        leaf = treeadv.leaf_advantages(rewards, group, weights=self.reward_weights, eps=self.eps)
+        return treeadv.backup_with_weights(tree, tree.scatter_leaves(leaf), self.estimator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class PerPromptStatTracker:
+    """DDPO's advantage: ``(r - mean_p) / (std_p + eps)`` over the last ``buffer_size`` rewards of
+    prompt ``p``, falling back to the batch's statistics until ``min_count`` rewards are seen.
+
+    The tracker's buffers are part of the training state and go into checkpoints.
+    """
+
+    def __init__(self, buffer_size: int = 32, min_count: int = 16, *, reward_weights: Sequence[float] | None = None,
+                 eps: float = 1e-6, estimator: str = "leaf") -> None:
+        if buffer_size < 1 or min_count < 1:
+            raise ValueError(f"buffer_size/min_count: expected ints >= 1, got {buffer_size}, {min_count}")
+        self.buffer_size, self.min_count, self.eps = buffer_size, min_count, eps
+        self.reward_weights = list(reward_weights) if reward_weights else None
+        self.estimator = treeadv.make_estimator(estimator)
+        self.buffers: dict[int, deque[float]] = {}
+
+    def update(self, prompt_ids: Tensor, rewards: Tensor) -> Tensor:
+        """Record ``[L]`` rewards under their prompts and return their ``[L]`` advantages."""
+        values = rewards.detach().to(torch.float64).cpu()
+        ids = prompt_ids.cpu().tolist()
+        advantage = torch.empty_like(values)
+        batch_mean, batch_std = values.mean(), values.std(unbiased=False)
+        for prompt in sorted(set(ids)):
+            rows = torch.tensor([i for i, p in enumerate(ids) if p == prompt])
+            buffer = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
+            buffer.extend(values[rows].tolist())
+            if len(buffer) < self.min_count:
+                mean, std = batch_mean, batch_std
+            else:
+                history = torch.tensor(list(buffer), dtype=torch.float64)
+                mean, std = history.mean(), history.std(unbiased=False)
+            advantage[rows] = (values[rows] - mean) / (std + self.eps)
+        return advantage.to(rewards.dtype).to(rewards.device)
+
+    def __call__(self, tree: Tree, rewards: Tensor, prompt_ids: Tensor | None = None) -> treeadv.BackupResult:
+        """``[N]`` edge advantages: tracker-normalised leaves, each edge taking its subtree's leaves."""
+        if prompt_ids is None:
+            raise ValueError("prompt_ids: the per-prompt tracker needs each leaf's prompt id")
+        leaf = self.update(prompt_ids, combine_rewards(rewards, self.reward_weights))
+        return treeadv.backup_with_weights(tree, tree.scatter_leaves(leaf), self.estimator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffers": {int(k): list(v) for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.buffers = {int(k): deque(v, maxlen=self.buffer_size) for k, v in state["buffers"].items()}
