@@ -1,0 +1,414 @@
+"""One trainer for every algorithm: sample, reward, advantages, clipped updates, checkpoint.
+
+Each iteration: draw prompts; sample a forest (no grad) with the current policy, which is the
+behaviour policy of this iteration; score the leaves; turn rewards into per-edge advantages; run
+``inner_epochs`` passes over shuffled minibatches of parents (one policy forward per parent serves
+all its child edges); log; checkpoint. All randomness flows from named generators that go into
+checkpoints, so a resumed run continues bit for bit (on CPU with ``train.deterministic``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor, nn
+from treegrpo.algos.advantages import clip_advantages
+from treegrpo.algos.batch import count_edges, parent_batch, select_steps
+from treegrpo.algos.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from treegrpo.algos.config import Config
+from treegrpo.algos.losses import EdgeLoss, total_loss
+from treegrpo.algos.problem import Problem
+from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
+from treegrpo.envs import TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
+from treegrpo.envs.sampler import gather_cond
+
+import treeadv
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A reward, advantage, loss or gradient was NaN or inf; the last good state was saved."""
+
+
+class EMA:
+    """Exponential moving average of the trained parameters (kept on their device)."""
+
+    def __init__(self, named_params: dict[str, nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.params = named_params
+        self.shadow = {name: p.detach().clone() for name, p in named_params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, p in self.params.items():
+            self.shadow[name].lerp_(p.detach(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {name: t.clone() for name, t in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, t in state.items():
+            self.shadow[name].copy_(t)
+
+
+@dataclass
+class IterationStats:
+    """Per-iteration accounting and diagnostics, the counters benchmarks read."""
+
+    iteration: int
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Train ``problem.model`` with the algorithm ``config.loss.algorithm`` (or the objects given).
+
+    ``sampler``, ``advantage`` and ``loss`` override the recipe's choices: passing
+    ``loss=ReinforceLoss(model, transition)`` is the one-line swap of the objective.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        config: Config,
+        *,
+        sampler: TreeSampler | TrajectorySampler | None = None,
+        advantage: Any = None,
+        loss: EdgeLoss | None = None,
+        reference: nn.Module | str | None = None,
+    ) -> None:
+        self.problem, self.config = problem, config.validate()
+        train = config.train
+        if train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(train.seed)
+        self.generators = {
+            name: torch.Generator().manual_seed(train.seed * 7919 + offset)
+            for offset, name in enumerate(("prompts", "sample", "shuffle"))
+        }
+        self.model = problem.model
+        if reference is None and config.loss.kl_coef > 0:
+            reference = _frozen_copy(self.model)
+        self.sampler = sampler or build_sampler(config, problem)
+        self.advantage = advantage or build_advantage(config)
+        self.loss = loss or build_loss(config, problem, reference)
+        self.named_params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        if not self.named_params:
+            raise ValueError("model: has no parameters with requires_grad=True to train")
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.named_params.values(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                           eps=o.eps, weight_decay=o.weight_decay)
+        warmup = o.warmup_iterations
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0)
+        self.ema = EMA(self.named_params, train.ema_decay) if train.ema_decay > 0 else None
+        self.run_dir = Path(train.out_dir)
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+        self._writer = None
+        if train.resume:
+            self.resume()
+
+    # ------------------------------------------------------------------ state
+    def window(self) -> WindowSchedule | None:
+        """The sampler's window schedule, if it has one."""
+        schedule = getattr(self.sampler, "window", None) or getattr(self.sampler, "sde_steps", None)
+        return schedule if isinstance(schedule, WindowSchedule) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything except the weights that a resumed run needs to continue exactly."""
+        window = self.window()
+        return {
+            "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": capture_rng(self.generators),
+            "window": window.state_dict() if window else {},
+            "advantage": self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {},
+            "history": self.history,
+            "config": self.config.to_dict(),
+        }
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current state (atomically)."""
+        return save_checkpoint(self.run_dir, self.iteration, self.named_params, self.state_dict(),
+                               keep=self.config.train.keep_checkpoints)
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load ``path`` or the run's latest checkpoint; returns ``False`` if there is none."""
+        path = Path(path) if path else latest_checkpoint(self.run_dir)
+        if path is None:
+            return False
+        weights, state = load_checkpoint(path)
+        missing = sorted(set(self.named_params) - set(weights))
+        if missing:
+            raise ValueError(f"checkpoint: {path} lacks trained parameters {missing[:3]}")
+        with torch.no_grad():
+            for name, p in self.named_params.items():
+                p.copy_(weights[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        restore_rng(state["rng"], self.generators)
+        window = self.window()
+        if window and state["window"]:
+            window.load_state_dict(state["window"])
+        if hasattr(self.advantage, "load_state_dict"):
+            self.advantage.load_state_dict(state["advantage"])
+        self.iteration, self.history = state["iteration"], list(state["history"])
+        return True
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self) -> dict[str, float]:
+        """Run one iteration and return its metrics."""
+        it, cfg = self.iteration, self.config
+        start = time.perf_counter()
+        cond, prompt_ids = self.problem.prompts(it, self.generators["prompts"])
+        was_training = self.model.training
+        self.model.eval()
+        rollout = self.sampler.sample(cond, epoch=it, latent_shape=self.problem.latent_shape,
+                                      num_prompts=int(prompt_ids.shape[0]), generator=self.generators["sample"])
+        self.model.train(was_training)
+        tree = rollout.tree
+        leaf_prompts = prompt_ids[rollout.leaf_cond_index]
+        with torch.no_grad():
+            rewards = self.problem.reward(rollout.final, leaf_prompts)
+        self._guard(rewards, "reward")
+        result = self.advantage(tree, rewards, leaf_prompts)
+        advantage = clip_advantages(result.advantage, cfg.loss.adv_clip)
+        self._guard(advantage, "advantage")
+        batch = select_steps(parent_batch(tree, advantage), cfg.loss.timestep_fraction, self.generators["shuffle"])
+        counters = {"nfe_sampled": float(rollout.nfe), "images": float(rollout.final.shape[0])}
+        if cfg.train.check_on_policy:
+            check_on_policy(rollout, self.model, self.problem.transition, cond, max_batch=cfg.sampling.max_batch or None)
+            counters["forward_rows_check"] = float((~tree.is_leaf).sum())
+        terms = self._optimise(batch, cond, counters)
+        window = self.window()
+        reward_mean = float(rewards.mean())
+        if window is not None:
+            window.update(mean_reward=reward_mean)
+        elapsed = time.perf_counter() - start
+        metrics = {
+            "iteration": float(it),
+            "reward_mean": reward_mean,
+            "reward_std": float(rewards.std(unbiased=False)),
+            **self._reward_columns(rewards),
+            **terms,
+            **counters,
+            **self._advantage_by_depth(tree, result),
+            "window_start": float(rollout.sde_steps[0]) if rollout.sde_steps else -1.0,
+            "seconds": elapsed,
+            "images_per_second": rollout.final.shape[0] / elapsed,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        self.iteration += 1
+        self.history.append({k: v for k, v in metrics.items() if "/" not in k})
+        return metrics
+
+    def _optimise(self, batch: TensorDictBase, cond: Any, counters: dict[str, float]) -> dict[str, float]:
+        cfg = self.config
+        sums: dict[str, float] = {}
+        per_step: dict[int, list[Tensor]] = {}
+        accumulation, updates, micro = cfg.optim.grad_accumulation, 0, 0
+        counters.update(edges_trained=0.0, forward_rows=0.0, backward_rows=0.0, optimizer_steps=0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(cfg.train.inner_epochs):
+            for minibatch in self._minibatches(batch, cond):
+                with self._autocast():
+                    terms = self.loss(minibatch)
+                loss = total_loss(terms)
+                self._guard(loss.detach(), "loss")
+                (loss / accumulation).backward()
+                micro += 1
+                rows = float(minibatch.batch_size[0])
+                counters["forward_rows"] += rows
+                counters["backward_rows"] += rows
+                counters["edges_trained"] += float(count_edges(minibatch))
+                for key, value in terms.items():
+                    if value.dim() == 0:
+                        sums[key] = sums.get(key, 0.0) + float(value.detach())
+                log_ratio = terms["log_ratio"]
+                for step in torch.unique(minibatch["step"]).tolist():
+                    rows_at = minibatch["step"] == step
+                    per_step.setdefault(step, []).append(log_ratio[rows_at][minibatch["mask"][rows_at]])
+                if micro % accumulation == 0:
+                    self._apply_update()
+                    updates += 1
+        if micro % accumulation:
+            self._apply_update()
+            updates += 1
+        counters["optimizer_steps"] = float(updates)
+        self.scheduler.step()
+        out = {key: value / max(micro, 1) for key, value in sums.items()}
+        out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
+        for step, chunks in sorted(per_step.items()):
+            ratio = torch.exp(torch.cat(chunks).double())
+            out[f"ratio_mean/step_{step}"] = float(ratio.mean())
+            out[f"ratio_std/step_{step}"] = float(ratio.std(unbiased=False)) if ratio.numel() > 1 else 0.0
+        return out
+
+    def _apply_update(self) -> None:
+        params = list(self.named_params.values())
+        clip = self.config.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        self._guard(norm, "gradient norm")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update()
+
+    def _minibatches(self, batch: TensorDictBase, cond: Any) -> Iterator[TensorDictBase]:
+        size = self.config.train.minibatch_parents
+        order = torch.randperm(batch.batch_size[0], generator=self.generators["shuffle"])
+        for lo in range(0, order.numel(), size):
+            minibatch = batch[order[lo: lo + size]]
+            if cond is not None:
+                rows = gather_cond(cond, minibatch["cond_index"])
+                minibatch = minibatch.clone(False)
+                minibatch.set("cond", rows)
+            yield minibatch
+
+    def _autocast(self):
+        if self.config.train.precision != "bf16":
+            return nullcontext()
+        device = next(iter(self.named_params.values())).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+    def _guard(self, value: Tensor, name: str) -> None:
+        if bool(torch.isfinite(value).all()):
+            return
+        bad = int((~torch.isfinite(value)).sum())
+        self.optimizer.zero_grad(set_to_none=True)
+        saved = self.save()
+        raise NonFiniteTrainingError(
+            f"iteration {self.iteration}: {name} is not finite ({bad} of {value.numel()} values); "
+            f"the last good state is in {saved}"
+        )
+
+    def _reward_columns(self, rewards: Tensor) -> dict[str, float]:
+        if rewards.dim() == 1:
+            return {}
+        names = list(self.problem.reward_names) + [f"reward_{j}" for j in range(len(self.problem.reward_names), rewards.shape[1])]
+        return {f"reward/{names[j]}": float(rewards[:, j].mean()) for j in range(rewards.shape[1])}
+
+    @staticmethod
+    def _advantage_by_depth(tree: treeadv.Tree, result: treeadv.BackupResult) -> dict[str, float]:
+        table = treeadv.depth_diagnostics(tree, result)
+        out = {}
+        for depth in range(1, table.batch_size[0]):
+            out[f"advantage_mean/depth_{depth}"] = float(table["advantage_mean"][depth])
+            out[f"advantage_std/depth_{depth}"] = float(table["advantage_std"][depth])
+            out[f"ess_mean/depth_{depth - 1}"] = float(table["ess_mean"][depth - 1])
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, iterations: int | None = None, *, progress: bool = True) -> list[dict[str, float]]:
+        """Run until ``train.iterations`` (or ``iterations`` more); logs, grids and checkpoints as configured."""
+        from tqdm.auto import tqdm
+
+        train = self.config.train
+        stop = train.iterations if iterations is None else self.iteration + iterations
+        bar = tqdm(total=stop, initial=self.iteration, disable=not progress, desc=self.config.loss.algorithm)
+        try:
+            while self.iteration < stop:
+                metrics = self.step()
+                self._log(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3g}",
+                                clip=f"{metrics.get('clip_fraction', 0.0):.2f}", kl=f"{metrics['approx_kl']:.2g}",
+                                img_s=f"{metrics['images_per_second']:.1f}")
+                if self.iteration % train.sample_every == 0:
+                    self.save_grid()
+                if self.iteration % train.checkpoint_every == 0 or self.iteration == stop:
+                    self.save()
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+        return self.history
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.iteration % self.config.train.log_every:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in metrics.items():
+            if key != "iteration":
+                self._writer.add_scalar(key, value, int(metrics["iteration"]))
+
+    @torch.no_grad()
+    def save_grid(self, name: str | None = None, num_prompts: int = 4) -> Path | None:
+        """Save a PNG grid of fresh ODE samples (one row per prompt), if the problem can decode images."""
+        if self.problem.decode is None:
+            return None
+        from torchvision.utils import save_image
+        from treegrpo.envs import sample_forest
+
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        cond, _ = self.problem.prompts(0, torch.Generator().manual_seed(self.config.train.seed))
+        prompts = min(num_prompts, int(cond.shape[0]))
+        rollout = sample_forest(self.model, self.problem.transition, gather_cond(cond, torch.arange(prompts)),
+                                sde_steps=(), branching=(), trees_per_prompt=8, latent_shape=self.problem.latent_shape,
+                                num_prompts=prompts, generator=generator)
+        images = self.problem.decode(rollout.final).clamp(0, 1)
+        path = self.run_dir / "samples" / (name or f"iter-{self.iteration:06d}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, path, nrow=8)
+        return path
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+def run(config: Config) -> list[dict[str, float]]:
+    """Entry point of ``treegrpo train``: build the configured problem and train it."""
+    return Trainer(build_problem(config), config).fit()
+
+
+def build_problem(config: Config) -> Problem:
+    """The problem named by ``model.kind``."""
+    from treegrpo.algos.problem import toy2d_problem
+
+    kind = config.model.kind
+    if kind == "toy2d":
+        return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
+                             prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
+    raise ValueError(f"model.kind: {kind!r} is not available yet; available: 'toy2d'")
+
+
+@torch.no_grad()
+def evaluate(config: Config, checkpoint: str | Path | None = None, num_iterations: int = 4) -> dict[str, float]:
+    """Entry point of ``treegrpo eval``: mean reward of ODE samples, from a checkpoint if given."""
+    from treegrpo.envs import sample_forest
+
+    problem = build_problem(config)
+    trainer = Trainer(problem, config)
+    if checkpoint is not None or latest_checkpoint(trainer.run_dir) is not None:
+        trainer.resume(checkpoint)
+    generator = torch.Generator().manual_seed(config.train.seed + 1)
+    rewards = []
+    for it in range(num_iterations):
+        cond, prompt_ids = problem.prompts(it, generator)
+        rollout = sample_forest(problem.model, problem.transition, cond, sde_steps=(), branching=(),
+                                trees_per_prompt=config.sampling.group_size, latent_shape=problem.latent_shape,
+                                generator=generator, num_prompts=int(prompt_ids.shape[0]))
+        rewards.append(problem.reward(rollout.final, prompt_ids[rollout.leaf_cond_index]))
+    scores = torch.cat(rewards)
+    result = {"iteration": float(trainer.iteration), "reward_mean": float(scores.mean()),
+              "reward_std": float(scores.std(unbiased=False))}
+    print("  ".join(f"{k}={v:.4g}" for k, v in result.items()))
+    return result
