@@ -1,0 +1,168 @@
+"""The ``treegrpo`` console command: ``train``, ``eval`` and ``bench``.
+
+Every subcommand takes ``--config PATH`` (TOML), one flag per configuration field generated from
+the dataclasses in :mod:`treegrpo.algos.config` (``--sampling.num_steps 20``, ``--train.resume`` /
+``--no-train.resume``, lists comma-separated) and repeatable ``--set section.field=value``.
+Precedence: defaults < TOML file < ``--set`` < per-field flags. ``--print-config`` prints the
+resolved configuration as TOML and exits without running anything.
+
+    treegrpo train --config run.toml --loss.algorithm grpo --train.iterations 50
+    treegrpo eval --config run.toml --checkpoint runs/treegrpo/ckpt-100
+    treegrpo bench --name backup_speed -- --sizes 1000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+from treegrpo.algos.config import Config, ConfigError, Option, options
+
+__all__ = ["build_parser", "main", "resolve_config"]
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+PROG = "treegrpo"
+
+
+def _default_text(option: Option) -> str:
+    """How a default reads in help: lists comma-separated, empty values as ''."""
+    value = option.default
+    if isinstance(value, list):
+        value = ",".join(str(item) for item in value)
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return str(value) if value != "" else "''"
+
+
+def _metavar(option: Option) -> str:
+    """A short placeholder for the option's value, the choices where there are some."""
+    if option.choices:
+        return "{" + ",".join(option.choices) + "}"
+    return {"int": "N", "float": "X", "str": "STR", "list[float]": "X,X", "list[str]": "STR,STR"}[option.kind]
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--set``, ``--print-config`` and one flag per config field.
+
+    Every default is SUPPRESS, so the namespace holds only what was given (precedence stays with
+    the resolver), and values stay strings so bad ones fail as one-line ConfigErrors, not argparse errors.
+    """
+    parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML file of [section] tables")
+    parser.add_argument(
+        "--set", metavar="SECTION.FIELD=VALUE", action="append", default=argparse.SUPPRESS, dest="set",
+        help="override any field (repeatable); per-field flags win over --set",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", default=argparse.SUPPRESS,
+        help="print the resolved configuration as TOML and exit",
+    )
+    for section in dict.fromkeys(option.section for option in options()):
+        group = parser.add_argument_group(f"[{section}] options")
+        for option in (option for option in options() if option.section == section):
+            _add_field(group, option)
+
+
+def _add_field(group: Any, option: Option) -> None:
+    """One flag for one field; bools get ``--no-`` forms."""
+    flag, dest = f"--{option.section}.{option.name}", f"{option.section}.{option.name}"
+    text = f"{option.help} (default: {_default_text(option)})".replace("%", "%%")
+    if option.kind == "bool":
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+    else:
+        group.add_argument(flag, dest=dest, metavar=_metavar(option), default=argparse.SUPPRESS, help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``treegrpo`` parser; the config options are on it and on every subcommand."""
+    parser = argparse.ArgumentParser(prog=PROG, description="RL post-training of diffusion/flow models (TreeGRPO).")
+    _add_config_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench}")
+    train = commands.add_parser("train", help="train with the resolved config")
+    _add_config_options(train)
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
+    _add_config_options(evaluate)
+    evaluate.add_argument(
+        "--checkpoint", metavar="PATH", default=None, help="checkpoint to evaluate (default: latest in train.out_dir)"
+    )
+    bench = commands.add_parser("bench", help="run benchmarks/<name>.py; arguments after -- go to the script")
+    _add_config_options(bench)
+    bench.add_argument("--name", default="backup_speed", help="benchmark script name (default: backup_speed)")
+    bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the benchmark script, after --")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Defaults, then the TOML file, then ``--set``, then per-field flags; validated."""
+    given = vars(args)
+    config = Config.from_toml(given["config"]) if "config" in given else Config().validate()
+    assignments = list(given.get("set", []))
+    for option in options():
+        key = f"{option.section}.{option.name}"
+        if key in given:
+            value = given[key]
+            text = str(value).lower() if isinstance(value, bool) else value
+            assignments.append(f"{key}={text}")
+    return config.override(assignments) if assignments else config
+
+
+def _trainer() -> Any:
+    """Import the trainer lazily: it is heavy, and the CLI must work for bench and --print-config without it."""
+    from treegrpo.algos import trainer
+
+    return trainer
+
+
+def _train(config: Config, args: argparse.Namespace) -> int:
+    """Run training with ``config``."""
+    _trainer().run(config)
+    return 0
+
+
+def _eval(config: Config, args: argparse.Namespace) -> int:
+    """Evaluate ``--checkpoint`` (None: the trainer picks the latest in ``train.out_dir``)."""
+    _trainer().evaluate(config, args.checkpoint)
+    return 0
+
+
+def _bench(config: Config, args: argparse.Namespace) -> int:
+    """Run ``benchmarks/<name>.py`` as ``__main__`` with the arguments after ``--``."""
+    script = BENCHMARKS / f"{args.name}.py"
+    if not script.is_file():
+        print(f"{PROG}: error: no benchmark script {script}", file=sys.stderr)
+        return 2
+    script_args = list(args.script_args)
+    if script_args[:1] == ["--"]:
+        script_args = script_args[1:]
+    saved = sys.argv
+    sys.argv = [str(script), *script_args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+HANDLERS = {"train": _train, "eval": _eval, "bench": _bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), resolve the config and run the subcommand."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = resolve_config(args)
+        if getattr(args, "print_config", False):
+            print(config.to_toml(), end="")
+            return 0
+        return HANDLERS[args.command](config, args)
+    except ConfigError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

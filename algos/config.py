@@ -1,0 +1,494 @@
+"""Typed configuration of a training run: five dataclass sections, TOML loading and CLI overrides.
+
+A :class:`Config` holds ``model``, ``sampling``, ``loss``, ``optim`` and ``train`` sections. Every
+field carries a default (the TreeGRPO paper's numbers where it gives them) and a small spec in its
+``metadata``: ``help`` (one line, shown by the CLI) and the allowed values (``min``/``max`` with
+``min_open``/``max_open``, ``choices``, ``min_items``). Validation is generic over that spec, so a
+new field needs only its declaration. Every error is a :class:`ConfigError` whose message is one
+line starting with ``section.field: ``.
+
+    config = Config.from_toml("run.toml").override(["loss.clip_range=2e-4", "train.resume=true"])
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import json
+import math
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+__all__ = [
+    "SECTIONS",
+    "Config",
+    "ConfigError",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Option",
+    "SamplingConfig",
+    "TrainConfig",
+    "options",
+    "to_toml",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line starting with ``section.field: ``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+def _opt(default: Any, help: str, **spec: Any) -> Any:
+    """Declare a field with ``default`` (lists are copied per instance), its help line and its spec."""
+    metadata = {"help": help, **spec}
+    if isinstance(default, list):
+        return field(default_factory=functools.partial(list, default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic, spec-driven validation and parsing.
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _kind(hint: Any) -> str:
+    """Name a field's type: ``int``, ``float``, ``bool``, ``str``, ``list[float]`` or ``list[str]``."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return f"list[{item.__name__}]"
+    return hint.__name__
+
+
+def _num(value: float) -> str:
+    """Format a bound compactly: ``1`` rather than ``1.0``, ``1e-05`` as Python writes it."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _bounds(meta: Mapping[str, Any]) -> str:
+    """Describe ``min``/``max`` (open or closed) as ``>= 0``, ``> 0``, ``<= 1`` or ``in (0, 1]``."""
+    low, high = meta.get("min"), meta.get("max")
+    low_open, high_open = meta.get("min_open", False), meta.get("max_open", False)
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {_num(low)}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {_num(high)}"
+    return ""
+
+
+def _expected(kind: str, meta: Mapping[str, Any]) -> str:
+    """What a field accepts, in words: ``an int >= 1``, ``one of fp32, bf16``, ``a list of strings``."""
+    bounds = _bounds(meta)
+    suffix = f" {bounds}" if bounds else ""
+    if "choices" in meta:
+        return "one of " + ", ".join(sorted(meta["choices"]))
+    if kind == "int":
+        return "an int" + suffix
+    if kind == "float":
+        return "a number" + suffix
+    if kind == "bool":
+        return "a bool (true/false)"
+    if kind == "str":
+        return "a string"
+    nonempty = "a non-empty list" if meta.get("min_items", 0) > 0 else "a list"
+    items = "numbers" if kind == "list[float]" else "strings"
+    return f"{nonempty} of {items}{suffix}"
+
+
+def _in_bounds(value: float, meta: Mapping[str, Any]) -> bool:
+    """Whether a finite number satisfies the spec's ``min``/``max`` (open or closed)."""
+    if not math.isfinite(value):
+        return False
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and (value <= low if meta.get("min_open") else value < low):
+        return False
+    return not (high is not None and (value >= high if meta.get("max_open") else value > high))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _valid(kind: str, meta: Mapping[str, Any], value: Any) -> bool:
+    """Whether ``value`` is of ``kind`` and satisfies the spec (bools never count as numbers)."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str) and ("choices" not in meta or value in meta["choices"])
+    if kind == "int":
+        return _is_int(value) and _in_bounds(value, meta)
+    if kind == "float":
+        return _is_number(value) and _in_bounds(value, meta)
+    if not isinstance(value, list) or len(value) < meta.get("min_items", 0):
+        return False
+    if kind == "list[str]":
+        return all(isinstance(item, str) for item in value)
+    return all(_is_number(item) and _in_bounds(item, meta) for item in value)
+
+
+def _parse(kind: str, text: str) -> Any:
+    """Parse command-line text as ``kind``; raise ``ValueError`` if it is not one."""
+    text = text.strip()
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind == "bool":
+        if text.lower() not in _BOOL_WORDS:
+            raise ValueError(text)
+        return _BOOL_WORDS[text.lower()]
+    if kind == "str":
+        return text
+    items = [item.strip() for item in text.split(",")] if text else []
+    return [float(item) for item in items] if kind == "list[float]" else items
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    """Loosen TOML/JSON values to the field's type: ints for floats, tuples for lists."""
+    if kind == "float" and _is_int(value):
+        return float(value)
+    if kind.startswith("list") and isinstance(value, tuple):
+        value = list(value)
+    if kind == "list[float]" and isinstance(value, list):
+        return [float(item) if _is_int(item) else item for item in value]
+    return value
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    """``did you mean X?`` for a near miss, else the list of what is allowed."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {close[0]}?" if close else f"expected one of {', '.join(sorted(known))}"
+
+
+class Option(NamedTuple):
+    """One configurable field, as the CLI sees it."""
+
+    section: str
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+
+
+class _Section:
+    """Spec-driven validation shared by every section; subclasses add cross-field checks."""
+
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def _kinds(cls) -> dict[str, str]:
+        """Field name to kind, resolved from the (string) annotations."""
+        return _kinds_of(cls)
+
+    def validate(self) -> _Section:
+        """Check every field against its spec, then the cross-field rules; return ``self``."""
+        kinds = self._kinds()
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if not _valid(kinds[f.name], f.metadata, value):
+                expected = _expected(kinds[f.name], f.metadata)
+                raise ConfigError(f"{self.section}.{f.name}: expected {expected}, got {value!r}")
+        self._check_fields()
+        return self
+
+    def _check_fields(self) -> None:
+        """Cross-field rules; none by default."""
+
+    @classmethod
+    def _field(cls, name: str) -> dataclasses.Field:
+        """The field ``name``, or a ConfigError suggesting the closest real one."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if name not in fields:
+            raise ConfigError(f"{cls.section}.{name}: unknown option; {_suggest(name, list(fields))}")
+        return fields[name]
+
+    @classmethod
+    def _parse_text(cls, name: str, text: str) -> Any:
+        """Parse command-line ``text`` for field ``name``; a bad value names what is allowed."""
+        f = cls._field(name)
+        kind = cls._kinds()[name]
+        try:
+            return _parse(kind, text)
+        except ValueError:
+            raise ConfigError(f"{cls.section}.{name}: expected {_expected(kind, f.metadata)}, got {text!r}") from None
+
+    @classmethod
+    def _from_mapping(cls, values: Any) -> _Section:
+        """Build the section from a mapping of field values (unknown keys rejected, missing keys default)."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{cls.section}: expected a table of options, got {values!r}")
+        kinds = cls._kinds()
+        kwargs = {}
+        for name, value in values.items():
+            cls._field(str(name))
+            kwargs[name] = _coerce(kinds[name], copy.deepcopy(value))
+        return cls(**kwargs)
+
+
+@functools.cache
+def _kinds_of(cls: type) -> dict[str, str]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _kind(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The sections.
+
+TRANSITIONS = ("flow_sde", "dance_sde", "cps", "ddim")
+WINDOWS = ("fixed", "geometric", "shifting", "adaptive")
+ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce")
+MODELS = ("digits", "sd3", "sd15", "toy2d")
+
+
+@dataclass
+class ModelConfig(_Section):
+    """Which model to train, where its weights are and how its samples are scored."""
+
+    section: ClassVar[str] = "model"
+
+    kind: str = _opt("digits", "model family", choices=MODELS)
+    path: str = _opt("", "local directory with the model weights (empty = embedded default)")
+    rewards: list[str] = _opt(["classifier"], "reward names, comma-separated", min_items=1)
+    image_size: int = _opt(16, "image side in pixels", min=1)
+
+
+@dataclass
+class SamplingConfig(_Section):
+    """How images are sampled: steps, the tree's SDE window, the transition and the batch size."""
+
+    section: ClassVar[str] = "sampling"
+
+    num_steps: int = _opt(10, "denoising steps T (NFE of a plain trajectory)", min=1)
+    branching: int = _opt(3, "k, children per node in the SDE window (TreeGRPO)", min=1)
+    depth: int = _opt(3, "d, SDE steps in the window (TreeGRPO)", min=1)
+    trees_per_prompt: int = _opt(1, "independent trees per prompt (TreeGRPO)", min=1)
+    group_size: int = _opt(8, "trajectories per prompt (GRPO, MixGRPO, DDPO, REINFORCE)", min=1)
+    prompts_per_iteration: int = _opt(4, "prompts sampled per training iteration", min=1)
+    transition: str = _opt("flow_sde", "stochastic transition of the SDE steps", choices=TRANSITIONS)
+    noise_level: float = _opt(0.7, "SDE noise level a (flow_sde, cps; eta for dance_sde and ddim)", min=0)
+    shift: float = _opt(3.0, "flow-matching schedule shift", min=0, min_open=True)
+    window: str = _opt("geometric", "where the SDE window sits, epoch by epoch", choices=WINDOWS)
+    window_start: int = _opt(0, "first SDE step of fixed and shifting windows", min=0)
+    alpha: float = _opt(0.5, "truncated-geometric parameter of geometric/adaptive windows", min=0, max=1, min_open=True)
+    window_shift: int = _opt(1, "steps the shifting window moves", min=0)
+    window_every: int = _opt(1, "epochs between moves of the shifting window", min=1)
+    sde_steps: str = _opt(
+        "all", "trajectory algorithms: SDE on all steps, or a sliding window of depth steps (MixGRPO)",
+        choices=("all", "window"),
+    )
+    max_batch: int = _opt(0, "most rows per model call, 0 = unlimited", min=0)
+    guidance_scale: float = _opt(1.0, "classifier-free guidance scale, 1.0 = off", min=0)
+
+    def _check_fields(self) -> None:
+        """The window of ``depth`` steps starting at ``window_start`` must fit in ``num_steps``."""
+        if self.depth > self.num_steps:
+            raise ConfigError(
+                f"sampling.depth: expected an int <= sampling.num_steps ({self.num_steps}), got {self.depth}"
+            )
+        end = self.window_start + self.depth
+        if end > self.num_steps:
+            raise ConfigError(
+                f"sampling.window_start: expected window_start + depth <= num_steps ({self.num_steps}), "
+                f"got {self.window_start} + {self.depth} = {end}"
+            )
+
+
+@dataclass
+class LossConfig(_Section):
+    """Which algorithm's loss, its clipping, KL and advantage settings."""
+
+    section: ClassVar[str] = "loss"
+
+    algorithm: str = _opt("treegrpo", "training algorithm", choices=ALGORITHMS)
+    clip_range: float = _opt(
+        1e-4, "PPO clip epsilon; Flow-GRPO/DanceGRPO use 1e-4 with mean-reduced log-probs", min=0, min_open=True
+    )
+    adv_clip: float = _opt(5.0, "clip advantages to +-adv_clip, 0 = off", min=0)
+    kl_coef: float = _opt(0.0, "weight of the closed-form KL to the reference model", min=0)
+    estimator: str = _opt("logprob_softmax", "treeadv backup estimator name")
+    temperature: float = _opt(1.0, "softmax temperature of the logprob_softmax backup", min=0, min_open=True)
+    timestep_fraction: float = _opt(
+        1.0, "fraction of SDE steps trained per iteration", min=0, max=1, min_open=True
+    )
+    reward_weights: list[float] = _opt([], "per-reward weights, comma-separated; empty = equal", min=0)
+    tracker_buffer: int = _opt(32, "DDPO per-prompt stat tracker buffer size", min=1)
+    tracker_min_count: int = _opt(16, "DDPO tracker minimum samples before per-prompt stats", min=1)
+
+
+@dataclass
+class OptimConfig(_Section):
+    """AdamW and its schedule."""
+
+    section: ClassVar[str] = "optim"
+
+    lr: float = _opt(1e-5, "AdamW learning rate", min=0, min_open=True)
+    weight_decay: float = _opt(0.01, "AdamW weight decay", min=0)
+    beta1: float = _opt(0.9, "AdamW beta1", min=0, max=1, max_open=True)
+    beta2: float = _opt(0.999, "AdamW beta2", min=0, max=1, max_open=True)
+    eps: float = _opt(1e-8, "AdamW epsilon", min=0, min_open=True)
+    grad_clip: float = _opt(1.0, "max grad norm, 0 = off", min=0)
+    grad_accumulation: int = _opt(1, "minibatches accumulated per optimiser step", min=1)
+    warmup_iterations: int = _opt(0, "iterations of linear learning-rate warmup", min=0)
+
+
+@dataclass
+class TrainConfig(_Section):
+    """The outer loop: iterations, minibatching, precision, adapters, logging and checkpoints."""
+
+    section: ClassVar[str] = "train"
+
+    iterations: int = _opt(100, "training iterations (sample, then optimise)", min=1)
+    inner_epochs: int = _opt(1, "optimisation epochs over each iteration's edges", min=1)
+    minibatch_parents: int = _opt(16, "parent nodes per minibatch; each serves all its child edges", min=1)
+    seed: int = _opt(0, "random seed", min=0)
+    precision: str = _opt("fp32", "training precision", choices=("fp32", "bf16"))
+    lora_rank: int = _opt(0, "LoRA rank via peft, 0 = full fine-tuning", min=0)
+    lora_alpha: float = _opt(16.0, "LoRA alpha", min=0, min_open=True)
+    ema_decay: float = _opt(0.0, "EMA decay of the trained weights, 0 = off", min=0, max=1, max_open=True)
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass")
+    compile: bool = _opt(False, "torch.compile the model")
+    deterministic: bool = _opt(False, "torch deterministic algorithms (exact resume tests)")
+    check_on_policy: bool = _opt(True, "assert importance ratio 1 before the first update of each iteration")
+    out_dir: str = _opt("runs/treegrpo", "directory for logs, samples and checkpoints")
+    log_every: int = _opt(1, "iterations between log lines", min=1)
+    checkpoint_every: int = _opt(10, "iterations between checkpoints", min=1)
+    sample_every: int = _opt(10, "iterations between saved sample grids", min=1)
+    keep_checkpoints: int = _opt(3, "most recent checkpoints kept", min=1)
+    resume: bool = _opt(False, "continue from the latest checkpoint in out_dir")
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig,
+    "sampling": SamplingConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass
+class Config:
+    """A whole run's configuration; build it with :meth:`from_toml`, :meth:`from_dict` or :meth:`override`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model and rewards"})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "sampling and the tree"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "algorithm and loss"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+
+    def validate(self) -> Config:
+        """Validate every section and the cross-section rules; return ``self``."""
+        for name, cls in SECTIONS.items():
+            section = getattr(self, name)
+            if not isinstance(section, cls):
+                raise ConfigError(f"{name}: expected a {cls.__name__}, got {section!r}")
+            section.validate()
+        weights, rewards = self.loss.reward_weights, self.model.rewards
+        if weights and len(weights) != len(rewards):
+            raise ConfigError(
+                f"loss.reward_weights: expected one weight per reward in model.rewards ({len(rewards)}), "
+                f"got {len(weights)}: {weights!r}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """A nested plain dict (section -> field -> value), JSON and TOML friendly."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The configuration as TOML text that :meth:`from_toml` reads back."""
+        return to_toml(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Build and validate a Config from nested mappings; missing keys take their defaults."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config: expected a table of sections, got {data!r}")
+        sections = {}
+        for name, values in data.items():
+            if name not in SECTIONS:
+                raise ConfigError(f"{name}: unknown section; {_suggest(str(name), list(SECTIONS))}")
+            sections[name] = SECTIONS[name]._from_mapping(values)
+        return cls(**sections).validate()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        """Read and validate a TOML file of ``[section]`` tables."""
+        path = Path(path)
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read config: {error}") from None
+        return cls.from_dict(data)
+
+    def override(self, assignments: list[str]) -> Config:
+        """A new validated Config with ``section.field=value`` assignments applied in order."""
+        changes: dict[str, dict[str, Any]] = {}
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            section, dot, name = key.strip().partition(".")
+            if not sep or not dot:
+                raise ConfigError(f"{assignment}: expected section.field=value")
+            if section not in SECTIONS:
+                raise ConfigError(f"{section}: unknown section; {_suggest(section, list(SECTIONS))}")
+            changes.setdefault(section, {})[name] = SECTIONS[section]._parse_text(name, text)
+        fresh = copy.deepcopy(self)
+        replaced = {name: dataclasses.replace(getattr(fresh, name), **values) for name, values in changes.items()}
+        return dataclasses.replace(fresh, **replaced).validate()
+
+
+def options() -> Iterator[Option]:
+    """Every configurable field of every section, in declaration order."""
+    for section, cls in SECTIONS.items():
+        kinds = _kinds_of(cls)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            choices = tuple(f.metadata["choices"]) if "choices" in f.metadata else None
+            yield Option(section, f.name, kinds[f.name], default, f.metadata["help"], choices)
+
+
+def _toml_value(value: Any) -> str:
+    """One TOML value: bools, ints, floats, basic strings and flat arrays."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML: {value!r}")
+
+
+def to_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
+    """Write a two-level dict (``[section]`` tables of scalars and arrays) as TOML text."""
+    blocks = []
+    for section, values in data.items():
+        lines = [f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
