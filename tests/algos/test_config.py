@@ -1,0 +1,283 @@
+"""The typed config and the ``treegrpo`` CLI: defaults, round trips, overrides, precedence and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+
+import pytest
+from treegrpo.algos import cli
+from treegrpo.algos.config import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    SamplingConfig,
+    TrainConfig,
+    options,
+)
+
+NON_DEFAULT = {
+    "model": {"kind": "toy2d", "path": "weights/x", "rewards": ["a", "b"], "image_size": 8},
+    "sampling": {"num_steps": 20, "branching": 2, "depth": 4, "window": "fixed", "window_start": 16,
+                 "alpha": 0.25, "noise_level": 0.3, "transition": "cps", "sde_steps": "window"},
+    "loss": {"algorithm": "grpo", "clip_range": 2e-4, "reward_weights": [0.8], "temperature": 0.5},
+    "optim": {"lr": 3e-5, "beta2": 0.99, "grad_accumulation": 4, "warmup_iterations": 5},
+    "train": {"iterations": 7, "precision": "bf16", "resume": True, "check_on_policy": False, "out_dir": "r/x"},
+}
+
+
+def _print_config(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Config:
+    """Run ``main(argv + --print-config)`` and parse what it printed back into a Config."""
+    assert cli.main([*argv, "--print-config"]) == 0
+    return Config.from_dict(tomllib.loads(capsys.readouterr().out))
+
+
+# ---------------------------------------------------------------------------------------------- defaults
+
+
+def test_defaults_are_the_paper_numbers() -> None:
+    """TreeGRPO's T=10, k=3, d=3, AdamW lr 1e-5 and weight decay 0.01, no KL."""
+    config = Config()
+    assert config.validate() is config
+    assert (config.sampling.num_steps, config.sampling.branching, config.sampling.depth) == (10, 3, 3)
+    assert config.optim.lr == 1e-5
+    assert config.optim.weight_decay == 0.01
+    assert config.loss.kl_coef == 0.0
+    assert config.loss.algorithm == "treegrpo"
+
+
+def test_every_field_has_a_default_and_a_one_line_help() -> None:
+    """The CLI needs both; list defaults must not be shared between instances."""
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            assert f.metadata["help"].strip() and "\n" not in f.metadata["help"]
+    first, second = Config(), Config()
+    first.model.rewards.append("x")
+    assert second.model.rewards == ["classifier"]
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_each_section_round_trips_through_dict_and_toml(section: str, tmp_path) -> None:
+    """to_dict/from_dict and to_toml/from_toml are inverses, section by section."""
+    config = Config.from_dict({section: NON_DEFAULT[section]})
+    assert getattr(config, section) != getattr(Config(), section)
+    assert Config.from_dict(config.to_dict()) == config
+    path = tmp_path / "run.toml"
+    path.write_text(config.to_toml())
+    assert Config.from_toml(path) == config
+
+
+def test_whole_config_round_trips_and_to_dict_is_plain(tmp_path) -> None:
+    settings = {**NON_DEFAULT, "loss": {**NON_DEFAULT["loss"], "reward_weights": [0.8, 0.2]}}
+    config = Config.from_dict(settings)
+    data = config.to_dict()
+    assert set(data) == set(SECTIONS)
+    assert all(type(values) is dict for values in data.values())
+    path = tmp_path / "run.toml"
+    path.write_text(config.to_toml())
+    assert Config.from_toml(path) == config
+
+
+def test_from_dict_takes_toml_ints_for_floats() -> None:
+    assert Config.from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
+
+
+def test_missing_toml_file_names_the_path(tmp_path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="nope.toml"):
+        Config.from_toml(missing)
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+
+
+@pytest.mark.parametrize(
+    ("assignment", "section", "name", "expected"),
+    [
+        ("train.iterations=5", "train", "iterations", 5),
+        ("loss.clip_range=2e-4", "loss", "clip_range", 2e-4),
+        ("optim.lr=3", "optim", "lr", 3.0),
+        ("train.resume=true", "train", "resume", True),
+        ("train.resume=YES", "train", "resume", True),
+        ("train.resume=1", "train", "resume", True),
+        ("train.check_on_policy=no", "train", "check_on_policy", False),
+        ("train.check_on_policy=0", "train", "check_on_policy", False),
+        ("train.compile=False", "train", "compile", False),
+        ("sampling.transition=dance_sde", "sampling", "transition", "dance_sde"),
+        ("model.path=", "model", "path", ""),
+        ("loss.reward_weights=1", "loss", "reward_weights", [1.0]),
+        ("loss.reward_weights=", "loss", "reward_weights", []),
+        ("model.rewards=classifier, aesthetic", "model", "rewards", ["classifier", "aesthetic"]),
+    ],
+)
+def test_override_parses_each_type(assignment: str, section: str, name: str, expected: object) -> None:
+    base = Config()
+    if name == "rewards":
+        base = base.override(["loss.reward_weights="])
+    updated = base.override([assignment])
+    value = getattr(getattr(updated, section), name)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_override_returns_a_new_config_and_keeps_the_old() -> None:
+    base = Config()
+    updated = base.override(["model.rewards=a,b", "loss.reward_weights=0.5,0.5", "train.iterations=3"])
+    assert updated.model.rewards == ["a", "b"] and updated.loss.reward_weights == [0.5, 0.5]
+    assert base == Config()
+    updated.model.rewards.append("c")
+    assert base.model.rewards == ["classifier"]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _from_dict(data: dict) -> None:
+    Config.from_dict(data)
+
+
+def _override(*assignments: str) -> None:
+    Config().override(list(assignments))
+
+
+@pytest.mark.parametrize(
+    ("build", "prefix", "fragment"),
+    [
+        (lambda: _override("sampling.alpha=0"), "sampling.alpha: ", "(0, 1]"),
+        (lambda: _override("sampling.alpha=1.5"), "sampling.alpha: ", "got 1.5"),
+        (lambda: _override("sampling.depth=11"), "sampling.depth: ", "num_steps"),
+        (lambda: _from_dict({"sampling": {"window_start": 8}}), "sampling.window_start: ", "8 + 3"),
+        (lambda: _override("loss.algorithm=ppo"), "loss.algorithm: ", "got 'ppo'"),
+        (lambda: _override("train.iterations=abc"), "train.iterations: ", "expected an int >= 1, got 'abc'"),
+        (lambda: _override("train.iterations=0"), "train.iterations: ", "got 0"),
+        (lambda: _from_dict({"train": {"iterations": True}}), "train.iterations: ", "got True"),
+        (lambda: _from_dict({"sampling": {"depth": 2.0}}), "sampling.depth: ", "an int"),
+        (lambda: _override("train.precision=fp16"), "train.precision: ", "bf16, fp32"),
+        (lambda: _override("train.resume=maybe"), "train.resume: ", "got 'maybe'"),
+        (lambda: _override("loss.clip_rnge=1"), "loss.clip_rnge: ", "did you mean clip_range?"),
+        (lambda: _from_dict({"loss": {"clip_rnge": 1}}), "loss.clip_rnge: ", "did you mean clip_range?"),
+        (lambda: _from_dict({"los": {}}), "los: ", "did you mean loss?"),
+        (lambda: _override("optim.lr=0"), "optim.lr: ", "> 0"),
+        (lambda: _override("optim.beta2=1"), "optim.beta2: ", "[0, 1)"),
+        (lambda: _override("loss.reward_weights=-1"), "loss.reward_weights: ", ">= 0"),
+        (lambda: _override("loss.reward_weights=0.5,0.5"), "loss.reward_weights: ", "one weight per reward"),
+        (lambda: _override("model.kind=sdxl"), "model.kind: ", "got 'sdxl'"),
+        (lambda: _override("train.ema_decay=1"), "train.ema_decay: ", "got 1.0"),
+    ],
+)
+def test_bad_inputs_raise_one_line_naming_the_field(build, prefix: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(prefix), message
+    assert fragment in message, message
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_precedence_defaults_then_toml_then_flags(tmp_path, capsys) -> None:
+    """A TOML value beats the default; a flag beats the TOML value; --set loses to a per-field flag."""
+    path = tmp_path / "run.toml"
+    path.write_text('[train]\niterations = 7\nseed = 3\n\n[loss]\nalgorithm = "grpo"\n')
+    assert _print_config(["train"], capsys) == Config()
+    from_file = _print_config(["train", "--config", str(path)], capsys)
+    assert (from_file.train.iterations, from_file.train.seed, from_file.loss.algorithm) == (7, 3, "grpo")
+    flags = _print_config(
+        ["train", "--config", str(path), "--train.iterations", "9", "--set", "train.seed=5",
+         "--set", "loss.algorithm=ddpo", "--loss.algorithm", "mixgrpo", "--train.resume"],
+        capsys,
+    )
+    assert (flags.train.iterations, flags.train.seed, flags.loss.algorithm) == (9, 5, "mixgrpo")
+    assert flags.train.resume is True
+
+
+def test_cli_flags_of_every_type(capsys) -> None:
+    config = _print_config(
+        ["eval", "--no-train.check_on_policy", "--model.rewards", "a,b", "--loss.reward_weights", "1,3",
+         "--optim.lr", "2e-5", "--sampling.transition", "ddim", "--train.out_dir", "x y"],
+        capsys,
+    )
+    assert config.train.check_on_policy is False
+    assert config.model.rewards == ["a", "b"] and config.loss.reward_weights == [1.0, 3.0]
+    assert config.optim.lr == 2e-5 and config.sampling.transition == "ddim" and config.train.out_dir == "x y"
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["--help"]])
+def test_help_lists_every_field(argv: list[str], capsys) -> None:
+    """A new field without a flag, or without its help text, fails here."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f"--{section}.{f.name}" in text
+    for option in options():
+        assert option.help.split()[0] in text
+
+
+def test_options_cover_every_section() -> None:
+    listed = {(option.section, option.name) for option in options()}
+    classes = (ModelConfig, SamplingConfig, LossConfig, OptimConfig, TrainConfig)
+    expected = {(cls.section, f.name) for cls in classes for f in dataclasses.fields(cls)}
+    assert listed == expected
+
+
+def test_bench_with_a_missing_script_returns_2(capsys) -> None:
+    assert cli.main(["bench", "--name", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.py" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_flag_value_returns_2_with_the_message_on_stderr(capsys) -> None:
+    assert cli.main(["train", "--loss.algorithm", "ppo"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "treegrpo: error: loss.algorithm: expected one of ddpo, grpo, mixgrpo, reinforce, treegrpo, got 'ppo'"
+    ]
+    assert captured.out == ""
+
+
+def test_missing_config_file_returns_2(tmp_path, capsys) -> None:
+    assert cli.main(["train", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "none.toml" in capsys.readouterr().err
+
+
+def test_train_and_eval_call_the_trainer(monkeypatch) -> None:
+    """The handlers hand the resolved config (and the checkpoint) to the lazily imported trainer."""
+    calls = []
+
+    class FakeTrainer:
+        @staticmethod
+        def run(config: Config) -> None:
+            calls.append(("run", config.train.iterations))
+
+        @staticmethod
+        def evaluate(config: Config, checkpoint: str | None) -> None:
+            calls.append(("evaluate", checkpoint))
+
+    monkeypatch.setattr(cli, "_trainer", lambda: FakeTrainer)
+    assert cli.main(["train", "--train.iterations", "2"]) == 0
+    assert cli.main(["eval"]) == 0
+    assert cli.main(["eval", "--checkpoint", "ckpt"]) == 0
+    assert calls == [("run", 2), ("evaluate", None), ("evaluate", "ckpt")]
+
+
+def test_bench_runs_the_script_as_main_with_its_arguments(tmp_path, monkeypatch, capsys) -> None:
+    script = tmp_path / "echo.py"
+    script.write_text("import sys\nprint('ARGS', sys.argv[1:], __name__)\n")
+    monkeypatch.setattr(cli, "BENCHMARKS", tmp_path)
+    assert cli.main(["bench", "--name", "echo", "--", "--sizes", "10"]) == 0
+    assert "ARGS ['--sizes', '10'] __main__" in capsys.readouterr().out

@@ -1,0 +1,147 @@
+"""Losses and batches: the clipped objective by hand, gradients against REINFORCE, the KL in
+closed form against torch.distributions, the parent layout, and DDPO's tracker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+from treegrpo.algos.advantages import PerPromptStatTracker
+from treegrpo.algos.batch import count_edges, parent_batch, select_steps
+from treegrpo.algos.losses import GRPOLoss, ReinforceLoss, TreeGRPOLoss, ppo_clip_objective, total_loss
+from treegrpo.algos.problem import toy2d_problem
+from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler, tree_edges
+
+
+def test_ppo_clip_objective_by_hand():
+    new = torch.log(torch.tensor([[1.5, 0.5], [1.0, 2.0]]))
+    old = torch.zeros(2, 2)
+    adv = torch.tensor([[1.0, 1.0], [-1.0, 3.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    out = ppo_clip_objective(new, old, adv, mask, clip_range=0.2)
+    # per edge max(-A r, -A clip(r)): (1.5,A=1) -> -1.2; (0.5,A=1) -> -0.5; (1.0,A=-1) -> 1.0
+    torch.testing.assert_close(out["loss_objective"], torch.tensor((-1.2 - 0.5 + 1.0) / 3))
+    torch.testing.assert_close(out["clip_fraction"], torch.tensor(2 / 3))
+    torch.testing.assert_close(out["ratio_mean"], torch.tensor(1.0))
+
+
+def _tree_batch(num_prompts=2, k=3, d=2):
+    problem = toy2d_problem(num_steps=6)
+    sampler = TreeSampler(problem.model, problem.transition, branching=k, depth=d, trees_per_prompt=2)
+    cond = torch.arange(num_prompts) % 2
+    rollout = sampler.sample(cond, latent_shape=(2,), window_start=1, generator=torch.Generator().manual_seed(0))
+    advantage = torch.randn(rollout.tree.num_nodes, generator=torch.Generator().manual_seed(1))
+    batch = parent_batch(rollout.tree, advantage)
+    batch.set("cond", cond[batch["cond_index"]])
+    return problem, rollout, advantage, batch
+
+
+def test_parent_batch_groups_every_edge_under_its_parent():
+    _, rollout, advantage, batch = _tree_batch()
+    edges = tree_edges(rollout.tree)
+    assert batch.batch_size == (4 * (1 + 3),) and count_edges(batch) == edges.batch_size[0]
+    # each real slot holds exactly one edge, with its sample, log-prob and advantage
+    flat = batch["mask"].flatten()
+    parents = batch["node"].repeat_interleave(3)[flat]
+    order = torch.argsort(edges["parent"] * 1000 + edges["node"])
+    assert torch.equal(parents, edges["parent"][order])
+    assert torch.equal(batch["sample"].flatten(0, 1)[flat], edges["sample"][order])
+    assert torch.equal(batch["log_prob"].flatten()[flat], edges["log_prob"][order])
+    assert torch.equal(batch["advantage"].flatten()[flat], advantage[edges["node"][order]])
+
+
+def test_trajectory_batch_with_shared_noise_pads_single_children():
+    problem = toy2d_problem(num_steps=4)
+    sampler = TrajectorySampler(problem.model, problem.transition, group_size=3, shared_noise=True)
+    rollout = sampler.sample(torch.tensor([0]), latent_shape=(2,), generator=torch.Generator().manual_seed(0))
+    batch = parent_batch(rollout.tree, torch.zeros(rollout.tree.num_nodes))
+    assert batch["mask"].shape == (1 + 3 * 3, 3)
+    assert batch["mask"].sum(1).tolist() == [3] + [1] * 9
+
+
+def test_loss_is_on_policy_before_any_update_and_one_forward_serves_k_edges():
+    problem, _, _, batch = _tree_batch()
+    rows = []
+    forward = problem.model.forward
+    problem.model.forward = lambda x, t, c: rows.append(x.shape[0]) or forward(x, t, c)
+    out = TreeGRPOLoss(problem.model, problem.transition, clip_range=0.1)(batch)
+    assert rows == [batch.batch_size[0]]
+    torch.testing.assert_close(out["ratio_mean"], torch.tensor(1.0))
+    assert float(out["clip_fraction"]) == 0.0
+
+
+def test_ppo_gradient_at_ratio_one_equals_the_reinforce_gradient():
+    problem, _, _, batch = _tree_batch()
+    params = [p for p in problem.model.parameters() if p.requires_grad]
+    with torch.no_grad():  # move off the zero-initialised output so gradients reach every layer
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    batch = batch.clone()
+    with torch.no_grad():
+        batch.set("log_prob", TreeGRPOLoss(problem.model, problem.transition).log_probs(batch)[0] * batch["mask"])
+    grads = []
+    for loss in (TreeGRPOLoss(problem.model, problem.transition), ReinforceLoss(problem.model, problem.transition)):
+        problem.model.zero_grad()
+        total_loss(loss(batch)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    assert grads[0].abs().sum() > 0
+
+
+def test_grpo_kl_is_the_closed_form_gaussian_kl():
+    problem, _, _, batch = _tree_batch()
+    reference = toy2d_problem(num_steps=6, seed=3).model
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.1)
+    loss = GRPOLoss(problem.model, problem.transition, clip_range=0.1, kl_coef=0.5, reference=reference)
+    out = loss(batch)
+    mean, std = loss.policy_mean_std(batch)
+    ref_mean, _ = loss.policy_mean_std(batch, reference)
+    p = Normal(mean.double(), std.double().expand_as(mean))
+    q = Normal(ref_mean.double(), std.double().expand_as(mean))
+    expected = kl_divergence(p, q).mean()
+    torch.testing.assert_close(out["kl"].double(), expected, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(out["loss_kl"].double(), 0.5 * expected, rtol=1e-5, atol=1e-8)
+
+
+def test_kl_needs_a_reference():
+    problem = toy2d_problem()
+    with pytest.raises(ValueError, match="^reference: "):
+        GRPOLoss(problem.model, problem.transition, kl_coef=0.1)
+    with pytest.raises(ValueError, match="^clip_range: "):
+        TreeGRPOLoss(problem.model, problem.transition, clip_range=0.0)
+
+
+def test_per_prompt_tracker_matches_a_python_reference():
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=3)
+    generator = torch.Generator().manual_seed(0)
+    history: dict[int, list[float]] = {}
+    for _ in range(5):
+        ids = torch.randint(3, (6,), generator=generator)
+        rewards = torch.randn(6, generator=generator, dtype=torch.float64)
+        got = tracker.update(ids, rewards)
+        for prompt in set(ids.tolist()):
+            history.setdefault(prompt, []).extend(rewards[ids == prompt].tolist())
+            history[prompt] = history[prompt][-4:]
+        for i, prompt in enumerate(ids.tolist()):
+            values = torch.tensor(history[prompt] if len(history[prompt]) >= 3 else rewards.tolist(), dtype=torch.float64)
+            expected = (rewards[i] - values.mean()) / (values.std(unbiased=False) + 1e-6)
+            torch.testing.assert_close(got[i], expected)
+    restored = PerPromptStatTracker(buffer_size=4, min_count=3)
+    restored.load_state_dict(tracker.state_dict())
+    ids, rewards = torch.tensor([0, 1, 2]), torch.tensor([0.5, -0.5, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(restored.update(ids, rewards), tracker.update(ids, rewards))
+
+
+def test_select_steps_keeps_whole_steps():
+    transition = FlowSDE(FlowTimesteps.linear(10))
+    problem = toy2d_problem(num_steps=10)
+    rollout = TrajectorySampler(problem.model, transition, group_size=2).sample(
+        torch.tensor([0, 1]), latent_shape=(2,), generator=torch.Generator().manual_seed(0))
+    batch = parent_batch(rollout.tree, torch.zeros(rollout.tree.num_nodes))
+    kept = select_steps(batch, 0.3, torch.Generator().manual_seed(0))
+    steps = torch.unique(kept["step"])
+    assert steps.numel() == 3 and kept.batch_size[0] == 3 * 4
+    with pytest.raises(ValueError, match="^fraction: "):
+        select_steps(batch, 0.0)
