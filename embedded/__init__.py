@@ -1,0 +1,1 @@
+"""treegrpo.embedded: the offline default (digits, a tiny text-conditioned flow model, offline rewards)."""
