@@ -53,6 +53,6 @@ __all__ = [
     "ppo_clip_objective",
     "save_checkpoint",
     "select_steps",
-    "toy2d_problem",
     "total_loss",
+    "toy2d_problem",
 ]

@@ -1,9 +1,9 @@
 """The ``treegrpo`` console command: ``train``, ``eval`` and ``bench``.
 
-Every subcommand takes ``--config PATH`` (TOML), one flag per configuration field generated from
+Every subcommand takes ``--config PATH`` (TOML or YAML), one flag per configuration field generated from
 the dataclasses in :mod:`treegrpo.algos.config` (``--sampling.num_steps 20``, ``--train.resume`` /
 ``--no-train.resume``, lists comma-separated) and repeatable ``--set section.field=value``.
-Precedence: defaults < TOML file < ``--set`` < per-field flags. ``--print-config`` prints the
+Precedence: defaults < config file < ``--set`` < per-field flags. ``--print-config`` prints the
 resolved configuration as TOML and exits without running anything.
 
     treegrpo train --config run.toml --loss.algorithm grpo --train.iterations 50
@@ -50,7 +50,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     Every default is SUPPRESS, so the namespace holds only what was given (precedence stays with
     the resolver), and values stay strings so bad ones fail as one-line ConfigErrors, not argparse errors.
     """
-    parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML file of [section] tables")
+    parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML or YAML file of section tables (fields as below)")
     parser.add_argument(
         "--set", metavar="SECTION.FIELD=VALUE", action="append", default=argparse.SUPPRESS, dest="set",
         help="override any field (repeatable); per-field flags win over --set",
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config:
     """Defaults, then the TOML file, then ``--set``, then per-field flags; validated."""
     given = vars(args)
-    config = Config.from_toml(given["config"]) if "config" in given else Config().validate()
+    config = Config.from_file(given["config"]) if "config" in given else Config().validate()
     assignments = list(given.get("set", []))
     for option in options():
         key = f"{option.section}.{option.name}"

@@ -360,9 +360,11 @@ class TrainConfig(_Section):
     precision: str = _opt("fp32", "training precision", choices=("fp32", "bf16"))
     lora_rank: int = _opt(0, "LoRA rank via peft, 0 = full fine-tuning", min=0)
     lora_alpha: float = _opt(16.0, "LoRA alpha", min=0, min_open=True)
+    lora_targets: list[str] = _opt([], "LoRA target module names, comma-separated; empty = every linear layer")
     ema_decay: float = _opt(0.0, "EMA decay of the trained weights, 0 = off", min=0, max=1, max_open=True)
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass")
     compile: bool = _opt(False, "torch.compile the model")
+    compile_backend: str = _opt("inductor", "torch.compile backend", choices=("inductor", "aot_eager", "eager"))
     deterministic: bool = _opt(False, "torch deterministic algorithms (exact resume tests)")
     check_on_policy: bool = _opt(True, "assert importance ratio 1 before the first update of each iteration")
     out_dir: str = _opt("runs/treegrpo", "directory for logs, samples and checkpoints")
@@ -428,17 +430,41 @@ class Config:
         return cls(**sections).validate()
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> Config:
-        """Read and validate a TOML file of ``[section]`` tables."""
+    def from_file(cls, path: str | Path) -> Config:
+        """Read and validate a TOML (``.toml``) or YAML (``.yaml``, ``.yml``) file of section tables."""
         path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".toml", ".yaml", ".yml"):
+            raise ConfigError(f"{path}: expected a .toml, .yaml or .yml config file")
         try:
-            with path.open("rb") as handle:
-                data = tomllib.load(handle)
+            if suffix == ".toml":
+                with path.open("rb") as handle:
+                    data = tomllib.load(handle)
+            else:
+                import yaml
+
+                with path.open(encoding="utf-8") as handle:
+                    data = yaml.safe_load(handle) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"{path}: cannot read config: {error}") from None
+        except Exception as error:  # noqa: BLE001 - any parse error becomes one line naming the file
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{path}: cannot read config: {first}") from None
         return cls.from_dict(data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        """Read and validate a TOML file of ``[section]`` tables."""
+        if Path(path).suffix.lower() != ".toml":
+            raise ConfigError(f"{path}: expected a .toml file")
+        return cls.from_file(path)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        """Read and validate a YAML file of ``section: {field: value}`` mappings."""
+        if Path(path).suffix.lower() not in (".yaml", ".yml"):
+            raise ConfigError(f"{path}: expected a .yaml or .yml file")
+        return cls.from_file(path)
 
     def override(self, assignments: list[str]) -> Config:
         """A new validated Config with ``section.field=value`` assignments applied in order."""

@@ -14,11 +14,13 @@ value function. The clipped objective itself is :func:`ppo_clip_objective`.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import ClassVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
+from treegrpo.algos.model_setup import adapters_disabled
 from treegrpo.envs.gaussian import gaussian_log_prob
 from treegrpo.envs.models import Denoiser
 from treegrpo.envs.transitions import Transition
@@ -53,7 +55,7 @@ def ppo_clip_objective(
 class EdgeLoss(LossModule):
     """Base class: holds the policy (a denoiser) and its transition; subclasses write the objective."""
 
-    in_keys = ["latent", "step", "cond", "sample", "log_prob", "advantage", "mask"]
+    in_keys: ClassVar[list[str]] = ["latent", "step", "cond", "sample", "log_prob", "advantage", "mask"]
 
     def __init__(self, model: Denoiser, transition: Transition) -> None:
         super().__init__()
@@ -84,11 +86,11 @@ class PPOClipLoss(EdgeLoss):
 
     ``kl_coef > 0`` adds Flow-GRPO's closed-form Gaussian KL between the policy's and the
     reference's means at each parent, ``mean over dims (mu - mu_ref)^2 / (2 std^2)``. The reference
-    is any denoiser (a frozen copy) or ``"disable_adapter"`` for a peft model, whose adapters are
-    switched off for the reference forward.
+    is any denoiser (a frozen copy) or ``"disable_adapter"`` for a model with LoRA adapters (the
+    base model: adapters switched off for the reference forward, no second copy in memory).
     """
 
-    out_keys = ["loss_objective", "loss_kl", "clip_fraction", "approx_kl", "ratio_mean", "ratio_std", "kl", "log_ratio"]
+    out_keys: ClassVar[list[str]] = ["loss_objective", "loss_kl", "clip_fraction", "approx_kl", "ratio_mean", "ratio_std", "kl", "log_ratio"]
 
     def __init__(
         self,
@@ -129,10 +131,7 @@ class PPOClipLoss(EdgeLoss):
     def _reference_context(self):
         if self._reference != "disable_adapter":
             return nullcontext()
-        peft_model = next((m for m in self.model.modules() if hasattr(m, "disable_adapter")), None)
-        if peft_model is None:
-            raise ValueError("reference: 'disable_adapter' needs a peft model inside the denoiser")
-        return peft_model.disable_adapter()
+        return adapters_disabled(self.model)
 
 
 class TreeGRPOLoss(PPOClipLoss):
@@ -161,7 +160,7 @@ class ReinforceLoss(EdgeLoss):
     meant for one optimisation epoch per iteration.
     """
 
-    out_keys = ["loss_objective", "approx_kl", "ratio_mean", "ratio_std", "log_ratio"]
+    out_keys: ClassVar[list[str]] = ["loss_objective", "approx_kl", "ratio_mean", "ratio_std", "log_ratio"]
 
     def forward(self, td: TensorDictBase) -> TensorDict:
         new_log_prob, _, _ = self.log_probs(td)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from treegrpo.envs import Denoiser, FlowSDE, FlowTimesteps, GaussianData, Transition
 from treegrpo.envs.models import Cond
 
@@ -53,10 +54,38 @@ class ResidualVelocity(Denoiser):
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.gradient_checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the hidden layers in the backward pass instead of storing their activations."""
+        self.gradient_checkpointing = True
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
-        features = self.net(torch.cat([x, (t / 1000.0).unsqueeze(-1).to(x.dtype)], dim=-1)) + self.embed(cond)
-        return self.base.velocity(x, t, None) + self.out(features)
+        inputs = torch.cat([x, (t / 1000.0).unsqueeze(-1).to(x.dtype)], dim=-1)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            hidden = checkpoint(self.net, inputs, use_reentrant=False)
+        else:
+            hidden = self.net(inputs)
+        return self.base.velocity(x, t, None) + self.out(hidden + self.embed(cond))
+
+
+def render_points(points: Tensor, targets: Tensor, size: int = 32, extent: float = 4.0) -> Tensor:
+    """Draw 2-D points as ``[L, 3, size, size]`` images in ``[0, 1]``: the sample white, the targets red.
+
+    The canvas spans ``[-extent, extent]^2`` (y up); each point is a Gaussian blob about one pixel
+    wide. ``targets [G, 2]`` are drawn on every image, so a grid shows where samples land.
+    """
+    axis = torch.linspace(-extent, extent, size, dtype=torch.float32, device=points.device)
+    width = 2 * extent / size
+
+    def blob(centre: Tensor) -> Tensor:
+        dx = (axis.view(1, 1, size) - centre[:, 0, None, None]) / width
+        dy = (axis.flip(0).view(1, size, 1) - centre[:, 1, None, None]) / width
+        return torch.exp(-0.5 * (dx.square() + dy.square()))
+
+    sample = blob(points.float())
+    goal = blob(targets.float().to(points.device)).amax(0, keepdim=True)
+    return torch.stack([torch.maximum(sample, 0.6 * goal), sample, sample], dim=1).clamp(0, 1)
 
 
 def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequence[Sequence[float]] = ((2.0, 0.0), (-2.0, 0.0)),
@@ -78,5 +107,8 @@ def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequen
     def reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
         return -(final - goals[prompt_ids]).square().sum(-1) / 4
 
+    def decode(final: Tensor) -> Tensor:
+        return render_points(final, goals)
+
     return Problem(model=model, transition=transition, latent_shape=(2,), prompts=prompts, reward=reward,
-                   reward_names=("target",))
+                   reward_names=("target",), decode=decode)

@@ -26,6 +26,7 @@ from treegrpo.algos.batch import count_edges, parent_batch, select_steps
 from treegrpo.algos.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from treegrpo.algos.config import Config
 from treegrpo.algos.losses import EdgeLoss, total_loss
+from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
 from treegrpo.envs import TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
@@ -95,7 +96,8 @@ class Trainer:
         }
         self.model = problem.model
         if reference is None and config.loss.kl_coef > 0:
-            reference = _frozen_copy(self.model)
+            reference = "disable_adapter" if train.lora_rank > 0 else _frozen_copy(self.model)
+        self.setup = prepare_model(self.model, train)
         self.sampler = sampler or build_sampler(config, problem)
         self.advantage = advantage or build_advantage(config)
         self.loss = loss or build_loss(config, problem, reference)
@@ -385,6 +387,8 @@ def build_problem(config: Config) -> Problem:
 
     kind = config.model.kind
     if kind == "toy2d":
+        if config.sampling.transition != "flow_sde":
+            raise ValueError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
         return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
                              prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
     raise ValueError(f"model.kind: {kind!r} is not available yet; available: 'toy2d'")

@@ -85,6 +85,22 @@ def test_whole_config_round_trips_and_to_dict_is_plain(tmp_path) -> None:
     assert Config.from_toml(path) == config
 
 
+def test_yaml_file_gives_the_same_config_as_toml(tmp_path) -> None:
+    import yaml
+
+    settings = {**NON_DEFAULT, "loss": {**NON_DEFAULT["loss"], "reward_weights": [0.8, 0.2]}}
+    config = Config.from_dict(settings)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert Config.from_yaml(path) == config == Config.from_file(path)
+    broken = tmp_path / "broken.yml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"^.*broken.yml: cannot read config: "):
+        Config.from_file(broken)
+    with pytest.raises(ConfigError, match=r"run.json: expected a .toml, .yaml or .yml"):
+        Config.from_file(tmp_path / "run.json")
+
+
 def test_from_dict_takes_toml_ints_for_floats() -> None:
     assert Config.from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
 
