@@ -21,6 +21,7 @@ from treegrpo.algos.losses import (
     ppo_clip_objective,
     total_loss,
 )
+from treegrpo.algos.model_setup import adapters_disabled, apply_lora, compile_model, enable_gradient_checkpointing
 from treegrpo.algos.problem import Problem, toy2d_problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler, build_window
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
@@ -40,13 +41,17 @@ __all__ = [
     "ReinforceLoss",
     "Trainer",
     "TreeGRPOLoss",
+    "adapters_disabled",
+    "apply_lora",
     "build_advantage",
     "build_loss",
     "build_sampler",
     "build_window",
     "clip_advantages",
     "combine_rewards",
+    "compile_model",
     "count_edges",
+    "enable_gradient_checkpointing",
     "latest_checkpoint",
     "load_checkpoint",
     "parent_batch",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from treegrpo.algos.advantages import clip_advantages
 from treegrpo.algos.batch import count_edges, parent_batch, select_steps
 from treegrpo.algos.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from treegrpo.algos.config import Config
+from treegrpo.algos.config import Config, ConfigError
 from treegrpo.algos.losses import EdgeLoss, total_loss
 from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
@@ -388,10 +388,10 @@ def build_problem(config: Config) -> Problem:
     kind = config.model.kind
     if kind == "toy2d":
         if config.sampling.transition != "flow_sde":
-            raise ValueError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
+            raise ConfigError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
         return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
                              prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
-    raise ValueError(f"model.kind: {kind!r} is not available yet; available: 'toy2d'")
+    raise ConfigError(f"model.kind: {kind!r} is not available yet; available: 'toy2d'")
 
 
 @torch.no_grad()

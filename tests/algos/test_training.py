@@ -146,3 +146,21 @@ def test_non_finite_loss_never_reaches_the_weights(tmp_path):
     with pytest.raises(NonFiniteTrainingError, match=r"^iteration \d+: loss is not finite"):
         trainer.fit(progress=False)
     assert all(torch.isfinite(p).all() for p in trainer.named_params.values())
+
+
+def test_cli_train_writes_tensorboard_diagnostics_and_a_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from treegrpo.algos.cli import main
+
+    argv = ["train", "--model.kind", "toy2d", "--sampling.num_steps", "6", "--sampling.prompts_per_iteration", "2",
+            "--train.iterations", "3", "--train.out_dir", str(tmp_path), "--optim.lr", "1e-3"]
+    assert main(argv) == 0
+    assert latest_checkpoint(tmp_path).name == "iter-000003"
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"reward_mean", "loss", "clip_fraction", "approx_kl", "images_per_second", "nfe_sampled",
+                "edges_trained", "forward_rows", "backward_rows", "advantage_mean/depth_1", "advantage_std/depth_3"}
+    assert expected <= tags, expected - tags
+    ratio_steps = {tag for tag in tags if tag.startswith("ratio_mean/step_")}
+    assert ratio_steps and all(len(events.Scalars(tag)) >= 1 for tag in ratio_steps)
+    assert [e.step for e in events.Scalars("reward_mean")] == [0, 1, 2]
