@@ -31,6 +31,10 @@ class Problem:
         reward: ``(final latents [L, ...], prompt_ids [L]) -> [L]`` or ``[L, m]`` rewards.
         reward_names: one name per reward column, for logs.
         decode: optional ``latents -> images [L, C, H, W]`` in ``[0, 1]`` for sample grids.
+        eval_prompts: optional ``() -> (cond [Q, ...], prompt_ids [Q])``, the held-out prompts that
+            :meth:`Trainer.evaluate` samples (defaults to one iteration of training prompts).
+        eval_reward: optional scorer with the same signature as ``reward`` reporting every reward
+            of interest (``[L, m]``, one column per ``eval_reward_names``); defaults to ``reward``.
     """
 
     model: Denoiser
@@ -40,6 +44,9 @@ class Problem:
     reward: RewardFn
     reward_names: Sequence[str] = ("reward",)
     decode: Callable[[Tensor], Tensor] | None = None
+    eval_prompts: Callable[[], tuple[Cond, Tensor]] | None = None
+    eval_reward: RewardFn | None = None
+    eval_reward_names: Sequence[str] = ()
 
 
 class ResidualVelocity(Denoiser):
@@ -110,5 +117,9 @@ def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequen
     def decode(final: Tensor) -> Tensor:
         return render_points(final, goals)
 
+    def every_prompt() -> tuple[Tensor, Tensor]:
+        ids = torch.arange(goals.shape[0])
+        return ids, ids
+
     return Problem(model=model, transition=transition, latent_shape=(2,), prompts=prompts, reward=reward,
-                   reward_names=("target",), decode=decode)
+                   reward_names=("target",), decode=decode, eval_prompts=every_prompt)

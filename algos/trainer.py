@@ -10,6 +10,7 @@ checkpoints, so a resumed run continues bit for bit (on CPU with ``train.determi
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -350,6 +351,39 @@ class Trainer:
                 self._writer.add_scalar(key, value, int(metrics["iteration"]))
 
     @torch.no_grad()
+    def evaluate(self, samples_per_prompt: int = 8, seed: int | None = None) -> dict[str, float]:
+        """Mean of every evaluation reward over ODE samples (NFE = ``num_steps``) of the held-out prompts.
+
+        Uses ``problem.eval_prompts`` and ``problem.eval_reward`` when the problem has them (else one
+        iteration of training prompts and the training reward). Same seed, same noise: before/after
+        numbers compare the policies on identical starting latents.
+        """
+        from treegrpo.envs import sample_forest
+
+        problem = self.problem
+        generator = torch.Generator().manual_seed(self.config.train.seed + 1 if seed is None else seed)
+        if problem.eval_prompts is not None:
+            cond, prompt_ids = problem.eval_prompts()
+        else:
+            cond, prompt_ids = problem.prompts(0, torch.Generator().manual_seed(self.config.train.seed))
+        was_training = self.model.training
+        self.model.eval()
+        rollout = sample_forest(self.model, problem.transition, cond, sde_steps=(), branching=(),
+                                trees_per_prompt=samples_per_prompt, latent_shape=problem.latent_shape,
+                                num_prompts=int(prompt_ids.shape[0]), generator=generator,
+                                max_batch=self.config.sampling.max_batch or None)
+        self.model.train(was_training)
+        score = problem.eval_reward or problem.reward
+        names = list(problem.eval_reward_names if problem.eval_reward is not None else problem.reward_names)
+        rewards = score(rollout.final, prompt_ids[rollout.leaf_cond_index])
+        columns = rewards.reshape(rewards.shape[0], -1).double()
+        names += [f"reward_{j}" for j in range(len(names), columns.shape[1])]
+        result = {f"eval/{names[j]}": float(columns[:, j].mean()) for j in range(columns.shape[1])}
+        result["eval_samples"] = float(columns.shape[0])
+        result["iteration"] = float(self.iteration)
+        return result
+
+    @torch.no_grad()
     def save_grid(self, name: str | None = None, num_prompts: int = 4) -> Path | None:
         """Save a PNG grid of fresh ODE samples (one row per prompt), if the problem can decode images."""
         if self.problem.decode is None:
@@ -376,9 +410,45 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return reference.eval()
 
 
-def run(config: Config) -> list[dict[str, float]]:
-    """Entry point of ``treegrpo train``: build the configured problem and train it."""
-    return Trainer(build_problem(config), config).fit()
+def run(config: Config, *, problem: Problem | None = None, progress: bool = True) -> dict[str, Any]:
+    """Entry point of ``treegrpo train``: train, then write grids, a reward curve and a summary.
+
+    Held-out rewards of the starting policy are measured once (kept in ``eval_before.json`` so a
+    resumed run still reports them), then again after training; the table is printed and the
+    numbers go to ``summary.json``. Returns the summary.
+    """
+    from treegrpo.algos.report import plot_reward_curve, summary_table, write_json
+
+    trainer = Trainer(problem or build_problem(config), config)
+    run_dir = trainer.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    before_path = run_dir / "eval_before.json"
+    if before_path.is_file():
+        before = json.loads(before_path.read_text())
+    else:
+        before = trainer.evaluate()
+        write_json(before, before_path)
+        trainer.save_grid("before.png")
+    start = time.perf_counter()
+    history = trainer.fit(progress=progress)
+    seconds = time.perf_counter() - start
+    after = trainer.evaluate()
+    trainer.save_grid("after.png")
+    plot_reward_curve(history, run_dir / "reward_curve.png", {"before": before, "after": after},
+                      title=f"{config.loss.algorithm} on {config.model.kind}")
+    training = {
+        "iterations": float(trainer.iteration),
+        "wall_seconds_this_run": seconds,
+        "images_generated": sum(h.get("images", 0.0) for h in history),
+        "nfe_sampled": sum(h.get("nfe_sampled", 0.0) for h in history),
+        "edges_trained": sum(h.get("edges_trained", 0.0) for h in history),
+        "final_training_reward": history[-1]["reward_mean"] if history else float("nan"),
+    }
+    summary = {"before": before, "after": after, "training": training, "config": config.to_dict()}
+    write_json(summary, run_dir / "summary.json")
+    print(summary_table(before, after, training))
+    print(f"run directory: {run_dir} (samples/, reward_curve.png, summary.json, tensorboard/, checkpoints/)")
+    return summary
 
 
 def build_problem(config: Config) -> Problem:
@@ -394,25 +464,11 @@ def build_problem(config: Config) -> Problem:
     raise ConfigError(f"model.kind: {kind!r} is not available yet; available: 'toy2d'")
 
 
-@torch.no_grad()
-def evaluate(config: Config, checkpoint: str | Path | None = None, num_iterations: int = 4) -> dict[str, float]:
-    """Entry point of ``treegrpo eval``: mean reward of ODE samples, from a checkpoint if given."""
-    from treegrpo.envs import sample_forest
-
-    problem = build_problem(config)
-    trainer = Trainer(problem, config)
+def evaluate(config: Config, checkpoint: str | Path | None = None) -> dict[str, float]:
+    """Entry point of ``treegrpo eval``: held-out rewards of ODE samples, from a checkpoint if given."""
+    trainer = Trainer(build_problem(config), config)
     if checkpoint is not None or latest_checkpoint(trainer.run_dir) is not None:
         trainer.resume(checkpoint)
-    generator = torch.Generator().manual_seed(config.train.seed + 1)
-    rewards = []
-    for it in range(num_iterations):
-        cond, prompt_ids = problem.prompts(it, generator)
-        rollout = sample_forest(problem.model, problem.transition, cond, sde_steps=(), branching=(),
-                                trees_per_prompt=config.sampling.group_size, latent_shape=problem.latent_shape,
-                                generator=generator, num_prompts=int(prompt_ids.shape[0]))
-        rewards.append(problem.reward(rollout.final, prompt_ids[rollout.leaf_cond_index]))
-    scores = torch.cat(rewards)
-    result = {"iteration": float(trainer.iteration), "reward_mean": float(scores.mean()),
-              "reward_std": float(scores.std(unbiased=False))}
+    result = trainer.evaluate()
     print("  ".join(f"{k}={v:.4g}" for k, v in result.items()))
     return result

@@ -164,3 +164,25 @@ def test_cli_train_writes_tensorboard_diagnostics_and_a_checkpoint(tmp_path):
     ratio_steps = {tag for tag in tags if tag.startswith("ratio_mean/step_")}
     assert ratio_steps and all(len(events.Scalars(tag)) >= 1 for tag in ratio_steps)
     assert [e.step for e in events.Scalars("reward_mean")] == [0, 1, 2]
+
+
+def test_run_writes_grids_curve_summary_and_reports_held_out_gain(tmp_path, capsys):
+    import json
+
+    from treegrpo.algos.trainer import run
+
+    config = _config("treegrpo", tmp_path, 12, **{"train.checkpoint_every": 6})
+    summary = run(config, problem=toy2d_problem(8, prompts_per_iteration=4, seed=0), progress=False)
+    for name in ("samples/before.png", "samples/after.png", "reward_curve.png", "summary.json", "eval_before.json"):
+        assert (tmp_path / name).is_file(), name
+    before, after = summary["before"]["eval/target"], summary["after"]["eval/target"]
+    assert after > before + 0.3, (before, after)
+    assert summary["before"]["eval_samples"] == summary["after"]["eval_samples"] == 16  # 2 prompts x 8
+    printed = capsys.readouterr().out
+    assert "target" in printed and f"{after:.4f}" in printed and "images_generated" in printed
+    assert json.loads((tmp_path / "summary.json").read_text())["after"]["eval/target"] == after
+
+    resumed = run(config.override(["train.resume=true", "train.iterations=14"]),
+                  problem=toy2d_problem(8, prompts_per_iteration=4, seed=0), progress=False)
+    assert resumed["before"] == summary["before"]  # measured once, on the starting policy
+    assert resumed["training"]["iterations"] == 14
