@@ -3,8 +3,8 @@
 Every subcommand takes ``--config PATH`` (TOML or YAML), one flag per configuration field generated from
 the dataclasses in :mod:`treegrpo.algos.config` (``--sampling.num_steps 20``, ``--train.resume`` /
 ``--no-train.resume``, lists comma-separated) and repeatable ``--set section.field=value``.
-Precedence: defaults < config file < ``--set`` < per-field flags. ``--print-config`` prints the
-resolved configuration as TOML and exits without running anything.
+Precedence: the model kind's preset (:mod:`treegrpo.algos.presets`) < config file < ``--set`` <
+per-field flags. ``--print-config`` prints the resolved configuration as TOML and exits.
 
     treegrpo train --config run.toml --loss.algorithm grpo --train.iterations 50
     treegrpo eval --config run.toml --checkpoint runs/treegrpo/ckpt-100
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from treegrpo.algos.config import Config, ConfigError, Option, options
+from treegrpo.algos.config import MODELS, Config, ConfigError, ModelConfig, Option, options, read_config_file
 
 __all__ = ["build_parser", "main", "resolve_config"]
 
@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """Defaults, then the TOML file, then ``--set``, then per-field flags; validated."""
+    """The model kind's preset, then the config file, then ``--set``, then per-field flags; validated."""
+    from treegrpo.algos.presets import preset_config
+
     given = vars(args)
-    config = Config.from_file(given["config"]) if "config" in given else Config().validate()
+    data = read_config_file(given["config"]) if "config" in given else {}
     assignments = list(given.get("set", []))
     for option in options():
         key = f"{option.section}.{option.name}"
@@ -105,6 +107,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
             value = given[key]
             text = str(value).lower() if isinstance(value, bool) else value
             assignments.append(f"{key}={text}")
+    kinds = [a.partition("=")[2].strip() for a in assignments if a.partition("=")[0].strip() == "model.kind"]
+    model_table = data.get("model", {})
+    kind = kinds[-1] if kinds else (model_table.get("kind") if isinstance(model_table, dict) else None)
+    base = preset_config(str(kind or ModelConfig().kind)) if str(kind or ModelConfig().kind) in MODELS else None
+    config = Config.from_dict(data, base)
     return config.override(assignments) if assignments else config
 
 

@@ -229,8 +229,8 @@ class _Section:
             raise ConfigError(f"{cls.section}.{name}: expected {_expected(kind, f.metadata)}, got {text!r}") from None
 
     @classmethod
-    def _from_mapping(cls, values: Any) -> _Section:
-        """Build the section from a mapping of field values (unknown keys rejected, missing keys default)."""
+    def _from_mapping(cls, values: Any, base: _Section | None = None) -> _Section:
+        """Build the section from a mapping of field values (unknown keys rejected, missing keys from ``base``)."""
         if not isinstance(values, Mapping):
             raise ConfigError(f"{cls.section}: expected a table of options, got {values!r}")
         kinds = cls._kinds()
@@ -238,7 +238,7 @@ class _Section:
         for name, value in values.items():
             cls._field(str(name))
             kwargs[name] = _coerce(kinds[name], copy.deepcopy(value))
-        return cls(**kwargs)
+        return dataclasses.replace(copy.deepcopy(base), **kwargs) if base is not None else cls(**kwargs)
 
 
 @functools.cache
@@ -418,39 +418,23 @@ class Config:
         return to_toml(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        """Build and validate a Config from nested mappings; missing keys take their defaults."""
+    def from_dict(cls, data: Mapping[str, Any], base: Config | None = None) -> Config:
+        """Build and validate a Config from nested mappings; missing keys come from ``base`` (or the defaults)."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a table of sections, got {data!r}")
         sections = {}
         for name, values in data.items():
             if name not in SECTIONS:
                 raise ConfigError(f"{name}: unknown section; {_suggest(str(name), list(SECTIONS))}")
-            sections[name] = SECTIONS[name]._from_mapping(values)
-        return cls(**sections).validate()
+            sections[name] = SECTIONS[name]._from_mapping(values, getattr(base, name) if base else None)
+        if base is None:
+            return cls(**sections).validate()
+        return dataclasses.replace(copy.deepcopy(base), **sections).validate()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Config:
+    def from_file(cls, path: str | Path, base: Config | None = None) -> Config:
         """Read and validate a TOML (``.toml``) or YAML (``.yaml``, ``.yml``) file of section tables."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in (".toml", ".yaml", ".yml"):
-            raise ConfigError(f"{path}: expected a .toml, .yaml or .yml config file")
-        try:
-            if suffix == ".toml":
-                with path.open("rb") as handle:
-                    data = tomllib.load(handle)
-            else:
-                import yaml
-
-                with path.open(encoding="utf-8") as handle:
-                    data = yaml.safe_load(handle) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except Exception as error:  # noqa: BLE001 - any parse error becomes one line naming the file
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"{path}: cannot read config: {first}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_file(path), base)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Config:
@@ -480,6 +464,31 @@ class Config:
         fresh = copy.deepcopy(self)
         replaced = {name: dataclasses.replace(getattr(fresh, name), **values) for name, values in changes.items()}
         return dataclasses.replace(fresh, **replaced).validate()
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw section tables of a TOML (``.toml``) or YAML (``.yaml``, ``.yml``) config file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: expected a .toml, .yaml or .yml config file")
+    try:
+        if suffix == ".toml":
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        else:
+            import yaml
+
+            with path.open(encoding="utf-8") as handle:
+                data = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except Exception as error:  # noqa: BLE001 - any parse error becomes one line naming the file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: cannot read config: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of sections at the top level")
+    return data
 
 
 def options() -> Iterator[Option]:

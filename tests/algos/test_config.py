@@ -297,3 +297,18 @@ def test_bench_runs_the_script_as_main_with_its_arguments(tmp_path, monkeypatch,
     monkeypatch.setattr(cli, "BENCHMARKS", tmp_path)
     assert cli.main(["bench", "--name", "echo", "--", "--sizes", "10"]) == 0
     assert "ARGS ['--sizes', '10'] __main__" in capsys.readouterr().out
+
+
+def test_model_kind_presets_sit_under_files_and_flags(tmp_path, capsys) -> None:
+    from treegrpo.algos.presets import preset_config
+
+    toy = preset_config("toy2d")
+    assert toy.optim.lr == 3e-3 and toy.sampling.num_steps == 8
+    assert preset_config("sd3") == Config().override(["model.kind=sd3"])  # real models: the paper's numbers
+    args = cli.build_parser().parse_args(["train", "--model.kind", "toy2d", "--optim.lr", "0.01"])
+    resolved = cli.resolve_config(args)
+    assert resolved.optim.lr == 0.01 and resolved.sampling.num_steps == 8 and resolved.loss.clip_range == 0.2
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  kind: toy2d\nsampling:\n  num_steps: 6\n")
+    from_file = cli.resolve_config(cli.build_parser().parse_args(["train", "--config", str(path)]))
+    assert from_file.sampling.num_steps == 6 and from_file.optim.lr == 3e-3
