@@ -8,6 +8,7 @@ per-field flags. ``--print-config`` prints the resolved configuration as TOML an
 
     treegrpo train --config run.toml --loss.algorithm grpo --train.iterations 50
     treegrpo eval --config run.toml --checkpoint runs/treegrpo/ckpt-100
+    treegrpo bench --quick                      # benchmarks/compare_methods.py --quick
     treegrpo bench --name backup_speed -- --sizes 1000 --repeats 3
 """
 
@@ -89,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench = commands.add_parser("bench", help="run benchmarks/<name>.py; arguments after -- go to the script")
     _add_config_options(bench)
-    bench.add_argument("--name", default="backup_speed", help="benchmark script name (default: backup_speed)")
+    bench.add_argument("--name", default="compare_methods",
+                       help="benchmark script in benchmarks/ (default: compare_methods; also backup_speed)")
+    bench.add_argument("--quick", action="store_true", help="pass --quick to the script (a short smoke run)")
     bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the benchmark script, after --")
     return parser
 
@@ -143,6 +146,8 @@ def _bench(config: Config, args: argparse.Namespace) -> int:
     script_args = list(args.script_args)
     if script_args[:1] == ["--"]:
         script_args = script_args[1:]
+    if args.quick:
+        script_args.insert(0, "--quick")
     saved = sys.argv
     sys.argv = [str(script), *script_args]
     try:
