@@ -10,6 +10,7 @@ stored in a random node order, the slow path. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -74,9 +75,11 @@ def main() -> None:
         for size in args.sizes:
             tree = build(size, generator, args.device)
             leaf_adv = torch.randn(tree.num_nodes, generator=generator).to(args.device)
-            build_ms = median_ms(lambda: treeadv.Tree.from_parents(tree.parent, tree.log_prob), args.repeats, args.device)
+            rebuild = functools.partial(treeadv.Tree.from_parents, tree.parent, tree.log_prob)
+            build_ms = median_ms(rebuild, args.repeats, args.device)
             for estimator in treeadv.registered_estimators():
-                ms = median_ms(lambda: treeadv.backup(tree, leaf_adv, estimator), args.repeats, args.device)
+                backup = functools.partial(treeadv.backup, tree, leaf_adv, estimator)
+                ms = median_ms(backup, args.repeats, args.device)
                 rows.append(
                     {
                         "shape": shape,

@@ -41,9 +41,9 @@ from treegrpo.envs.windows import (
 )
 
 __all__ = [
+    "DDIM",
     "AdaptiveGeometricWindow",
     "CallableDenoiser",
-    "DDIM",
     "DDIMTimesteps",
     "DanceSDE",
     "Denoiser",

@@ -9,7 +9,7 @@ def check_int(name: str, value: object, *, minimum: int, maximum: int | None = N
     """Return ``value`` if it is an int in ``[minimum, maximum]``, else raise one ``ValueError`` line."""
     bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: expected an int {bounds}, got {value!r}")
+        raise ValueError(f"{name}: expected an int {bounds}, got {value!r}")  # noqa: TRY004 - one error type for bad input
     if value < minimum or (maximum is not None and value > maximum):
         raise ValueError(f"{name}: expected an int {bounds}, got {value}")
     return value

@@ -126,7 +126,7 @@ def check_ode_limit(
     prompts = num_prompts if num_prompts is not None else int(cond.shape[0])
     if noise.shape[0] % prompts:
         raise ValueError(f"noise: {noise.shape[0]} rows do not split evenly over {prompts} prompts")
-    common = dict(noise=noise, num_prompts=prompts, trees_per_prompt=noise.shape[0] // prompts)
+    common = {"noise": noise, "num_prompts": prompts, "trees_per_prompt": noise.shape[0] // prompts}
     every_step = range(transition.num_steps)
     sde = sample_forest(model, transition.deterministic(), cond, sde_steps=every_step,
                         branching=[1] * transition.num_steps, **common)

@@ -11,6 +11,7 @@ TensorDict module, so ``env.rollout(T, policy)`` produces the same latents and l
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -79,13 +80,13 @@ class DenoisingEnv(EnvBase):
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDict:
         b = self.batch_size[0]
         given = tensordict if tensordict is not None else TensorDict({}, batch_size=self.batch_size)
-        if "latent" in given.keys():
+        if "latent" in given.keys():  # noqa: SIM118 - TensorDict has no `in`
             latent = given["latent"].to(self.device, torch.float32)
             if tuple(latent.shape) != (b, *self.latent_shape):
                 raise ValueError(f"latent: expected shape {(b, *self.latent_shape)}, got {tuple(latent.shape)}")
         else:
             latent = torch.randn((b, *self.latent_shape), generator=self.generator, device=self.device)
-        if "cond_index" in given.keys():
+        if "cond_index" in given.keys():  # noqa: SIM118 - TensorDict has no `in`
             cond_index = given["cond_index"].to(self.device, torch.long)
         else:
             cond_index = torch.arange(b, device=self.device) // (b // self.num_prompts)
@@ -120,8 +121,8 @@ class DenoisingPolicy(TensorDictModuleBase):
     comes from ``generator`` in the same order the samplers draw it.
     """
 
-    in_keys = ["latent", "step", "cond_index"]
-    out_keys = ["action", "log_prob"]
+    in_keys: ClassVar[list[str]] = ["latent", "step", "cond_index"]
+    out_keys: ClassVar[list[str]] = ["action", "log_prob"]
 
     def __init__(
         self,

@@ -45,7 +45,7 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
 
 
 def _field(cond: Cond, key: str, adapter: str) -> Tensor:
-    if not isinstance(cond, TensorDictBase) or key not in cond.keys():
+    if not isinstance(cond, TensorDictBase) or key not in cond.keys():  # noqa: SIM118 - TensorDict has no `in`
         raise ValueError(f"cond: {adapter} needs a TensorDict with key {key!r}, got {type(cond).__name__}")
     return cond[key]
 

@@ -22,6 +22,7 @@ leaves. Node payload:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -182,7 +183,7 @@ def _check_sde_steps(sde_steps: Sequence[int], num_steps: int) -> tuple[int, ...
     steps = tuple(int(s) for s in sde_steps)
     if any(s < 0 or s >= num_steps for s in steps):
         raise ValueError(f"sde_steps: every step must lie in [0, {num_steps}), got {list(steps)}")
-    if any(b <= a for a, b in zip(steps, steps[1:])):
+    if any(b <= a for a, b in itertools.pairwise(steps)):
         raise ValueError(f"sde_steps: expected strictly increasing steps, got {list(steps)}")
     return steps
 

@@ -48,7 +48,7 @@ def test_flow_sde_step_log_prob_is_normal_density_of_the_drawn_noise():
 
 def test_flow_sde_step_accepts_scalar_times_and_sum_reduction():
     x, v = _x_v()
-    x_next, lp_mean = flow_sde_step(x, v, 0.6, 0.5, 0.7, torch.zeros_like(x))
+    _x_next, lp_mean = flow_sde_step(x, v, 0.6, 0.5, 0.7, torch.zeros_like(x))
     _, lp_sum = flow_sde_step(x, v, 0.6, 0.5, 0.7, torch.zeros_like(x), reduce="sum")
     torch.testing.assert_close(lp_sum, lp_mean * x[0].numel())
     assert lp_mean.shape == (5,)

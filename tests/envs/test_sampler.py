@@ -92,7 +92,7 @@ def test_importance_ratio_is_one_before_any_update():
 
 
 def test_on_policy_check_catches_a_changed_model():
-    model, transition, sampler = _sampler(10, 3, 2)
+    _model, transition, sampler = _sampler(10, 3, 2)
     rollout = sampler.sample(None, num_prompts=1, latent_shape=(6,), generator=torch.Generator().manual_seed(0))
     shifted = CallableDenoiser(lambda x, t, cond: DATA.velocity(x, t, None) + 0.1)
     with pytest.raises(OnPolicyError, match="importance ratio"):
@@ -154,10 +154,10 @@ def test_trajectory_sampler_independent_and_shared_noise():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(branching=0, depth=2), "k"),
-        (dict(branching=3, depth=11), "d"),
-        (dict(branching=3, depth=0), "d"),
-        (dict(branching=3, depth=2, trees_per_prompt=0), "trees_per_prompt"),
+        ({"branching": 0, "depth": 2}, "k"),
+        ({"branching": 3, "depth": 11}, "d"),
+        ({"branching": 3, "depth": 0}, "d"),
+        ({"branching": 3, "depth": 2, "trees_per_prompt": 0}, "trees_per_prompt"),
     ],
 )
 def test_bad_sampler_arguments(kwargs, name):

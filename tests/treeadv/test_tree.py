@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -73,7 +75,7 @@ def test_child_index_levels_and_paths_agree_with_parent_pointers(tree):
     for row, leaf in zip(paths.tolist(), tree.leaves().tolist()):
         path = [n for n in row if n >= 0]
         assert path[-1] == leaf and tree.parent[path[0]] == -1
-        assert all(tree.parent[b] == a for a, b in zip(path, path[1:]))
+        assert all(tree.parent[b] == a for a, b in itertools.pairwise(path))
 
 
 def test_scatter_leaves_and_relabel():
