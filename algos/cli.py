@@ -1,4 +1,4 @@
-"""The ``treegrpo`` console command: ``train``, ``eval`` and ``bench``.
+"""The ``treegrpo`` console command: ``train``, ``eval``, ``bench`` and ``pretrain``.
 
 Every subcommand takes ``--config PATH`` (TOML or YAML), one flag per configuration field generated from
 the dataclasses in :mod:`treegrpo.algos.config` (``--sampling.num_steps 20``, ``--train.resume`` /
@@ -10,6 +10,7 @@ per-field flags. ``--print-config`` prints the resolved configuration as TOML an
     treegrpo eval --config run.toml --checkpoint runs/treegrpo/ckpt-100
     treegrpo bench --quick                      # benchmarks/compare_methods.py --quick
     treegrpo bench --name backup_speed -- --sizes 1000 --repeats 3
+    treegrpo pretrain -- --what all --out embedded/weights --seed 0   # re-make the embedded weights
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``treegrpo`` parser; the config options are on it and on every subcommand."""
     parser = argparse.ArgumentParser(prog=PROG, description="RL post-training of diffusion/flow models (TreeGRPO).")
     _add_config_options(parser)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,pretrain}")
     train = commands.add_parser("train", help="train with the resolved config")
     _add_config_options(train)
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
@@ -94,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="benchmark script in benchmarks/ (default: compare_methods; also backup_speed)")
     bench.add_argument("--quick", action="store_true", help="pass --quick to the script (a short smoke run)")
     bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the benchmark script, after --")
+    pretrain = commands.add_parser(
+        "pretrain", help="re-make the embedded digits weights; arguments after -- go to treegrpo.embedded.pretrain")
+    pretrain.add_argument("script_args", nargs=argparse.REMAINDER,
+                          help="arguments for python -m treegrpo.embedded.pretrain (see its --help), after --")
     return parser
+
+
+def _after_dashes(values: list[str]) -> list[str]:
+    return values[1:] if values[:1] == ["--"] else values
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -143,9 +152,7 @@ def _bench(config: Config, args: argparse.Namespace) -> int:
     if not script.is_file():
         print(f"{PROG}: error: no benchmark script {script}", file=sys.stderr)
         return 2
-    script_args = list(args.script_args)
-    if script_args[:1] == ["--"]:
-        script_args = script_args[1:]
+    script_args = _after_dashes(list(args.script_args))
     if args.quick:
         script_args.insert(0, "--quick")
     saved = sys.argv
@@ -159,7 +166,14 @@ def _bench(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"train": _train, "eval": _eval, "bench": _bench}
+def _pretrain(config: Config, args: argparse.Namespace) -> int:
+    """Run :func:`treegrpo.embedded.pretrain.main` with the arguments after ``--``."""
+    from treegrpo.embedded import pretrain
+
+    return pretrain.main(_after_dashes(list(args.script_args)))
+
+
+HANDLERS = {"train": _train, "eval": _eval, "bench": _bench, "pretrain": _pretrain}
 
 
 def main(argv: list[str] | None = None) -> int:

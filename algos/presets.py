@@ -16,7 +16,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "optim.lr=3e-3", "loss.clip_range=0.2", "train.inner_epochs=2", "train.minibatch_parents=8",
         "train.iterations=30", "train.out_dir=runs/toy2d",
     ),
-    "digits": (),
+    "digits": (
+        "model.rewards=classifier,aesthetic", "loss.reward_weights=0.7,0.3", "sampling.shift=1.0",
+        "sampling.prompts_per_iteration=8", "optim.lr=1e-4", "loss.clip_range=1e-2",
+        "train.iterations=100", "train.out_dir=runs/digits",
+    ),
 }
 
 

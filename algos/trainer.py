@@ -384,15 +384,19 @@ class Trainer:
         return result
 
     @torch.no_grad()
-    def save_grid(self, name: str | None = None, num_prompts: int = 4) -> Path | None:
-        """Save a PNG grid of fresh ODE samples (one row per prompt), if the problem can decode images."""
+    def save_grid(self, name: str | None = None, num_prompts: int = 10) -> Path | None:
+        """Save a PNG grid of ODE samples (one row per prompt, the first held-out prompts when the
+        problem has them), if the problem can decode images. Same seed, same noise in every grid."""
         if self.problem.decode is None:
             return None
         from torchvision.utils import save_image
         from treegrpo.envs import sample_forest
 
         generator = torch.Generator().manual_seed(self.config.train.seed)
-        cond, _ = self.problem.prompts(0, torch.Generator().manual_seed(self.config.train.seed))
+        if self.problem.eval_prompts is not None:
+            cond, _ = self.problem.eval_prompts()
+        else:
+            cond, _ = self.problem.prompts(0, torch.Generator().manual_seed(self.config.train.seed))
         prompts = min(num_prompts, int(cond.shape[0]))
         rollout = sample_forest(self.model, self.problem.transition, gather_cond(cond, torch.arange(prompts)),
                                 sde_steps=(), branching=(), trees_per_prompt=8, latent_shape=self.problem.latent_shape,
@@ -456,12 +460,23 @@ def build_problem(config: Config) -> Problem:
     from treegrpo.algos.problem import toy2d_problem
 
     kind = config.model.kind
+    if kind == "digits":
+        from treegrpo.embedded.problem import FLOW_TRANSITIONS, digits_problem
+
+        s = config.sampling
+        if s.transition not in FLOW_TRANSITIONS:
+            raise ConfigError(f"sampling.transition: the digits model is a flow model; expected one of "
+                              f"{', '.join(FLOW_TRANSITIONS)}, got {s.transition!r}")
+        return digits_problem(num_steps=s.num_steps, noise_level=s.noise_level, shift=s.shift,
+                              transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
+                              rewards=config.model.rewards, guidance_scale=s.guidance_scale,
+                              weights=config.model.path or None)
     if kind == "toy2d":
         if config.sampling.transition != "flow_sde":
             raise ConfigError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
         return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
                              prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
-    raise ConfigError(f"model.kind: {kind!r} is not available yet; available: 'toy2d'")
+    raise ConfigError(f"model.kind: {kind!r} is not available yet; available: 'digits', 'toy2d'")
 
 
 def evaluate(config: Config, checkpoint: str | Path | None = None) -> dict[str, float]:

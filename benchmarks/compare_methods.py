@@ -11,7 +11,8 @@ tree shape (k, d), the window parameter alpha, and the backup estimator.
     python benchmarks/compare_methods.py --quick              # 1 seed, a few iterations (smoke test, < 5 min)
     treegrpo bench --quick                                    # the same through the CLI
 
-Writes ``<out>/compare_methods.json``, ``<out>/compare_methods.md`` and PNG plots in ``<out>``.
+Writes ``<out>/compare_methods.json``, ``<out>/compare_methods.md`` and PNG plots in ``<out>``;
+the committed full results are in ``benchmarks/results/`` and discussed in ``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="config override applied to every run (repeatable)")
     parser.add_argument("--eval-samples", type=int, default=None, help="held-out samples per prompt")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"output directory (default: {RESULTS})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output directory (default: {RESULTS}, or {RESULTS / 'quick'} with --quick)")
     return parser.parse_args(argv)
 
 
@@ -228,7 +230,7 @@ def plot(runs: list[dict[str, Any]], table: list[dict[str, Any]], out: Path) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out = args.out
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="treegrpo-bench-"))  # run directories: checkpoints, not results
     config = base_config(args, scratch)

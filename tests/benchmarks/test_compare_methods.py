@@ -8,7 +8,7 @@ import pytest
 from treegrpo.algos import cli
 
 
-@pytest.mark.parametrize("kind", ["toy2d"])
+@pytest.mark.parametrize("kind", ["toy2d", "digits"])
 def test_quick_bench_writes_tables_plots_and_consistent_accounting(kind, tmp_path, capsys):
     assert cli.main(["bench", "--quick", "--", "--kind", kind, "--out", str(tmp_path)]) == 0
     for name in ("compare_methods.json", "compare_methods.md", "compare_methods.png", "ablations.png"):

@@ -1,0 +1,93 @@
+"""Offline rewards: independent references, batch independence, and the orderings they promise."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from treegrpo.embedded.classifier import load_classifier
+from treegrpo.embedded.data import load_digit_images
+from treegrpo.embedded.rewards import (
+    REWARDS,
+    ClassifierReward,
+    aesthetic_proxy,
+    get_reward,
+    jpeg_compressibility,
+    jpeg_incompressibility,
+    jpeg_size_kb,
+)
+
+
+def _digits(count: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_digit_images(16)
+    return (images[:count] + 1) / 2, labels[:count]
+
+
+def test_classifier_reward_is_the_softmax_probability_of_the_label(tiny_weights: Path) -> None:
+    images, labels = _digits()
+    classifier = load_classifier(tiny_weights / "classifier")
+    reward = ClassifierReward(path=tiny_weights / "classifier")(images, labels)
+    reference = torch.distributions.Categorical(logits=classifier(images).double()).log_prob(labels).exp()
+    assert torch.allclose(reward.double(), reference, atol=1e-6)
+
+
+def test_shipped_classifier_rewards_real_digits_over_wrong_labels() -> None:
+    images, labels = _digits(200)
+    reward = REWARDS["classifier"]
+    right, wrong = reward(images, labels), reward(images, (labels + 1) % 10)
+    assert right.mean() > 0.95 and wrong.mean() < 0.05
+
+
+@pytest.mark.parametrize("name", sorted(REWARDS))
+def test_scores_do_not_depend_on_the_batch(name: str, tiny_weights: Path) -> None:
+    scorer = ClassifierReward(path=tiny_weights / "classifier") if name == "classifier" else get_reward(name)
+    images, labels = _digits(9)
+    images = (images + 0.2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    together = scorer(images, labels)
+    assert together.shape == (9,) and together.dtype == torch.float32
+    one_by_one = torch.cat([scorer(images[i : i + 1], labels[i : i + 1]) for i in range(9)])
+    assert torch.allclose(together, one_by_one, atol=1e-6)
+
+
+def test_jpeg_size_matches_pil_directly() -> None:
+    images, _ = _digits(3)
+    sizes = jpeg_size_kb(images)
+    for image, size in zip(images, sizes, strict=True):
+        pixels = (image[0].numpy() * 255).round().astype(np.uint8).repeat(4, 0).repeat(4, 1)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        assert float(size) == pytest.approx(buffer.tell() / 1000)
+
+
+def test_jpeg_rewards_prefer_flat_or_noisy_images_as_ddpo_does() -> None:
+    flat = torch.full((1, 1, 16, 16), 0.0)
+    noisy = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert jpeg_compressibility(flat) > jpeg_compressibility(noisy)
+    assert jpeg_incompressibility(noisy) > jpeg_incompressibility(flat)
+    assert torch.equal(jpeg_compressibility(noisy), -jpeg_incompressibility(noisy))
+
+
+def test_aesthetic_proxy_matches_its_formula_and_ranks_digits_above_noise_and_blanks() -> None:
+    images, _ = _digits(50)
+    x = images.double()
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    median = torch.stack([padded[..., i : i + 16, j : j + 16] for i in range(3) for j in range(3)], -1).median(-1).values
+    coverage = (1 - (x.mean((1, 2, 3)) - 0.3).abs() / 0.3).clamp(min=0)
+    reference = (2 * x - 1).abs().mean((1, 2, 3)) * coverage - 2 * (x - median).abs().mean((1, 2, 3))
+    assert torch.allclose(aesthetic_proxy(images).double(), reference, atol=1e-5)
+    noise = torch.rand((50, 1, 16, 16), generator=torch.Generator().manual_seed(1))
+    assert aesthetic_proxy(images).mean() > 0.4 > aesthetic_proxy(noise).max()
+    assert aesthetic_proxy(torch.zeros(1, 1, 16, 16)).item() == pytest.approx(0.0)
+
+
+def test_bad_inputs_and_names_give_one_line_errors() -> None:
+    with pytest.raises(ValueError, match=r"images: expected shape \[B, 1 or 3, H, W\], got \(16, 16\)"):
+        aesthetic_proxy(torch.zeros(16, 16))
+    with pytest.raises(ValueError, match=r"labels: expected shape \[2\]"):
+        REWARDS["classifier"](torch.zeros(2, 1, 16, 16), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="rewards: unknown reward 'hps'"):
+        get_reward("hps")
