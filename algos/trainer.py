@@ -61,6 +61,9 @@ class EMA:
             self.shadow[name].copy_(t)
 
 
+GRID_MIN_SIDE = 64  # sample grids show each image at least this many pixels wide
+
+
 @dataclass
 class IterationStats:
     """Per-iteration accounting and diagnostics, the counters benchmarks read."""
@@ -402,6 +405,8 @@ class Trainer:
                                 sde_steps=(), branching=(), trees_per_prompt=8, latent_shape=self.problem.latent_shape,
                                 num_prompts=prompts, generator=generator)
         images = self.problem.decode(rollout.final).clamp(0, 1)
+        if images.shape[-1] < GRID_MIN_SIDE:  # tiny images (16 px digits): enlarge pixels so the grid is legible
+            images = torch.nn.functional.interpolate(images, scale_factor=-(-GRID_MIN_SIDE // images.shape[-1]))
         path = self.run_dir / "samples" / (name or f"iter-{self.iteration:06d}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, path, nrow=8)

@@ -36,7 +36,7 @@ def test_treeadv_imports_only_torch_and_tensordict(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("module", ["treeadv", "treegrpo.envs", "treegrpo.algos"])
+@pytest.mark.parametrize("module", ["treeadv", "treegrpo.envs", "treegrpo.algos", "treegrpo.embedded"])
 def test_every_public_name_has_a_docstring(module):
     package = importlib.import_module(module)
     missing = [name for name in package.__all__ if not (getattr(package, name).__doc__ or "").strip()]
@@ -74,3 +74,17 @@ def test_readme_python_snippets_run(index, tmp_path):
     result = _run_outside_repo(snippet + "\n" + "\n".join(calls) + "\nprint('ok')\n", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_the_wheel_ships_the_embedded_weights(tmp_path):
+    """A non-editable install gets the weights and their manifest, not only the editable checkout."""
+    import json
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("treegrpo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    manifest = json.loads((REPO / "embedded" / "weights" / "MANIFEST.json").read_text())
+    for name in ["MANIFEST.json", *manifest["sha256"]]:
+        assert f"treegrpo/embedded/weights/{name}" in names, name

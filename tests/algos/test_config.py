@@ -312,3 +312,20 @@ def test_model_kind_presets_sit_under_files_and_flags(tmp_path, capsys) -> None:
     path.write_text("model:\n  kind: toy2d\nsampling:\n  num_steps: 6\n")
     from_file = cli.resolve_config(cli.build_parser().parse_args(["train", "--config", str(path)]))
     assert from_file.sampling.num_steps == 6 and from_file.optim.lr == 3e-3
+
+
+def test_train_without_arguments_is_treegrpo_on_the_digits_preset() -> None:
+    config = cli.resolve_config(cli.build_parser().parse_args(["train"]))
+    assert config.model.kind == "digits" and config.loss.algorithm == "treegrpo"
+    assert (config.sampling.num_steps, config.sampling.branching, config.sampling.depth) == (10, 3, 3)  # the paper's tree
+    assert config.model.rewards == ["classifier", "aesthetic"] and config.loss.reward_weights == [0.7, 0.3]
+    assert config.train.out_dir == "runs/digits"
+
+
+def test_pretrain_subcommand_forwards_its_arguments(monkeypatch) -> None:
+    from treegrpo.embedded import pretrain
+
+    seen = []
+    monkeypatch.setattr(pretrain, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["pretrain", "--", "--what", "classifier", "--seed", "3"]) == 0
+    assert seen == [["--what", "classifier", "--seed", "3"]]

@@ -135,7 +135,8 @@ def test_sample_grids_are_written_as_png(tmp_path):
     assert [g.name for g in grids] == ["iter-000002.png", "iter-000004.png"]
     with Image.open(grids[0]) as image:
         width, height = image.size
-    assert (width, height) == (8 * 34 + 2, 4 * 34 + 2)  # 8 samples x 4 prompts of 32 px, 2 px padding
+    # 8 samples x the 2 held-out prompts; 32 px renders enlarged to 64 px; 2 px padding.
+    assert (width, height) == (8 * 66 + 2, 2 * 66 + 2)
 
 
 def _tiny_sd3_problem(tmp_path: Path) -> Problem:
