@@ -1,7 +1,9 @@
 """TreeGRPO against trajectory GRPO, MixGRPO and DDPO on one problem and one budget, plus ablations.
 
 Every method gets the same prompts per iteration, the same NFE per trajectory, the same number of
-images per prompt (``k^d``) and the same number of iterations, for each seed. For each run the
+images per prompt (``k^d``) and the same number of iterations, for each seed; trajectory methods
+take their optimiser steps over whole trajectories as their reference implementations do (see
+:func:`method_overrides`). For each run the
 script records reward against iterations, wall-clock and images generated, the time per
 iteration, the sampling/training accounting (NFE, edges, forward/backward rows), and held-out
 rewards (prompts never used in training, every reward) before and after. Ablations (one seed):
@@ -32,13 +34,9 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS: dict[str, tuple[str, ...]] = {
-    "treegrpo": ("loss.algorithm=treegrpo",),
-    "grpo": ("loss.algorithm=grpo",),  # Flow-GRPO / DanceGRPO: SDE on every step
-    "mixgrpo": ("loss.algorithm=mixgrpo",),  # SDE in a sliding window of d steps, ODE elsewhere
-    "ddpo": ("loss.algorithm=ddpo",),
-}
-TREE_SHAPES = ((2, 2), (2, 3), (3, 2), (3, 3), (4, 2))
+METHODS = ("treegrpo", "grpo", "mixgrpo", "ddpo")  # grpo: Flow-GRPO/DanceGRPO, SDE on every step
+# (k, d, trees per prompt): the paper's tree-shape table (leaves 8, 16, 16, 27, 54, 64).
+TREE_SHAPES = ((2, 3, 1), (2, 3, 2), (2, 4, 1), (3, 3, 1), (3, 3, 2), (4, 3, 1))
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 ESTIMATORS = ("logprob_softmax", "mean", "leaf")
 
@@ -73,20 +71,37 @@ def base_config(args: argparse.Namespace, scratch: Path):
     return config.override([*shared, *args.set])
 
 
-def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+def method_overrides(name: str, config) -> list[str]:
+    """``name``'s algorithm; trajectory methods take minibatches of whole trajectories.
+
+    As in Flow-GRPO and DanceGRPO, a trajectory baseline's optimiser step covers every trained SDE
+    step of its trajectories (``T`` for GRPO and DDPO, the window's ``d`` for MixGRPO), so each
+    method makes one step per ``train.minibatch_parents`` sampled trajectories or tree nodes rather
+    than ``T`` times as many steps on single edges.
+    """
+    steps_per_trajectory = {"grpo": config.sampling.num_steps, "ddpo": config.sampling.num_steps,
+                            "mixgrpo": config.sampling.depth}.get(name, 1)
+    overrides = [f"loss.algorithm={name}"]
+    if steps_per_trajectory > 1:
+        overrides.append(f"train.minibatch_parents={config.train.minibatch_parents * steps_per_trajectory}")
+    return overrides
+
+
+def plan(args: argparse.Namespace, config) -> list[dict[str, Any]]:
     """Every run: (group, name, seed, overrides)."""
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    runs = [{"group": "methods", "name": name, "seed": seed, "overrides": list(overrides)}
-            for seed in seeds for name, overrides in METHODS.items()]
+    runs = [{"group": "methods", "name": name, "seed": seed, "overrides": method_overrides(name, config)}
+            for seed in seeds for name in METHODS]
     if not args.ablations:
         return runs
-    shapes = TREE_SHAPES[-2:] if args.quick else TREE_SHAPES
+    shapes = ((2, 3, 1), (3, 3, 1)) if args.quick else TREE_SHAPES
     alphas = ALPHAS[:2] if args.quick else ALPHAS
     estimators = ESTIMATORS[1:] if args.quick else ESTIMATORS
     seed = seeds[0]
-    for k, d in shapes:
-        runs.append({"group": "tree_shape", "name": f"k={k},d={d}", "seed": seed,
-                     "overrides": [f"sampling.branching={k}", f"sampling.depth={d}", f"sampling.group_size={k**d}"]})
+    for k, d, trees in shapes:
+        runs.append({"group": "tree_shape", "name": f"k={k},d={d},trees={trees}", "seed": seed,
+                     "overrides": [f"sampling.branching={k}", f"sampling.depth={d}",
+                                   f"sampling.trees_per_prompt={trees}"]})
     for alpha in alphas:
         runs.append({"group": "alpha", "name": f"alpha={alpha}", "seed": seed, "overrides": [f"sampling.alpha={alpha}"]})
     for estimator in estimators:
@@ -236,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = base_config(args, scratch)
     eval_samples = args.eval_samples or (4 if args.quick else 16)
     runs, before_cache = [], {}
-    specs = plan(args)
+    specs = plan(args, config)
     start = time.perf_counter()
     for index, spec in enumerate(specs, 1):
         result = run_one(config, spec, eval_samples, before_cache)
