@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", default="digits", help="model.kind of the problem (default: digits)")
     parser.add_argument("--quick", action="store_true", help="1 seed, few iterations, small ablation grid")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="methods to compare (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1 2; quick: 0)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per run (default: the preset's)")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false", help="skip the ablations")
@@ -91,7 +93,7 @@ def plan(args: argparse.Namespace, config) -> list[dict[str, Any]]:
     """Every run: (group, name, seed, overrides)."""
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     runs = [{"group": "methods", "name": name, "seed": seed, "overrides": method_overrides(name, config)}
-            for seed in seeds for name in METHODS]
+            for seed in seeds for name in args.methods]
     if not args.ablations:
         return runs
     shapes = ((2, 3, 1), (3, 3, 1)) if args.quick else TREE_SHAPES
