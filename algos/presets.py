@@ -18,7 +18,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     ),
     "digits": (
         "model.rewards=classifier,aesthetic", "loss.reward_weights=0.7,0.3", "sampling.shift=1.0",
-        "sampling.prompts_per_iteration=8", "optim.lr=1e-4", "loss.clip_range=1e-2",
+        "sampling.prompts_per_iteration=8", "optim.lr=2e-5", "loss.clip_range=1e-2",
         "train.iterations=100", "train.out_dir=runs/digits",
     ),
 }
