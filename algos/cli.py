@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config.to_toml(), end="")
             return 0
         return HANDLERS[args.command](config, args)
-    except ConfigError as error:
+    except (ConfigError, FileNotFoundError) as error:  # bad options, missing weights or prompt files
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+import torch
+
 __all__ = [
     "SECTIONS",
     "Config",
@@ -265,7 +267,20 @@ class ModelConfig(_Section):
     kind: str = _opt("digits", "model family", choices=MODELS)
     path: str = _opt("", "local directory with the model weights (empty = embedded default)")
     rewards: list[str] = _opt(["classifier"], "reward names, comma-separated", min_items=1)
-    image_size: int = _opt(16, "image side in pixels", min=1)
+    image_size: int = _opt(16, "image side in pixels (sd3, sd15)", min=1)
+    prompts: str = _opt("", "sd3/sd15 training prompts: .txt (one per line), .json, or a folder with train.json")
+    eval_prompts: str = _opt("", "held-out prompts (same formats); empty = the test split of model.prompts")
+    eval_count: int = _opt(64, "held-out prompts evaluated, 0 = all", min=0)
+    t5: bool = _opt(True, "sd3: load the T5 text encoder (false: its tokens are zeros, as diffusers does)")
+    max_sequence_length: int = _opt(256, "sd3: T5 tokens per prompt", min=1)
+    frozen_precision: str = _opt("bf16", "dtype of the frozen VAE and text encoders", choices=("bf16", "fp32"))
+    embedding_cache: str = _opt("", "folder caching prompt embeddings on disk, empty = memory only")
+    embedding_memory: int = _opt(1024, "prompt embeddings kept in memory (LRU)", min=0)
+    precompute_embeddings: bool = _opt(
+        False, "encode every prompt up front, then free the text encoders (large sets need embedding_cache)")
+    negative_prompt: str = _opt("", "the unconditional prompt of classifier-free guidance")
+    vae_batch: int = _opt(8, "latents decoded per VAE call", min=1)
+    lora: str = _opt("", "diffusers LoRA weights fused into the model before training or evaluation")
 
 
 @dataclass
@@ -373,6 +388,15 @@ class TrainConfig(_Section):
     sample_every: int = _opt(10, "iterations between saved sample grids", min=1)
     keep_checkpoints: int = _opt(3, "most recent checkpoints kept", min=1)
     resume: bool = _opt(False, "continue from the latest checkpoint in out_dir")
+    device: str = _opt("cpu", "device of the model and sampling: cpu, cuda, cuda:N, or auto (cuda if available)")
+
+    def _check_fields(self) -> None:
+        """``device`` must name a torch device."""
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(f"train.device: expected cpu, cuda, cuda:N or auto, got {self.device!r}") from None
 
 
 SECTIONS: dict[str, type[_Section]] = {

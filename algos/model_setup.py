@@ -40,7 +40,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str]
 
     ``targets`` are module-name suffixes as peft matches them (``to_q``, ``attn.to_out.0``); empty
     means every linear layer. The adapters start as the identity (``B = 0``), so the policy is
-    unchanged until the first update.
+    unchanged until the first update; they are kept in float32 whatever the base weights' dtype.
     """
     import torch
     from peft import LoraConfig, inject_adapter_in_model
@@ -71,6 +71,9 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str]
         if id(module) not in adapted_ids:
             for p in module.parameters(recurse=False):
                 p.requires_grad_(False)
+    for p in model.parameters():  # adapters train in float32 even on a bf16 base (the optimiser's master copy)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     return adapted
 
 

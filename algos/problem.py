@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,9 @@ class Problem:
             :meth:`Trainer.evaluate` samples (defaults to one iteration of training prompts).
         eval_reward: optional scorer with the same signature as ``reward`` reporting every reward
             of interest (``[L, m]``, one column per ``eval_reward_names``); defaults to ``reward``.
+        device: where the model lives and latents are sampled.
+        export: optional ``folder -> files`` writing the trained weights in the model's own format
+            (a diffusers LoRA, or the network's ``save_pretrained``); called at the end of a run.
     """
 
     model: Denoiser
@@ -47,6 +51,8 @@ class Problem:
     eval_prompts: Callable[[], tuple[Cond, Tensor]] | None = None
     eval_reward: RewardFn | None = None
     eval_reward_names: Sequence[str] = ()
+    device: torch.device | str = "cpu"
+    export: Callable[[Path], list[Path]] | None = None
 
 
 class ResidualVelocity(Denoiser):

@@ -94,8 +94,9 @@ class Trainer:
         if train.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(train.seed)
+        self.device = torch.device(problem.device)
         self.generators = {
-            name: torch.Generator().manual_seed(train.seed * 7919 + offset)
+            name: torch.Generator(self.device if name == "sample" else "cpu").manual_seed(train.seed * 7919 + offset)
             for offset, name in enumerate(("prompts", "sample", "shuffle"))
         }
         self.model = problem.model
@@ -182,7 +183,8 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         rollout = self.sampler.sample(cond, epoch=it, latent_shape=self.problem.latent_shape,
-                                      num_prompts=int(prompt_ids.shape[0]), generator=self.generators["sample"])
+                                      num_prompts=int(prompt_ids.shape[0]), generator=self.generators["sample"],
+                                      device=self.device)
         self.model.train(was_training)
         tree = rollout.tree
         leaf_prompts = prompt_ids[rollout.leaf_cond_index]
@@ -364,7 +366,7 @@ class Trainer:
         from treegrpo.envs import sample_forest
 
         problem = self.problem
-        generator = torch.Generator().manual_seed(self.config.train.seed + 1 if seed is None else seed)
+        generator = torch.Generator(self.device).manual_seed(self.config.train.seed + 1 if seed is None else seed)
         if problem.eval_prompts is not None:
             cond, prompt_ids = problem.eval_prompts()
         else:
@@ -374,7 +376,7 @@ class Trainer:
         rollout = sample_forest(self.model, problem.transition, cond, sde_steps=(), branching=(),
                                 trees_per_prompt=samples_per_prompt, latent_shape=problem.latent_shape,
                                 num_prompts=int(prompt_ids.shape[0]), generator=generator,
-                                max_batch=self.config.sampling.max_batch or None)
+                                max_batch=self.config.sampling.max_batch or None, device=self.device)
         self.model.train(was_training)
         score = problem.eval_reward or problem.reward
         names = list(problem.eval_reward_names if problem.eval_reward is not None else problem.reward_names)
@@ -395,7 +397,7 @@ class Trainer:
         from torchvision.utils import save_image
         from treegrpo.envs import sample_forest
 
-        generator = torch.Generator().manual_seed(self.config.train.seed)
+        generator = torch.Generator(self.device).manual_seed(self.config.train.seed)
         if self.problem.eval_prompts is not None:
             cond, _ = self.problem.eval_prompts()
         else:
@@ -403,7 +405,8 @@ class Trainer:
         prompts = min(num_prompts, int(cond.shape[0]))
         rollout = sample_forest(self.model, self.problem.transition, gather_cond(cond, torch.arange(prompts)),
                                 sde_steps=(), branching=(), trees_per_prompt=8, latent_shape=self.problem.latent_shape,
-                                num_prompts=prompts, generator=generator)
+                                num_prompts=prompts, generator=generator, device=self.device,
+                                max_batch=self.config.sampling.max_batch or None)
         images = self.problem.decode(rollout.final).clamp(0, 1)
         if images.shape[-1] < GRID_MIN_SIDE:  # tiny images (16 px digits): enlarge pixels so the grid is legible
             images = torch.nn.functional.interpolate(images, scale_factor=-(-GRID_MIN_SIDE // images.shape[-1]))
@@ -443,6 +446,9 @@ def run(config: Config, *, problem: Problem | None = None, progress: bool = True
     seconds = time.perf_counter() - start
     after = trainer.evaluate()
     trainer.save_grid("after.png")
+    if trainer.problem.export is not None:
+        exported = trainer.problem.export(run_dir / "final")
+        print("trained weights: " + ", ".join(str(p) for p in exported))
     plot_reward_curve(history, run_dir / "reward_curve.png", {"before": before, "after": after},
                       title=f"{config.loss.algorithm} on {config.model.kind}")
     training = {
@@ -481,7 +487,11 @@ def build_problem(config: Config) -> Problem:
             raise ConfigError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
         return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
                              prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
-    raise ConfigError(f"model.kind: {kind!r} is not available yet; available: 'digits', 'toy2d'")
+    if kind in ("sd3", "sd15"):
+        from treegrpo.algos.t2i import build_pipeline_problem
+
+        return build_pipeline_problem(config)
+    raise ConfigError(f"model.kind: expected one of 'digits', 'toy2d', 'sd3', 'sd15', got {kind!r}")
 
 
 def evaluate(config: Config, checkpoint: str | Path | None = None) -> dict[str, float]:

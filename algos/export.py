@@ -1,0 +1,62 @@
+"""Write trained text-to-image weights in the formats diffusers loads.
+
+A LoRA run writes ``pytorch_lora_weights.safetensors`` with its adapter config as metadata, which
+a stock pipeline loads with ``pipeline.load_lora_weights(folder)``; a full fine-tune writes the
+network's ``save_pretrained`` folder (``transformer/`` or ``unet/``), which replaces the
+pipeline's own component folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from treegrpo.algos.model_setup import has_adapters
+from treegrpo.envs.pipelines import LAYOUTS, TextToImageModel
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def save_lora(model: TextToImageModel, directory: str | Path, adapter: str = "default") -> Path:
+    """Save the network's peft adapter ``adapter`` as a diffusers LoRA; returns the file."""
+    from peft.utils import get_peft_model_state_dict
+
+    network = model.network
+    if not has_adapters(network):
+        raise ValueError("save_lora: the model has no LoRA adapters (train with train.lora_rank > 0)")
+    layers = get_peft_model_state_dict(network, adapter_name=adapter)
+    metadata = network.peft_config[adapter].to_dict()
+    directory = Path(directory)
+    pipeline_class = type(model.pipeline)
+    if model.kind == "sd3":
+        pipeline_class.save_lora_weights(directory, transformer_lora_layers=layers,
+                                         transformer_lora_adapter_metadata=metadata, weight_name=LORA_FILE)
+    else:
+        pipeline_class.save_lora_weights(directory, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata,
+                                         weight_name=LORA_FILE)
+    return directory / LORA_FILE
+
+
+def save_network(model: TextToImageModel, directory: str | Path) -> Path:
+    """Save the fully fine-tuned network as ``<directory>/transformer`` or ``<directory>/unet``."""
+    target = Path(directory) / LAYOUTS[model.kind].denoiser
+    model.network.save_pretrained(target)
+    return target
+
+
+def export_trained(model: TextToImageModel, directory: str | Path) -> list[Path]:
+    """The LoRA if the network carries one, else the whole network; returns what was written."""
+    if has_adapters(model.network):
+        return [save_lora(model, directory)]
+    return [save_network(model, directory)]
+
+
+def fuse_lora(model: TextToImageModel, path: str | Path) -> None:
+    """Load diffusers LoRA weights from ``path`` and fold them into the network's weights."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model.lora: {path} does not exist; expected a folder with {LORA_FILE} "
+                                "(what training writes to <out_dir>/final) or the .safetensors file itself")
+    folder, weight_name = (path.parent, path.name) if path.is_file() else (path, LORA_FILE)
+    model.pipeline.load_lora_weights(folder, weight_name=weight_name, adapter_name="fused")
+    model.pipeline.fuse_lora(adapter_names=["fused"])
+    model.pipeline.unload_lora_weights()

@@ -1,0 +1,142 @@
+"""Text-to-image training problems: a local SD3/SD3.5 or SD1.5-style pipeline, prompts and rewards.
+
+:func:`pipeline_problem` turns a loaded :class:`~treegrpo.envs.pipelines.TextToImageModel` into a
+:class:`~treegrpo.algos.problem.Problem`: each iteration draws prompts, looks their embeddings up
+in a :class:`~treegrpo.envs.prompts.PromptEmbeddings` cache, and scores VAE-decoded leaves with
+every reward model (one column each). :func:`build_pipeline_problem` does all of it from a
+:class:`~treegrpo.algos.config.Config`, as ``treegrpo train --model.kind sd3`` does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from treegrpo.algos.config import Config, ConfigError
+from treegrpo.algos.problem import Problem
+from treegrpo.envs import GuidedDenoiser
+from treegrpo.envs.pipelines import TextToImageModel, load_pipeline
+from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
+from treegrpo.rewards import RewardModel, build_reward
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def pipeline_problem(
+    model: TextToImageModel,
+    *,
+    train_prompts: Sequence[str],
+    eval_prompts: Sequence[str],
+    rewards: Sequence[RewardModel],
+    embeddings: PromptEmbeddings,
+    image_size: int,
+    transition: str = "flow_sde",
+    num_steps: int = 10,
+    noise_level: float = 0.7,
+    shift: float = 3.0,
+    prompts_per_iteration: int = 32,
+    guidance_scale: float = 1.0,
+    negative_prompt: str = "",
+) -> Problem:
+    """Train ``model``'s denoiser on ``train_prompts``, scored by ``rewards``.
+
+    The prompt ids the trainer sees index ``train_prompts`` (training) or ``eval_prompts``
+    (evaluation); rewards receive the prompt texts. With ``guidance_scale != 1`` sampling uses
+    classifier-free guidance against ``negative_prompt`` (two model evaluations per row).
+    """
+    train_prompts, eval_prompts = list(train_prompts), list(eval_prompts)
+    if not rewards:
+        raise ValueError("rewards: expected at least one reward model")
+    if not 1 <= prompts_per_iteration <= len(train_prompts):
+        raise ValueError(f"sampling.prompts_per_iteration: expected 1..{len(train_prompts)} (the number of "
+                         f"training prompts), got {prompts_per_iteration}")
+    device = model.device
+    denoiser = model.denoiser
+    if guidance_scale != 1.0:
+        denoiser = GuidedDenoiser(denoiser, guidance_scale, embeddings([negative_prompt]))
+    step = model.transition(transition, num_steps, noise_level, shift)
+
+    def score(final: Tensor, texts: list[str]) -> Tensor:
+        images = model.decode(final)
+        return torch.stack([reward(images, texts).to(device).float() for reward in rewards], dim=-1)
+
+    def prompts(iteration: int, generator: torch.Generator) -> tuple[object, Tensor]:
+        ids = torch.randperm(len(train_prompts), generator=generator)[:prompts_per_iteration]
+        return embeddings([train_prompts[i] for i in ids.tolist()]), ids.to(device)
+
+    def reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
+        return score(final, [train_prompts[i] for i in prompt_ids.tolist()])
+
+    def held_out() -> tuple[object, Tensor]:
+        return embeddings(eval_prompts), torch.arange(len(eval_prompts), device=device)
+
+    def eval_reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
+        return score(final, [eval_prompts[i] for i in prompt_ids.tolist()])
+
+    def export(directory):
+        from treegrpo.algos.export import export_trained
+
+        return export_trained(model, directory)
+
+    names = tuple(reward.name for reward in rewards)
+    return Problem(model=denoiser, transition=step, latent_shape=model.latent_shape(image_size), prompts=prompts,
+                   reward=reward, reward_names=names, decode=model.decode, eval_prompts=held_out,
+                   eval_reward=eval_reward, eval_reward_names=names, device=device, export=export)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` is CUDA when available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use cpu or auto")
+    return device
+
+
+def _eval_prompts(config: Config, train: list[str]) -> list[str]:
+    """``model.eval_prompts``, else the test split of ``model.prompts``, else (with a warning) training prompts."""
+    m = config.model
+    try:
+        texts = load_prompts(m.eval_prompts or m.prompts, "test")
+    except (FileNotFoundError, ValueError):
+        if m.eval_prompts:
+            raise
+        texts = train
+    if texts == train:
+        warnings.warn("model.eval_prompts: no held-out prompts given; evaluating on training prompts", stacklevel=2)
+    return texts[: m.eval_count] if m.eval_count else texts
+
+
+def build_pipeline_problem(config: Config) -> Problem:
+    """The ``sd3``/``sd15`` problem a config describes (weights, prompts and rewards from local paths)."""
+    from treegrpo.algos.export import fuse_lora
+
+    m, s, t = config.model, config.sampling, config.train
+    if not m.path:
+        raise ConfigError(f"model.path: model.kind={m.kind} needs the local pipeline folder (diffusers layout)")
+    if not m.prompts:
+        raise ConfigError(f"model.prompts: model.kind={m.kind} needs a prompt file (.txt, .json) or HPDv2 folder")
+    device = resolve_device(t.device)
+    lora_base_in_bf16 = t.lora_rank > 0 and t.precision == "bf16"
+    model = load_pipeline(m.path, m.kind, t5=m.t5, frozen_dtype=DTYPES[m.frozen_precision],
+                          denoiser_dtype=torch.bfloat16 if lora_base_in_bf16 else torch.float32, device=device,
+                          max_sequence_length=m.max_sequence_length, vae_batch=m.vae_batch)
+    if m.lora:
+        fuse_lora(model, m.lora)
+    train_prompts = load_prompts(m.prompts, "train")
+    embeddings = PromptEmbeddings(model.encode, model.identity(), cache_dir=m.embedding_cache or None,
+                                  max_in_memory=m.embedding_memory, device=device,
+                                  can_encode=lambda: model.can_encode)
+    eval_prompts = _eval_prompts(config, train_prompts)
+    if m.precompute_embeddings:
+        embeddings.precompute([*train_prompts, *eval_prompts, m.negative_prompt], progress=True)
+        model.release_text_encoders()
+    rewards = [build_reward(name, device=device) for name in m.rewards]
+    return pipeline_problem(
+        model, train_prompts=train_prompts, eval_prompts=eval_prompts, rewards=rewards,
+        embeddings=embeddings, image_size=m.image_size, transition=s.transition, num_steps=s.num_steps,
+        noise_level=s.noise_level, shift=s.shift, prompts_per_iteration=s.prompts_per_iteration,
+        guidance_scale=s.guidance_scale, negative_prompt=m.negative_prompt)

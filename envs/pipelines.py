@@ -1,0 +1,277 @@
+"""Text-to-image pipelines from local weights: SD3 / SD3.5 (rectified flow) and SD1.5-style (DDIM).
+
+:func:`load_pipeline` reads a diffusers pipeline folder (``save_pretrained`` layout) without any
+download and returns a :class:`TextToImageModel`: the trainable denoiser wrapped for the samplers,
+``encode`` (prompts -> conditioning TensorDict, through the pipeline's own ``encode_prompt``),
+``decode`` (latents -> images in ``[0, 1]``, through the VAE in micro-batches) and ``transition``
+(the stochastic step on the pipeline's own schedule). The VAE and the text encoders are frozen and
+kept in ``frozen_dtype`` (bf16 by default); only the denoiser is trained.
+
+    model = load_pipeline("/weights/stable-diffusion-3.5-medium", t5=False, device="cuda")
+    cond = model.encode(["a photo of a cat"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor
+from treegrpo.envs.models import Denoiser, SD3Denoiser, UNetDenoiser
+from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
+from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition
+
+FLOW_TRANSITIONS = ("flow_sde", "dance_sde", "cps")
+
+
+class PipelineLayoutError(FileNotFoundError):
+    """A model folder is missing or does not hold the expected diffusers pipeline."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a pipeline folder holds: the pipeline class, its component folders and its denoiser."""
+
+    pipeline: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    denoiser: str
+
+    def describe(self) -> str:
+        folders = [f"{name}/" for name in self.required] + [f"{name}/ (optional)" for name in self.optional]
+        return f"a diffusers {self.pipeline} folder: model_index.json, " + ", ".join(folders)
+
+
+LAYOUTS: dict[str, Layout] = {
+    "sd3": Layout("StableDiffusion3Pipeline",
+                  ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+                  ("text_encoder_3", "tokenizer_3"), "transformer"),
+    "sd15": Layout("StableDiffusionPipeline", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), (), "unet"),
+}
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A local folder, or a Hub id already in the local Hugging Face cache (never downloaded)."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    text = str(path)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        with contextlib.suppress(Exception):  # any failure means "not in the local cache"
+            return Path(snapshot_download(text, local_files_only=True))
+    hint = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    raise PipelineLayoutError(f"model.path: {text!r} is not a local folder nor a Hub id in the local cache{hint}; "
+                              "download the pipeline with `huggingface-cli download REPO --local-dir DIR` "
+                              "and pass DIR")
+
+
+def check_layout(path: Path, kind: str, *, t5: bool = True) -> None:
+    """Raise a one-line :class:`PipelineLayoutError` unless ``path`` holds a ``kind`` pipeline."""
+    if kind not in LAYOUTS:
+        raise ValueError(f"model.kind: expected one of {sorted(LAYOUTS)}, got {kind!r}")
+    layout = LAYOUTS[kind]
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise PipelineLayoutError(f"model.path: {path} has no model_index.json; expected {layout.describe()}")
+    declared = json.loads(index_file.read_text()).get("_class_name", "")
+    if declared != layout.pipeline:
+        raise PipelineLayoutError(f"model.path: {index_file} declares {declared!r}; model.kind={kind} expects "
+                                  f"{layout.pipeline} ({layout.describe()})")
+    needed = layout.required + (("text_encoder_3", "tokenizer_3") if kind == "sd3" and t5 else ())
+    for name in needed:
+        if not (path / name).is_dir():
+            extra = "; set model.t5=false to run without T5" if name.endswith("_3") else ""
+            raise PipelineLayoutError(f"model.path: {path / name} is missing; expected {layout.describe()}{extra}")
+
+
+def detect_kind(path: Path) -> str:
+    """``sd3`` or ``sd15`` from ``model_index.json``'s pipeline class."""
+    index_file = path / "model_index.json"
+    if index_file.is_file():
+        declared = json.loads(index_file.read_text()).get("_class_name", "")
+        for kind, layout in LAYOUTS.items():
+            if layout.pipeline == declared:
+                return kind
+    raise PipelineLayoutError(f"model.path: {path} is not a diffusers StableDiffusion3Pipeline or "
+                              f"StableDiffusionPipeline folder (no model_index.json naming one)")
+
+
+def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``dtype=`` on diffusers that take it, ``torch_dtype=`` on older ones (no deprecation warning)."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+@dataclass
+class TextToImageModel:
+    """A loaded pipeline reduced to what RL training needs; see the module docstring."""
+
+    kind: str
+    path: Path
+    pipeline: Any
+    denoiser: Denoiser
+    t5: bool
+    max_sequence_length: int
+    vae_batch: int
+    frozen_dtype: torch.dtype = torch.bfloat16
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The trained network: the SD3 transformer or the UNet."""
+        return getattr(self.pipeline, LAYOUTS[self.kind].denoiser)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, image_size: int) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the latents of ``image_size``-pixel square images."""
+        if image_size % (self.vae_scale_factor * _patch(self.network)):
+            raise ValueError(f"model.image_size: expected a multiple of "
+                             f"{self.vae_scale_factor * _patch(self.network)} for this pipeline, got {image_size}")
+        side = image_size // self.vae_scale_factor
+        return (int(self.network.config.in_channels), side, side)
+
+    def identity(self) -> str:
+        """What determines the prompt embeddings: folder, pipeline kind, T5 and sequence length, dtype."""
+        return f"{self.path.resolve()}|{self.kind}|t5={self.t5}|len={self.max_sequence_length}|{self.frozen_dtype}"
+
+    @property
+    def can_encode(self) -> bool:
+        return self.pipeline.text_encoder is not None
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> TensorDict:
+        """Conditioning for ``prompts`` (``[B]`` TensorDict on the model's device), no CFG branch."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts: expected a list of strings, got one str")
+        if not self.can_encode:
+            raise RuntimeError("encode: the text encoders were released; precompute every prompt first")
+        prompts, device = list(prompts), self.device
+        if self.kind == "sd3":
+            embeds, _, pooled, _ = self.pipeline.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False,
+                max_sequence_length=self.max_sequence_length)
+            fields = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+        else:
+            embeds, _ = self.pipeline.encode_prompt(prompts, device, 1, False)
+            fields = {"encoder_hidden_states": embeds}
+        return TensorDict(fields, batch_size=[len(prompts)], device=device)
+
+    def release_text_encoders(self) -> None:
+        """Drop the text encoders (and their memory) once every prompt's embedding is cached."""
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if hasattr(self.pipeline, name):
+                setattr(self.pipeline, name, None)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` float32 in ``[0, 1]`` from latents, ``vae_batch`` rows per VAE call."""
+        vae = self.pipeline.vae
+        scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
+        images = [vae.decode(chunk.to(vae.device, vae.dtype) / scale + shift, return_dict=False)[0].float()
+                  for chunk in latents.split(self.vae_batch)]
+        return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
+
+    def transition(self, name: str, num_steps: int, noise_level: float, shift: float = 3.0) -> Transition:
+        """The stochastic step ``name`` on this pipeline's schedule (flow: with ``shift``)."""
+        if self.kind == "sd3":
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config, shift=shift)
+            timesteps = FlowTimesteps.from_scheduler(scheduler, num_steps)
+            steps = {"flow_sde": FlowSDE, "dance_sde": DanceSDE, "cps": FlowCPS}
+            if name not in steps:
+                raise ValueError(f"sampling.transition: SD3 is a flow model; expected one of "
+                                 f"{list(FLOW_TRANSITIONS)}, got {name!r}")
+            return steps[name](timesteps, noise_level)
+        from diffusers import DDIMScheduler
+
+        if name != "ddim":
+            raise ValueError(f"sampling.transition: an SD1.5-style model samples with 'ddim', got {name!r}")
+        # SD1.5 ships clip_sample=false; the DDIM transition never clips the predicted x0, so neither may the schedule.
+        scheduler = DDIMScheduler.from_config(self.pipeline.scheduler.config, clip_sample=False)
+        if scheduler.config.prediction_type != "epsilon":
+            raise ValueError(f"scheduler.prediction_type: the DDIM transition needs 'epsilon', got "
+                             f"{scheduler.config.prediction_type!r}")
+        return DDIM(DDIMTimesteps.from_scheduler(scheduler, num_steps), eta=noise_level)
+
+
+def _patch(network: torch.nn.Module) -> int:
+    return int(getattr(network.config, "patch_size", None) or 1)
+
+
+def load_pipeline(
+    path: str | Path,
+    kind: str | None = None,
+    *,
+    t5: bool = True,
+    frozen_dtype: torch.dtype = torch.bfloat16,
+    denoiser_dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    max_sequence_length: int = 256,
+    vae_batch: int = 8,
+) -> TextToImageModel:
+    """Load a local SD3/SD3.5 (``kind="sd3"``) or SD1.5-style (``"sd15"``) pipeline for training.
+
+    Args:
+        path: the pipeline folder (``save_pretrained`` layout) or a Hub id already in the local cache.
+        kind: ``sd3`` or ``sd15``; ``None`` reads it from ``model_index.json``.
+        t5: SD3 only: keep the T5 encoder (``False`` skips loading it; its tokens become zeros,
+            as diffusers does without T5).
+        frozen_dtype: dtype of the VAE and text encoders (frozen, never trained).
+        denoiser_dtype: dtype of the trained network's weights (float32 master weights for full
+            fine-tuning; bf16 is fine for a frozen LoRA base).
+        device: where every component lives.
+        max_sequence_length: SD3's T5 token count.
+        vae_batch: latents decoded per VAE call.
+    """
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+
+    root = resolve_model_path(path)
+    kind = kind or detect_kind(root)
+    check_layout(root, kind, t5=t5)
+    if vae_batch < 1:
+        raise ValueError(f"model.vae_batch: expected an int >= 1, got {vae_batch!r}")
+    options: dict[str, Any] = {"local_files_only": True, **_dtype_argument(frozen_dtype)}
+    network_name = LAYOUTS[kind].denoiser
+    network_class = _network_class(kind)
+    options[network_name] = network_class.from_pretrained(root / network_name, local_files_only=True,
+                                                          **_dtype_argument(denoiser_dtype))
+    if kind == "sd3":
+        if not t5:
+            options.update(text_encoder_3=None, tokenizer_3=None)
+        pipeline = StableDiffusion3Pipeline.from_pretrained(root, **options)
+    else:
+        options.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipeline = StableDiffusionPipeline.from_pretrained(root, **options)
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    for name, component in pipeline.components.items():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(name == network_name)
+            component.eval()
+    network = getattr(pipeline, network_name)
+    denoiser = SD3Denoiser(network) if kind == "sd3" else UNetDenoiser(network)
+    return TextToImageModel(kind=kind, path=root, pipeline=pipeline, denoiser=denoiser, t5=t5 and kind == "sd3",
+                            max_sequence_length=max_sequence_length, vae_batch=vae_batch, frozen_dtype=frozen_dtype)
+
+
+def _network_class(kind: str):
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+
+    return SD3Transformer2DModel if kind == "sd3" else UNet2DConditionModel

@@ -1,0 +1,15 @@
+"""treegrpo.rewards: reward models for text-to-image training, one interface and a registry.
+
+A reward model maps ``(images [B, 3, H, W] in [0, 1], prompts: list of B strings)`` to ``[B]``
+float32 scores, without gradients, on the images' device; a score depends only on its own image
+and prompt, never on the batch. :func:`build_reward` makes one by name (see :data:`REWARDS`).
+Importable as ``treegrpo.rewards`` (the source lives in the top-level ``rewards/`` folder).
+"""
+
+from __future__ import annotations
+
+from treegrpo.rewards.base import RewardModel
+from treegrpo.rewards.offline import JpegSize
+from treegrpo.rewards.registry import REWARDS, build_reward
+
+__all__ = ["REWARDS", "JpegSize", "RewardModel", "build_reward"]

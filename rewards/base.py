@@ -1,0 +1,26 @@
+"""The reward-model interface every scorer implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """``score(images, prompts) -> [B]``: images ``[B, 3, H, W]`` in ``[0, 1]``, one prompt per image."""
+
+    name: str
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor: ...
+
+
+def check_batch(images: Tensor, prompts: Sequence[str], name: str) -> None:
+    """One-line errors for a malformed batch."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name}: images must be [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+    if isinstance(prompts, str) or len(prompts) != images.shape[0]:
+        got = "one str" if isinstance(prompts, str) else f"{len(prompts)} prompts"
+        raise ValueError(f"{name}: expected {images.shape[0]} prompts (one per image), got {got}")

@@ -1,0 +1,25 @@
+"""Tiny random-weight SD3 and SD1.5 pipelines on disk, built once per session, and a prompt file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from treegrpo.envs.tiny_pipelines import save_tiny_sd3_pipeline, save_tiny_sd15_pipeline
+
+PROMPTS = ["a red cat", "a blue dog", "two small birds", "a green house", "sunset over the sea", "a bowl of fruit"]
+
+
+@pytest.fixture(scope="session")
+def pipelines(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipelines")
+    return {"sd3": save_tiny_sd3_pipeline(root / "sd3"), "sd15": save_tiny_sd15_pipeline(root / "sd15")}
+
+
+@pytest.fixture(scope="session")
+def prompt_file(tmp_path_factory) -> Path:
+    """A prompt folder in the HPDv2 shape: ``train.txt`` and a held-out ``test.txt``."""
+    folder = tmp_path_factory.mktemp("prompts")
+    (folder / "train.txt").write_text("\n".join(PROMPTS[:4]) + "\n")
+    (folder / "test.txt").write_text("\n".join(PROMPTS[4:]) + "\n")
+    return folder
