@@ -18,6 +18,8 @@ from torch import Tensor
 import treeadv
 from treeadv import Tree
 
+AGGREGATIONS = ("advantage", "reward")
+
 
 def combine_rewards(rewards: Tensor, weights: Sequence[float] | None) -> Tensor:
     """``[L]`` from ``[L]`` or ``[L, m]`` raw rewards: the weighted sum (equal weights by default)."""
@@ -35,24 +37,36 @@ def clip_advantages(advantage: Tensor, limit: float | None) -> Tensor:
 
 
 class GroupAdvantage:
-    """Group-normalised leaf advantages (per reward, then weighted) backed up by ``estimator``."""
+    """Group-normalised leaf advantages backed up by ``estimator``.
+
+    Several rewards combine at the advantage level (the paper: normalise each reward within the
+    group, then take the weighted sum) or, with ``aggregate="reward"``, at the reward level (the
+    weighted sum of raw rewards, then one normalisation; MixGRPO offers both).
+    """
 
     def __init__(
         self,
         estimator: str | treeadv.BackupEstimator = "logprob_softmax",
         *,
         reward_weights: Sequence[float] | None = None,
+        aggregate: str = "advantage",
         eps: float = 1e-6,
         **options: Any,
     ) -> None:
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(f"loss.reward_aggregation: expected one of {list(AGGREGATIONS)}, got {aggregate!r}")
         self.estimator = treeadv.make_estimator(estimator, **options) if isinstance(estimator, str) else estimator
         self.reward_weights = list(reward_weights) if reward_weights else None
+        self.aggregate = aggregate
         self.eps = eps
 
     def __call__(self, tree: Tree, rewards: Tensor, prompt_ids: Tensor | None = None) -> treeadv.BackupResult:
         """``[N]`` edge advantages (and backup weights) from ``[L]``/``[L, m]`` rewards in leaf order."""
         group = tree.group[tree.leaves()]
-        leaf = treeadv.leaf_advantages(rewards, group, weights=self.reward_weights, eps=self.eps)
+        if self.aggregate == "reward":
+            rewards = combine_rewards(rewards, self.reward_weights)
+        leaf = treeadv.leaf_advantages(rewards, group, weights=self.reward_weights if rewards.dim() > 1 else None,
+                                       eps=self.eps)
         return treeadv.backup_with_weights(tree, tree.scatter_leaves(leaf), self.estimator)
 
     def state_dict(self) -> dict[str, Any]:

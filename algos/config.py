@@ -281,6 +281,7 @@ class ModelConfig(_Section):
     negative_prompt: str = _opt("", "the unconditional prompt of classifier-free guidance")
     vae_batch: int = _opt(8, "latents decoded per VAE call", min=1)
     lora: str = _opt("", "diffusers LoRA weights fused into the model before training or evaluation")
+    reward_dir: str = _opt("", "folder of reward-model weights (<dir>/hpsv2, ...); empty = $TREEGRPO_REWARD_DIR")
 
 
 @dataclass
@@ -342,6 +343,9 @@ class LossConfig(_Section):
         1.0, "fraction of SDE steps trained per iteration", min=0, max=1, min_open=True
     )
     reward_weights: list[float] = _opt([], "per-reward weights, comma-separated; empty = equal", min=0)
+    reward_aggregation: str = _opt(
+        "advantage", "several rewards: normalise each then weight (advantage, the paper) or weight raw rewards "
+        "then normalise (reward)", choices=("advantage", "reward"))
     tracker_buffer: int = _opt(32, "DDPO per-prompt stat tracker buffer size", min=1)
     tracker_min_count: int = _opt(16, "DDPO tracker minimum samples before per-prompt stats", min=1)
 

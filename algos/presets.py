@@ -23,11 +23,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
     ),
     # Real pipelines: the paper's setting; only what a 16-pixel digits default would get wrong.
     "sd3": (
-        "model.rewards=jpeg_compressibility", "model.image_size=512", "sampling.prompts_per_iteration=32",
+        "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
         "train.out_dir=runs/sd3",
     ),
     "sd15": (
-        "model.rewards=jpeg_compressibility", "model.image_size=512", "sampling.prompts_per_iteration=32",
+        "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
         "sampling.transition=ddim", "sampling.noise_level=1.0", "train.out_dir=runs/sd15",
     ),
 }

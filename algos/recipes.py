@@ -63,8 +63,8 @@ def build_advantage(config: Config) -> GroupAdvantage | PerPromptStatTracker:
         return PerPromptStatTracker(c.tracker_buffer, c.tracker_min_count, reward_weights=weights)
     if c.algorithm in TREE_ALGORITHMS:
         options = {"temperature": c.temperature} if c.estimator == "logprob_softmax" else {}
-        return GroupAdvantage(c.estimator, reward_weights=weights, **options)
-    return GroupAdvantage("leaf", reward_weights=weights)
+        return GroupAdvantage(c.estimator, reward_weights=weights, aggregate=c.reward_aggregation, **options)
+    return GroupAdvantage("leaf", reward_weights=weights, aggregate=c.reward_aggregation)
 
 
 def build_loss(config: Config, problem: Problem, reference: Any = None) -> EdgeLoss:

@@ -134,7 +134,7 @@ def build_pipeline_problem(config: Config) -> Problem:
     if m.precompute_embeddings:
         embeddings.precompute([*train_prompts, *eval_prompts, m.negative_prompt], progress=True)
         model.release_text_encoders()
-    rewards = [build_reward(name, device=device) for name in m.rewards]
+    rewards = [build_reward(name, root=m.reward_dir or None, device=device) for name in m.rewards]
     return pipeline_problem(
         model, train_prompts=train_prompts, eval_prompts=eval_prompts, rewards=rewards,
         embeddings=embeddings, image_size=m.image_size, transition=s.transition, num_steps=s.num_steps,

@@ -9,7 +9,22 @@ Importable as ``treegrpo.rewards`` (the source lives in the top-level ``rewards/
 from __future__ import annotations
 
 from treegrpo.rewards.base import RewardModel
+from treegrpo.rewards.clip_models import Aesthetic, OpenClipCosine, PickScore
 from treegrpo.rewards.offline import JpegSize
+from treegrpo.rewards.preprocess import clip_preprocess
 from treegrpo.rewards.registry import REWARDS, build_reward
+from treegrpo.rewards.weights import ENV_VAR, MissingRewardWeightsError, reward_dir
 
-__all__ = ["REWARDS", "JpegSize", "RewardModel", "build_reward"]
+__all__ = [
+    "ENV_VAR",
+    "REWARDS",
+    "Aesthetic",
+    "JpegSize",
+    "MissingRewardWeightsError",
+    "OpenClipCosine",
+    "PickScore",
+    "RewardModel",
+    "build_reward",
+    "clip_preprocess",
+    "reward_dir",
+]

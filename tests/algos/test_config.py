@@ -306,10 +306,11 @@ def test_model_kind_presets_sit_under_files_and_flags(tmp_path, capsys) -> None:
 
     toy = preset_config("toy2d")
     assert toy.optim.lr == 3e-3 and toy.sampling.num_steps == 8
-    sd3 = preset_config("sd3")  # real models: the paper's numbers, at 512 px with 32 prompts and an offline reward
+    sd3 = preset_config("sd3")  # real models: the paper's numbers, at 512 px with 32 prompts and HPSv2.1
     assert (sd3.sampling.num_steps, sd3.sampling.branching, sd3.sampling.depth) == (10, 3, 3)
     assert (sd3.optim.lr, sd3.optim.weight_decay, sd3.sampling.prompts_per_iteration) == (1e-5, 0.01, 32)
-    assert sd3.model.image_size == 512 and preset_config("sd15").sampling.transition == "ddim"
+    assert sd3.model.image_size == 512 and sd3.model.rewards == ["hpsv2"]
+    assert preset_config("sd15").sampling.transition == "ddim"
     args = cli.build_parser().parse_args(["train", "--model.kind", "toy2d", "--optim.lr", "0.01"])
     resolved = cli.resolve_config(args)
     assert resolved.optim.lr == 0.01 and resolved.sampling.num_steps == 8 and resolved.loss.clip_range == 0.2

@@ -145,3 +145,24 @@ def test_select_steps_keeps_whole_steps():
     assert steps.numel() == 3 and kept.batch_size[0] == 3 * 4
     with pytest.raises(ValueError, match="^fraction: "):
         select_steps(batch, 0.0)
+
+
+def test_reward_and_advantage_level_aggregation_differ_as_defined() -> None:
+    """Advantage level: normalise each reward, then weight; reward level: weight, then normalise (float64 reference)."""
+    from treegrpo.algos.advantages import GroupAdvantage
+
+    import treeadv
+
+    tree = treeadv.Tree.regular(2, 2, 2, group=[0, 0])
+    rewards = torch.tensor([[0.1, 10.0], [0.3, 30.0], [0.2, 50.0], [0.9, 20.0],
+                            [0.5, 40.0], [0.4, 60.0], [0.8, 70.0], [0.6, 80.0]], dtype=torch.float64)
+    weights = [0.8, 0.2]
+
+    def normalise(x):
+        return (x - x.mean()) / (x.std(unbiased=False) + 1e-6)
+
+    by_advantage = GroupAdvantage("leaf", reward_weights=weights)(tree, rewards).advantage[tree.leaves()]
+    by_reward = GroupAdvantage("leaf", reward_weights=weights, aggregate="reward")(tree, rewards).advantage[tree.leaves()]
+    torch.testing.assert_close(by_advantage, 0.8 * normalise(rewards[:, 0]) + 0.2 * normalise(rewards[:, 1]))
+    torch.testing.assert_close(by_reward, normalise(rewards @ torch.tensor(weights, dtype=torch.float64)))
+    assert not torch.allclose(by_advantage, by_reward)

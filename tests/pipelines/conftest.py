@@ -23,3 +23,11 @@ def prompt_file(tmp_path_factory) -> Path:
     (folder / "train.txt").write_text("\n".join(PROMPTS[:4]) + "\n")
     (folder / "test.txt").write_text("\n".join(PROMPTS[4:]) + "\n")
     return folder
+
+
+@pytest.fixture(scope="session")
+def reward_root(tmp_path_factory) -> Path:
+    """Tiny HPSv2, CLIPScore, PickScore and aesthetic models in their real file layouts."""
+    from tests.rewards.tiny_rewards import save_tiny_rewards
+
+    return save_tiny_rewards(tmp_path_factory.mktemp("rewards"))

@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {"sd3": REPO / "configs" / "sd35_medium.yaml", "sd15": REPO / "configs" / "sd15.yaml"}
 
 
-def tiny_overrides(path: Path, prompts: Path, out: Path, lora: bool) -> list[str]:
-    """The paper configs, shrunk to a 16-pixel CPU run: 4 steps, k=2, d=2, 2 prompts, 1 iteration."""
-    return [
+def tiny_overrides(path: Path, prompts: Path, out: Path, lora: bool, rewards: Path) -> list[str]:
+    """The paper configs, shrunk to a 16-pixel CPU run: 4 steps, k=2, d=2, 2 prompts, 1 iteration,
+    HPSv2 (the configs' reward) from a tiny random-weight checkpoint."""
+    return [f"model.reward_dir={rewards}",
         f"model.path={path}", f"model.prompts={prompts}", "model.image_size=16", "model.max_sequence_length=16",
         f"model.embedding_cache={out / 'embeddings'}", "model.eval_count=2", "sampling.num_steps=4",
         "sampling.branching=2", "sampling.depth=2", "sampling.prompts_per_iteration=2", "sampling.max_batch=0",
@@ -44,7 +45,8 @@ def network_output(network: torch.nn.Module, kind: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 @pytest.mark.parametrize("kind", ["sd3", "sd15"])
-def test_one_iteration_trains_and_exports_what_diffusers_loads(pipelines, prompt_file, tmp_path, kind, lora):
+def test_one_iteration_trains_and_exports_what_diffusers_loads(pipelines, prompt_file, reward_root, tmp_path, kind,
+                                                               lora):
     from diffusers import (
         ModelMixin,
         SD3Transformer2DModel,
@@ -53,7 +55,8 @@ def test_one_iteration_trains_and_exports_what_diffusers_loads(pipelines, prompt
         UNet2DConditionModel,
     )
 
-    config = Config.from_yaml(CONFIGS[kind]).override(tiny_overrides(pipelines[kind], prompt_file, tmp_path, lora))
+    config = Config.from_yaml(CONFIGS[kind]).override(tiny_overrides(pipelines[kind], prompt_file, tmp_path, lora,
+                                                                                     reward_root))
     problem = build_problem(config)
     trainer = Trainer(problem, config)
     network = next(m for m in problem.model.modules() if isinstance(m, ModelMixin))  # inside the CFG wrapper
@@ -84,9 +87,9 @@ def test_one_iteration_trains_and_exports_what_diffusers_loads(pipelines, prompt
         torch.testing.assert_close(network_output(reloaded, kind), trained, rtol=1e-5, atol=1e-6)
 
 
-def test_cli_runs_the_readme_command_with_bf16_and_guidance(pipelines, prompt_file, tmp_path, capsys):
+def test_cli_runs_the_readme_command_with_bf16_and_guidance(pipelines, prompt_file, reward_root, tmp_path, capsys):
     """`treegrpo train --config configs/sd35_medium.yaml --model.path ... --model.prompts ...`, shrunk."""
-    overrides = tiny_overrides(pipelines["sd3"], prompt_file, tmp_path, lora=True)
+    overrides = tiny_overrides(pipelines["sd3"], prompt_file, tmp_path, lora=True, rewards=reward_root)
     overrides = [o for o in overrides if not o.startswith("train.precision")]
     overrides += ["train.precision=bf16", "sampling.window=fixed", "sampling.window_start=1",
                   "model.precompute_embeddings=true"]
@@ -98,7 +101,7 @@ def test_cli_runs_the_readme_command_with_bf16_and_guidance(pipelines, prompt_fi
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["sampling"]["guidance_scale"] == 4.5
     assert summary["config"]["train"]["gradient_checkpointing"] is True
-    assert summary["training"]["images_generated"] == 8
+    assert summary["training"]["images_generated"] == 8 and "eval/hpsv2" in summary["after"]
     # per prompt: 1 prefix row, window rows 1 and 2, then 4 leaves x 1 step; guidance doubles every row
     assert summary["training"]["nfe_sampled"] == 2 * (1 + 1 + 2 + 4 * 1) * 2
     assert (tmp_path / "final" / LORA_FILE).is_file()

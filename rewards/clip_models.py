@@ -1,0 +1,171 @@
+"""Rewards built on CLIP: HPSv2.1 and CLIPScore (open_clip), PickScore and the LAION aesthetic
+predictor (transformers CLIP). Each loads its checkpoint from ``<reward_dir>/<name>/``.
+
+- ``hpsv2``: open_clip ViT-H-14 with the HPS v2.1 weights; the score is the cosine similarity of
+  the normalised image and text embeddings (what ``hpsv2.score`` returns, about 0.27 for SD3.5-M).
+- ``clipscore``: the same cosine with the LAION ViT-H-14 CLIP (the paper's CLIPScore, about 0.40).
+- ``pickscore``: ``logit_scale.exp()`` times the cosine, with PickScore_v1 (transformers CLIPModel).
+- ``aesthetic``: the LAION improved aesthetic predictor: an MLP on the L2-normalised CLIP ViT-L/14
+  image embedding (about 6 for SD3.5-M).
+
+A folder may hold ``open_clip_config.json`` (open_clip's ``{embed_dim, vision_cfg, text_cfg}``) to
+use another architecture than ViT-H-14: the tests build tiny random-weight models that way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from treegrpo.rewards.base import check_batch
+from treegrpo.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess
+from treegrpo.rewards.weights import require, reward_dir
+
+HPS_FILE = "HPS_v2.1_compressed.pt"
+OPEN_CLIP_FILE = "open_clip_pytorch_model.bin"
+AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+
+
+def load_state_dict(path: Path) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or a torch checkpoint (weights only; ``state_dict`` unwrapped)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _open_clip_model(folder: Path, checkpoint: Path, name: str, device: torch.device):
+    import open_clip
+
+    config_file = folder / OPEN_CLIP_CONFIG
+    config = json.loads(config_file.read_text()) if config_file.is_file() else open_clip.get_model_config("ViT-H-14")
+    model = open_clip.CLIP(**config)
+    missing, _unexpected = model.load_state_dict(load_state_dict(require(checkpoint, name)), strict=False)
+    if missing:
+        raise ValueError(f"{name}: {checkpoint} lacks {len(missing)} weights of the architecture (first: "
+                         f"{missing[0]}); is it the right checkpoint for {config_file if config_file.is_file() else 'ViT-H-14'}?")
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=config["text_cfg"].get("context_length", 77))
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+class OpenClipCosine(nn.Module):
+    """``cos(image, text)`` of an open_clip model: HPSv2.1 and CLIPScore."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple)
+                              else model.visual.image_size)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        check_batch(images, prompts, self.name)
+        device = next(self.model.parameters()).device
+        pixels = clip_preprocess(images.to(device), self.image_size, OPENAI_MEAN, OPENAI_STD)
+        image = self.model.encode_image(pixels, normalize=True)
+        text = self.model.encode_text(self.tokenizer(list(prompts)).to(device), normalize=True)
+        return (image * text).sum(-1).float().to(images.device)
+
+
+def hpsv2(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> OpenClipCosine:
+    """HPSv2.1 from ``<reward_dir>/hpsv2/HPS_v2.1_compressed.pt``."""
+    folder = reward_dir(root) / "hpsv2"
+    model, tokenizer = _open_clip_model(folder, folder / HPS_FILE, "hpsv2", torch.device(device))
+    return OpenClipCosine(model, tokenizer, "hpsv2")
+
+
+def clipscore(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> OpenClipCosine:
+    """CLIPScore (cosine) from ``<reward_dir>/clipscore/open_clip_pytorch_model.bin`` (LAION ViT-H-14)."""
+    folder = reward_dir(root) / "clipscore"
+    model, tokenizer = _open_clip_model(folder, folder / OPEN_CLIP_FILE, "clipscore", torch.device(device))
+    return OpenClipCosine(model, tokenizer, "clipscore")
+
+
+def _processor_stats(folder: Path, default_size: int) -> tuple[int, Sequence[float], Sequence[float]]:
+    """Crop size, mean and std from ``preprocessor_config.json`` (OpenAI's when absent)."""
+    config_file = folder / "preprocessor_config.json"
+    if not config_file.is_file():
+        return default_size, OPENAI_MEAN, OPENAI_STD
+    config = json.loads(config_file.read_text())
+    crop = config.get("crop_size", default_size)
+    size = crop.get("height", default_size) if isinstance(crop, dict) else int(crop)
+    return size, config.get("image_mean", OPENAI_MEAN), config.get("image_std", OPENAI_STD)
+
+
+class PickScore(nn.Module):
+    """PickScore_v1: ``logit_scale.exp() * cos(image, text)`` of a transformers ``CLIPModel``."""
+
+    name = "pickscore"
+
+    def __init__(self, folder: Path, device: torch.device) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer, CLIPModel
+
+        require(folder / "config.json", "pickscore")
+        self.model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.size, self.mean, self.std = _processor_stats(folder, self.model.config.vision_config.image_size)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        check_batch(images, prompts, self.name)
+        device = self.model.logit_scale.device
+        pixels = clip_preprocess(images.to(device), self.size, self.mean, self.std)
+        tokens = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+        image = nn.functional.normalize(_projected(self.model.get_image_features(pixel_values=pixels)), dim=-1)
+        text = nn.functional.normalize(_projected(self.model.get_text_features(**tokens.to(device))), dim=-1)
+        return (self.model.logit_scale.exp() * (image * text).sum(-1)).float().to(images.device)
+
+
+def _projected(features) -> Tensor:
+    """The projected embedding: transformers 4 returns it, transformers 5 wraps it as ``pooler_output``."""
+    return features if isinstance(features, Tensor) else features.pooler_output
+
+
+def pickscore(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> PickScore:
+    """PickScore from the transformers folder ``<reward_dir>/pickscore/``."""
+    return PickScore(reward_dir(root) / "pickscore", torch.device(device))
+
+
+def aesthetic_head(width: int = 768) -> nn.Sequential:
+    """The LAION improved-aesthetic-predictor MLP (no activations, as published; dropout idle at eval)."""
+    return nn.Sequential(nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+
+
+class Aesthetic(nn.Module):
+    """LAION aesthetic score: the MLP on the L2-normalised CLIP ViT-L/14 image embedding."""
+
+    name = "aesthetic"
+
+    def __init__(self, folder: Path, device: torch.device) -> None:
+        super().__init__()
+        from transformers import CLIPVisionModelWithProjection
+
+        clip_folder = require(folder / "clip-vit-large-patch14", "aesthetic")
+        self.clip = CLIPVisionModelWithProjection.from_pretrained(clip_folder, local_files_only=True)
+        state = load_state_dict(require(folder / AESTHETIC_FILE, "aesthetic"))
+        self.head = aesthetic_head(self.clip.config.projection_dim)
+        self.head.load_state_dict({key.removeprefix("layers."): value for key, value in state.items()})
+        self.to(device).eval().requires_grad_(False)
+        self.size, self.mean, self.std = _processor_stats(clip_folder, self.clip.config.image_size)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        check_batch(images, prompts, self.name)
+        device = next(self.head.parameters()).device
+        pixels = clip_preprocess(images.to(device), self.size, self.mean, self.std)
+        embedding = nn.functional.normalize(self.clip(pixel_values=pixels).image_embeds, dim=-1)
+        return self.head(embedding).squeeze(-1).float().to(images.device)
+
+
+def aesthetic(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> Aesthetic:
+    """The aesthetic predictor from ``<reward_dir>/aesthetic/``."""
+    return Aesthetic(reward_dir(root) / "aesthetic", torch.device(device))
