@@ -472,7 +472,8 @@ def build_problem(config: Config) -> Problem:
 
     kind = config.model.kind
     if kind == "digits":
-        from treegrpo.embedded.problem import FLOW_TRANSITIONS, digits_problem
+        from treegrpo.embedded.problem import digits_problem
+        from treegrpo.envs.transitions import FLOW_TRANSITIONS
 
         s = config.sampling
         if s.transition not in FLOW_TRANSITIONS:

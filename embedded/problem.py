@@ -21,22 +21,14 @@ from treegrpo.embedded._files import WEIGHTS_DIR
 from treegrpo.embedded.data import digits_prompts
 from treegrpo.embedded.model import DEFAULT_NUM_STEPS, DEFAULT_SHIFT, load_base, to_image
 from treegrpo.embedded.rewards import REWARDS, ClassifierReward, Scorer
-from treegrpo.envs import DanceSDE, FlowCPS, FlowSDE, FlowTimesteps, GuidedDenoiser, Transition
+from treegrpo.envs import FlowTimesteps, GuidedDenoiser, Transition
 from treegrpo.envs.sampler import gather_cond
-
-FLOW_TRANSITIONS = ("flow_sde", "dance_sde", "cps")
+from treegrpo.envs.transitions import flow_transition as make_flow_transition
 
 
 def flow_transition(name: str, num_steps: int, shift: float, noise_level: float) -> Transition:
     """The stochastic flow step named ``name`` on ``num_steps`` shifted linear timesteps."""
-    timesteps = FlowTimesteps.linear(num_steps, shift=shift)
-    if name == "flow_sde":
-        return FlowSDE(timesteps, noise_level)
-    if name == "dance_sde":
-        return DanceSDE(timesteps, eta=noise_level)
-    if name == "cps":
-        return FlowCPS(timesteps, noise_level)
-    raise ValueError(f"transition: a flow model takes one of {list(FLOW_TRANSITIONS)}, got {name!r}")
+    return make_flow_transition(name, FlowTimesteps.linear(num_steps, shift=shift), noise_level)
 
 
 def reward_scorers(names: Sequence[str], weights: Path) -> list[Scorer]:

@@ -29,7 +29,7 @@ from treegrpo.envs.gaussian import (
 from treegrpo.envs.models import CallableDenoiser, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
 from treegrpo.envs.sampler import Rollout, TrajectorySampler, TreeSampler, sample_forest, tree_nfe
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
-from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition
+from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition, flow_transition
 from treegrpo.envs.windows import (
     AdaptiveGeometricWindow,
     FixedWindow,
@@ -74,6 +74,7 @@ __all__ = [
     "flow_euler_step",
     "flow_sde_mean_std",
     "flow_sde_step",
+    "flow_transition",
     "gaussian_log_prob",
     "importance_ratios",
     "reward_progress_rule",

@@ -26,9 +26,7 @@ from tensordict import TensorDict
 from torch import Tensor
 from treegrpo.envs.models import Denoiser, SD3Denoiser, UNetDenoiser
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
-from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition
-
-FLOW_TRANSITIONS = ("flow_sde", "dance_sde", "cps")
+from treegrpo.envs.transitions import DDIM, Transition, flow_transition
 
 
 class PipelineLayoutError(FileNotFoundError):
@@ -193,12 +191,7 @@ class TextToImageModel:
             from diffusers import FlowMatchEulerDiscreteScheduler
 
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config, shift=shift)
-            timesteps = FlowTimesteps.from_scheduler(scheduler, num_steps)
-            steps = {"flow_sde": FlowSDE, "dance_sde": DanceSDE, "cps": FlowCPS}
-            if name not in steps:
-                raise ValueError(f"sampling.transition: SD3 is a flow model; expected one of "
-                                 f"{list(FLOW_TRANSITIONS)}, got {name!r}")
-            return steps[name](timesteps, noise_level)
+            return flow_transition(name, FlowTimesteps.from_scheduler(scheduler, num_steps), noise_level)
         from diffusers import DDIMScheduler
 
         if name != "ddim":

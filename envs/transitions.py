@@ -184,3 +184,13 @@ class DDIM(Transition):
         alpha_bar, alpha_bar_prev = self.timesteps.alphas(as_steps(step, x.shape[0], x.device))
         mean, _ = gaussian.ddim_mean_std(x, model_output, alpha_bar, alpha_bar_prev, 0.0)
         return mean
+
+
+FLOW_TRANSITIONS: dict[str, type[_FlowTransition]] = {"flow_sde": FlowSDE, "dance_sde": DanceSDE, "cps": FlowCPS}
+
+
+def flow_transition(name: str, timesteps: FlowTimesteps, noise_level: float) -> Transition:
+    """The stochastic flow step named ``name`` (``flow_sde``, ``dance_sde`` or ``cps``) on ``timesteps``."""
+    if name not in FLOW_TRANSITIONS:
+        raise ValueError(f"sampling.transition: a flow model takes one of {list(FLOW_TRANSITIONS)}, got {name!r}")
+    return FLOW_TRANSITIONS[name](timesteps, noise_level)

@@ -104,3 +104,30 @@ def test_ode_samples_equal_the_stock_pipeline(pipelines, kind, guidance):
     reference = stock(prompts, num_inference_steps=STEPS, guidance_scale=guidance, latents=noise.clone(),
                       height=16, width=16, output_type="pt", **extra).images
     torch.testing.assert_close(ours, reference.float(), atol=2e-5, rtol=1e-4)
+
+
+def test_flow_transitions_by_name_share_one_table(pipelines):
+    """SD3 pipelines and the embedded default build flow steps through `envs.flow_transition`."""
+    from treegrpo.embedded.problem import flow_transition as embedded_flow_transition
+    from treegrpo.envs import DanceSDE, FlowCPS, FlowSDE, FlowTimesteps, flow_transition
+
+    timesteps = FlowTimesteps.linear(4, shift=3.0)
+    for name, cls in {"flow_sde": FlowSDE, "dance_sde": DanceSDE, "cps": FlowCPS}.items():
+        step = flow_transition(name, timesteps, 0.5)
+        assert type(step) is cls and getattr(step, step.noise_attribute) == 0.5
+        assert type(embedded_flow_transition(name, 4, 3.0, 0.5)) is cls
+    model = load_pipeline(pipelines["sd3"], max_sequence_length=16)
+    torch.testing.assert_close(model.transition("cps", 4, 0.5, shift=3.0).timesteps.sigmas, timesteps.sigmas)
+    with pytest.raises(ValueError, match=r"sampling.transition: a flow model takes one of \['flow_sde', 'dance_sde', "
+                                         r"'cps'\], got 'ddim'"):
+        model.transition("ddim", 4, 0.5)
+
+
+def test_cuda_device_without_cuda_is_a_config_error(monkeypatch):
+    from treegrpo.algos.config import ConfigError
+    from treegrpo.algos.t2i import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device: 'cuda:1' requested but CUDA is not available"):
+        resolve_device("cuda:1")
