@@ -129,11 +129,10 @@ class PromptEmbeddings:
             os.replace(tmp, target)
         self._remember(prompt, row)
 
-    def __call__(self, prompts: Sequence[str]) -> TensorDict:
-        """Conditioning ``[B]`` for ``prompts``, on :attr:`device`, in the order given."""
-        prompts = list(prompts)
+    def _rows(self, prompts: Sequence[str]) -> dict[str, TensorDict]:
+        """One CPU row per distinct prompt: cached ones looked up once, the rest encoded in batches."""
         rows: dict[str, TensorDict] = {}
-        for prompt in prompts:
+        for prompt in dict.fromkeys(prompts):
             found = self._lookup(prompt)
             if found is not None:
                 rows[prompt] = found
@@ -149,10 +148,19 @@ class PromptEmbeddings:
                 row = encoded[i].clone()
                 self._store(prompt, row)
                 rows[prompt] = row
+        return rows
+
+    def __call__(self, prompts: Sequence[str]) -> TensorDict:
+        """Conditioning ``[B]`` for ``prompts``, on :attr:`device`, in the order given."""
+        prompts = list(prompts)
+        rows = self._rows(prompts)
         return torch.stack([rows[p] for p in prompts]).to(self.device)
 
+    def _is_cached(self, prompt: str) -> bool:
+        return prompt in self._memory or (self.cache_dir is not None and self._file(prompt).is_file())
+
     def precompute(self, prompts: Sequence[str], progress: bool = False) -> None:
-        """Encode (or find cached) every prompt once, in batches; needs ``cache_dir`` or enough memory."""
+        """Encode every prompt not yet cached, in batches; needs ``cache_dir`` or enough memory."""
         from tqdm.auto import tqdm
 
         unique = list(dict.fromkeys(prompts))
@@ -160,8 +168,6 @@ class PromptEmbeddings:
             raise ValueError(f"model.embedding_cache: {len(unique)} prompts exceed the in-memory cache of "
                              f"{self.max_in_memory}; give a cache folder")
         for lo in tqdm(range(0, len(unique), self.batch_size), desc="encoding prompts", disable=not progress):
-            chunk = unique[lo: lo + self.batch_size]
-            todo = [p for p in chunk if p not in self._memory and
-                    (self.cache_dir is None or not self._file(p).is_file())]
+            todo = [p for p in unique[lo: lo + self.batch_size] if not self._is_cached(p)]
             if todo:
-                self(todo)
+                self._rows(todo)
