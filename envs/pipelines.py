@@ -43,6 +43,7 @@ class Layout:
     denoiser: str
 
     def describe(self) -> str:
+        """One line listing the folder's expected contents, for error messages."""
         folders = [f"{name}/" for name in self.required] + [f"{name}/ (optional)" for name in self.optional]
         return f"a diffusers {self.pipeline} folder: model_index.json, " + ", ".join(folders)
 
@@ -130,10 +131,12 @@ class TextToImageModel:
 
     @property
     def device(self) -> torch.device:
+        """Where the trained network (and so sampling) lives."""
         return next(self.network.parameters()).device
 
     @property
     def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (8 for SD3 and SD1.5)."""
         return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
@@ -150,6 +153,7 @@ class TextToImageModel:
 
     @property
     def can_encode(self) -> bool:
+        """Whether the text encoders are still loaded (see :meth:`release_text_encoders`)."""
         return self.pipeline.text_encoder is not None
 
     @torch.no_grad()
