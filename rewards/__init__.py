@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from treegrpo.rewards.base import RewardModel
 from treegrpo.rewards.clip_models import Aesthetic, OpenClipCosine, PickScore
+from treegrpo.rewards.imagereward import ImageReward
 from treegrpo.rewards.offline import JpegSize
 from treegrpo.rewards.preprocess import clip_preprocess
 from treegrpo.rewards.registry import REWARDS, build_reward
@@ -19,6 +20,7 @@ __all__ = [
     "ENV_VAR",
     "REWARDS",
     "Aesthetic",
+    "ImageReward",
     "JpegSize",
     "MissingRewardWeightsError",
     "OpenClipCosine",

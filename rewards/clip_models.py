@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from treegrpo.rewards.base import check_batch
+from treegrpo.rewards.heads import mlp_head
 from treegrpo.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess
 from treegrpo.rewards.weights import require, reward_dir
 
@@ -134,12 +135,6 @@ def pickscore(root: str | Path | None = None, device: torch.device | str = "cpu"
     return PickScore(reward_dir(root) / "pickscore", torch.device(device))
 
 
-def aesthetic_head(width: int = 768) -> nn.Sequential:
-    """The LAION improved-aesthetic-predictor MLP (no activations, as published; dropout idle at eval)."""
-    return nn.Sequential(nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
-
-
 class Aesthetic(nn.Module):
     """LAION aesthetic score: the MLP on the L2-normalised CLIP ViT-L/14 image embedding."""
 
@@ -152,7 +147,7 @@ class Aesthetic(nn.Module):
         clip_folder = require(folder / "clip-vit-large-patch14", "aesthetic")
         self.clip = CLIPVisionModelWithProjection.from_pretrained(clip_folder, local_files_only=True)
         state = load_state_dict(require(folder / AESTHETIC_FILE, "aesthetic"))
-        self.head = aesthetic_head(self.clip.config.projection_dim)
+        self.head = mlp_head(self.clip.config.projection_dim)
         self.head.load_state_dict({key.removeprefix("layers."): value for key, value in state.items()})
         self.to(device).eval().requires_grad_(False)
         self.size, self.mean, self.std = _processor_stats(clip_folder, self.clip.config.image_size)

@@ -7,11 +7,13 @@ from typing import Any
 
 from treegrpo.rewards import clip_models
 from treegrpo.rewards.base import RewardModel
+from treegrpo.rewards.imagereward import imagereward
 from treegrpo.rewards.offline import JpegSize
 
 REWARDS: dict[str, Callable[..., RewardModel]] = {
     "hpsv2": clip_models.hpsv2,
     "clipscore": clip_models.clipscore,
+    "imagereward": imagereward,
     "pickscore": clip_models.pickscore,
     "aesthetic": clip_models.aesthetic,
     "jpeg_compressibility": lambda **_: JpegSize(-1.0),

@@ -1,4 +1,5 @@
-"""CLIP-based rewards on tiny random-weight models loaded through the user's loader."""
+"""Learned rewards on tiny random-weight models loaded through the user's loader: the shared
+interface checks for all of them, and each CLIP-based scorer against its library's own pipeline."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from treegrpo.rewards import MissingRewardWeightsError, build_reward, clip_prepr
 
 from tests.rewards.tiny_rewards import TINY_OPEN_CLIP, save_tiny_rewards
 
-LEARNED = ["hpsv2", "clipscore", "pickscore", "aesthetic"]
+LEARNED = ["hpsv2", "clipscore", "pickscore", "aesthetic", "imagereward"]
 PROMPTS = [f"prompt number {i}" for i in range(16)]
 
 
@@ -41,7 +42,8 @@ def test_reward_dir_comes_from_the_environment(reward_root, images, monkeypatch)
 
 
 @pytest.mark.parametrize(("name", "file"), [("hpsv2", "HPS_v2.1_compressed.pt"), ("clipscore", "open_clip_pytorch_model.bin"),
-                                            ("pickscore", "config.json"), ("aesthetic", "clip-vit-large-patch14")])
+                                            ("pickscore", "config.json"), ("aesthetic", "clip-vit-large-patch14"),
+                                            ("imagereward", "ImageReward.pt")])
 def test_missing_weights_name_the_file_and_where_it_goes(tmp_path, name, file):
     with pytest.raises(MissingRewardWeightsError) as caught:
         build_reward(name, root=tmp_path)
