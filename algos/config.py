@@ -309,6 +309,8 @@ class SamplingConfig(_Section):
         choices=("all", "window"),
     )
     max_batch: int = _opt(0, "most rows per model call, 0 = unlimited", min=0)
+    chunks: int = _opt(1, "sample each iteration's prompts in this many chunks (scored as they finish)", min=1)
+    background_scoring: bool = _opt(True, "with chunks > 1, score a chunk on a worker thread while the next is sampled")
     guidance_scale: float = _opt(1.0, "classifier-free guidance scale, 1.0 = off", min=0)
 
     def _check_fields(self) -> None:

@@ -30,7 +30,8 @@ from treegrpo.algos.losses import EdgeLoss, total_loss
 from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
-from treegrpo.envs import TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
+from treegrpo.algos.scoring import sample_and_score
+from treegrpo.envs import Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
 from treegrpo.envs.sampler import gather_cond
 
 import treeadv
@@ -182,14 +183,20 @@ class Trainer:
         cond, prompt_ids = self.problem.prompts(it, self.generators["prompts"])
         was_training = self.model.training
         self.model.eval()
-        rollout = self.sampler.sample(cond, epoch=it, latent_shape=self.problem.latent_shape,
-                                      num_prompts=int(prompt_ids.shape[0]), generator=self.generators["sample"],
-                                      device=self.device)
-        self.model.train(was_training)
+
+        def sample_chunk(lo: int, hi: int) -> Rollout:
+            chunk_cond = cond if (lo, hi) == (0, int(prompt_ids.shape[0])) else gather_cond(cond, torch.arange(lo, hi))
+            return self.sampler.sample(chunk_cond, epoch=it, latent_shape=self.problem.latent_shape,
+                                       num_prompts=hi - lo, generator=self.generators["sample"], device=self.device)
+
+        try:
+            rollout, rewards = sample_and_score(sample_chunk, self.problem.reward, prompt_ids,
+                                                chunks=cfg.sampling.chunks, background=cfg.sampling.background_scoring,
+                                                device=self.device)
+        finally:
+            self.model.train(was_training)
         tree = rollout.tree
         leaf_prompts = prompt_ids[rollout.leaf_cond_index]
-        with torch.no_grad():
-            rewards = self.problem.reward(rollout.final, leaf_prompts)
         self._guard(rewards, "reward")
         result = self.advantage(tree, rewards, leaf_prompts)
         advantage = clip_advantages(result.advantage, cfg.loss.adv_clip)

@@ -27,7 +27,7 @@ from treegrpo.envs.gaussian import (
     gaussian_log_prob,
 )
 from treegrpo.envs.models import CallableDenoiser, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
-from treegrpo.envs.sampler import Rollout, TrajectorySampler, TreeSampler, sample_forest, tree_nfe
+from treegrpo.envs.sampler import Rollout, TrajectorySampler, TreeSampler, concat_rollouts, sample_forest, tree_nfe
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition, flow_transition
 from treegrpo.envs.windows import (
@@ -67,6 +67,7 @@ __all__ = [
     "WindowSchedule",
     "check_ode_limit",
     "check_on_policy",
+    "concat_rollouts",
     "dance_sde_mean_std",
     "ddim_mean_std",
     "edge_log_probs",

@@ -58,6 +58,27 @@ class Rollout:
         return self.tree.payload["cond_index"][self.tree.is_leaf]
 
 
+def concat_rollouts(rollouts: Sequence[Rollout], prompt_offsets: Sequence[int]) -> Rollout:
+    """One rollout from rollouts of consecutive prompt chunks (all sampled in the same epoch).
+
+    Chunk ``j`` numbered its prompts from 0; its ``cond_index`` and groups are shifted by
+    ``prompt_offsets[j]`` so they index the full conditioning table and groups stay per prompt.
+    """
+    if len(rollouts) != len(prompt_offsets) or not rollouts:
+        raise ValueError(f"prompt_offsets: expected one offset per rollout ({len(rollouts)}), got {len(prompt_offsets)}")
+    if len({r.sde_steps for r in rollouts}) > 1:
+        raise ValueError(f"rollouts: chunks of one iteration must share their SDE steps, got {[r.sde_steps for r in rollouts]}")
+    trees = []
+    for rollout, offset in zip(rollouts, prompt_offsets):
+        tree = rollout.tree.clone(recurse=False)
+        tree.group = rollout.tree.group + offset
+        tree.payload = rollout.tree.payload.clone(recurse=False)
+        tree.payload["cond_index"] = rollout.tree.payload["cond_index"] + offset
+        trees.append(tree)
+    return Rollout(tree=Tree.concat(trees, distinct_groups=False), sde_steps=rollouts[0].sde_steps,
+                   nfe=sum(r.nfe for r in rollouts), calls=[call for r in rollouts for call in r.calls])
+
+
 def num_rows(cond: Cond) -> int:
     """Number of prompts in a conditioning table."""
     if cond is None:
