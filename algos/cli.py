@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,pretrain}")
     train = commands.add_parser("train", help="train with the resolved config")
     _add_config_options(train)
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
+    evaluate = commands.add_parser(
+        "eval", help="score held-out samples of the base weights, model.lora and a checkpoint; print the table"
+    )
     _add_config_options(evaluate)
     evaluate.add_argument(
         "--checkpoint", metavar="PATH", default=None, help="checkpoint to evaluate (default: latest in train.out_dir)"
@@ -141,8 +143,11 @@ def _train(config: Config, args: argparse.Namespace) -> int:
 
 
 def _eval(config: Config, args: argparse.Namespace) -> int:
-    """Evaluate ``--checkpoint`` (None: the trainer picks the latest in ``train.out_dir``)."""
-    _trainer().evaluate(config, args.checkpoint)
+    """Score held-out samples of the base weights, ``model.lora`` and ``--checkpoint`` (default: the
+    latest in ``train.out_dir``); prints the paper's table and writes ``eval.out``."""
+    from treegrpo.algos.evaluation import run_eval
+
+    run_eval(config, args.checkpoint)
     return 0
 
 

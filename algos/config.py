@@ -31,6 +31,7 @@ __all__ = [
     "SECTIONS",
     "Config",
     "ConfigError",
+    "EvalConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -405,12 +406,28 @@ class TrainConfig(_Section):
                 raise ConfigError(f"train.device: expected cpu, cuda, cuda:N or auto, got {self.device!r}") from None
 
 
+@dataclass
+class EvalConfig(_Section):
+    """Held-out evaluation (``treegrpo eval`` and the before/after numbers of ``treegrpo train``)."""
+
+    section: ClassVar[str] = "eval"
+
+    rewards: list[str] = _opt([], "rewards reported, comma-separated; empty = model.rewards (sd3, sd15) or "
+                                  "every offline reward (digits)")
+    samples_per_prompt: int = _opt(8, "ODE samples per held-out prompt", min=1)
+    num_steps: int = _opt(0, "denoising steps of evaluation samples, 0 = sampling.num_steps", min=0)
+    seed: int = _opt(-1, "seed of the evaluation noise (the same for every policy), -1 = train.seed + 1", min=-1)
+    base: bool = _opt(True, "treegrpo eval: also score the starting weights on the same noise (a 'base' row)")
+    out: str = _opt("", "treegrpo eval: JSON path, empty = <train.out_dir>/eval.json")
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "model": ModelConfig,
     "sampling": SamplingConfig,
     "loss": LossConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "eval": EvalConfig,
 }
 
 
@@ -423,6 +440,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "algorithm and loss"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation"})
 
     def validate(self) -> Config:
         """Validate every section and the cross-section rules; return ``self``."""

@@ -36,6 +36,10 @@ class Problem:
             :meth:`Trainer.evaluate` samples (defaults to one iteration of training prompts).
         eval_reward: optional scorer with the same signature as ``reward`` reporting every reward
             of interest (``[L, m]``, one column per ``eval_reward_names``); defaults to ``reward``.
+        eval_transition: optional transition of evaluation samples (e.g. more steps than training's);
+            defaults to ``transition``.
+        apply_lora: optional ``path -> None`` fusing a diffusers LoRA into ``model`` (``treegrpo eval``
+            scores the weights before and after).
         device: where the model lives and latents are sampled.
         export: optional ``folder -> files`` writing the trained weights in the model's own format
             (a diffusers LoRA, or the network's ``save_pretrained``); called at the end of a run.
@@ -51,6 +55,8 @@ class Problem:
     eval_prompts: Callable[[], tuple[Cond, Tensor]] | None = None
     eval_reward: RewardFn | None = None
     eval_reward_names: Sequence[str] = ()
+    eval_transition: Transition | None = None
+    apply_lora: Callable[[str], None] | None = None
     device: torch.device | str = "cpu"
     export: Callable[[Path], list[Path]] | None = None
 

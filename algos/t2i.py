@@ -19,7 +19,7 @@ from treegrpo.algos.problem import Problem
 from treegrpo.envs import GuidedDenoiser
 from treegrpo.envs.pipelines import TextToImageModel, load_pipeline
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
-from treegrpo.rewards import RewardModel, build_reward
+from treegrpo.rewards import REWARDS, RewardModel, build_reward
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -39,12 +39,16 @@ def pipeline_problem(
     prompts_per_iteration: int = 32,
     guidance_scale: float = 1.0,
     negative_prompt: str = "",
+    eval_rewards: Sequence[RewardModel] = (),
+    eval_num_steps: int = 0,
 ) -> Problem:
     """Train ``model``'s denoiser on ``train_prompts``, scored by ``rewards``.
 
     The prompt ids the trainer sees index ``train_prompts`` (training) or ``eval_prompts``
     (evaluation); rewards receive the prompt texts. With ``guidance_scale != 1`` sampling uses
     classifier-free guidance against ``negative_prompt`` (two model evaluations per row).
+    Held-out prompts are scored by ``eval_rewards`` (default: ``rewards``), sampled with
+    ``eval_num_steps`` steps (0: ``num_steps``).
     """
     train_prompts, eval_prompts = list(train_prompts), list(eval_prompts)
     if not rewards:
@@ -57,10 +61,12 @@ def pipeline_problem(
     if guidance_scale != 1.0:
         denoiser = GuidedDenoiser(denoiser, guidance_scale, embeddings([negative_prompt]))
     step = model.transition(transition, num_steps, noise_level, shift)
+    eval_step = model.transition(transition, eval_num_steps, noise_level, shift) if eval_num_steps else None
+    eval_rewards = list(eval_rewards) or list(rewards)
 
-    def score(final: Tensor, texts: list[str]) -> Tensor:
+    def score(final: Tensor, texts: list[str], scorers: Sequence[RewardModel] = rewards) -> Tensor:
         images = model.decode(final)
-        return torch.stack([reward(images, texts).to(device).float() for reward in rewards], dim=-1)
+        return torch.stack([reward(images, texts).to(device).float() for reward in scorers], dim=-1)
 
     def prompts(iteration: int, generator: torch.Generator) -> tuple[object, Tensor]:
         ids = torch.randperm(len(train_prompts), generator=generator)[:prompts_per_iteration]
@@ -73,17 +79,29 @@ def pipeline_problem(
         return embeddings(eval_prompts), torch.arange(len(eval_prompts), device=device)
 
     def eval_reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
-        return score(final, [eval_prompts[i] for i in prompt_ids.tolist()])
+        return score(final, [eval_prompts[i] for i in prompt_ids.tolist()], eval_rewards)
 
     def export(directory):
         from treegrpo.algos.export import export_trained
 
         return export_trained(model, directory)
 
-    names = tuple(reward.name for reward in rewards)
+    def apply_lora(path: str) -> None:
+        from treegrpo.algos.export import fuse_lora
+
+        fuse_lora(model, path)
+
     return Problem(model=denoiser, transition=step, latent_shape=model.latent_shape(image_size), prompts=prompts,
-                   reward=reward, reward_names=names, decode=model.decode, eval_prompts=held_out,
-                   eval_reward=eval_reward, eval_reward_names=names, device=device, export=export)
+                   reward=reward, reward_names=tuple(r.name for r in rewards), decode=model.decode,
+                   eval_prompts=held_out, eval_reward=eval_reward, eval_reward_names=tuple(r.name for r in eval_rewards),
+                   eval_transition=eval_step, apply_lora=apply_lora, device=device, export=export)
+
+
+def _check_reward_names(names: Sequence[str], known: Sequence[str], field: str) -> None:
+    """A :class:`ConfigError` naming the first unknown reward."""
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"{field}: unknown reward {unknown[0]!r}; expected one of {sorted(known)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,8 +128,12 @@ def _eval_prompts(config: Config, train: list[str]) -> list[str]:
     return texts[: m.eval_count] if m.eval_count else texts
 
 
-def build_pipeline_problem(config: Config) -> Problem:
-    """The ``sd3``/``sd15`` problem a config describes (weights, prompts and rewards from local paths)."""
+def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
+    """The ``sd3``/``sd15`` problem a config describes (weights, prompts and rewards from local paths).
+
+    ``model.lora`` is fused in unless ``fuse_model_lora`` is false (``treegrpo eval`` scores the
+    weights without it first, then fuses it with ``problem.apply_lora``).
+    """
     from treegrpo.algos.export import fuse_lora
 
     m, s, t = config.model, config.sampling, config.train
@@ -124,7 +146,7 @@ def build_pipeline_problem(config: Config) -> Problem:
     model = load_pipeline(m.path, m.kind, t5=m.t5, frozen_dtype=DTYPES[m.frozen_precision],
                           denoiser_dtype=torch.bfloat16 if lora_base_in_bf16 else torch.float32, device=device,
                           max_sequence_length=m.max_sequence_length, vae_batch=m.vae_batch)
-    if m.lora:
+    if m.lora and fuse_model_lora:
         fuse_lora(model, m.lora)
     train_prompts = load_prompts(m.prompts, "train")
     embeddings = PromptEmbeddings(model.encode, model.identity(), cache_dir=m.embedding_cache or None,
@@ -134,9 +156,19 @@ def build_pipeline_problem(config: Config) -> Problem:
     if m.precompute_embeddings:
         embeddings.precompute([*train_prompts, *eval_prompts, m.negative_prompt], progress=True)
         model.release_text_encoders()
-    rewards = [build_reward(name, root=m.reward_dir or None, device=device) for name in m.rewards]
+    built: dict[str, RewardModel] = {}  # one instance per name, shared by training and evaluation
+
+    def reward_models(names: Sequence[str], field: str) -> list[RewardModel]:
+        _check_reward_names(names, REWARDS, field)
+        for name in names:
+            if name not in built:
+                built[name] = build_reward(name, field=field, root=m.reward_dir or None, device=device)
+        return [built[name] for name in names]
+
+    rewards = reward_models(m.rewards, "model.rewards")
     return pipeline_problem(
         model, train_prompts=train_prompts, eval_prompts=eval_prompts, rewards=rewards,
         embeddings=embeddings, image_size=m.image_size, transition=s.transition, num_steps=s.num_steps,
         noise_level=s.noise_level, shift=s.shift, prompts_per_iteration=s.prompts_per_iteration,
-        guidance_scale=s.guidance_scale, negative_prompt=m.negative_prompt)
+        guidance_scale=s.guidance_scale, negative_prompt=m.negative_prompt,
+        eval_rewards=reward_models(config.eval.rewards, "eval.rewards"), eval_num_steps=config.eval.num_steps)

@@ -26,12 +26,21 @@ from treegrpo.algos.advantages import clip_advantages
 from treegrpo.algos.batch import count_edges, parent_batch, select_steps
 from treegrpo.algos.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from treegrpo.algos.config import Config, ConfigError
+from treegrpo.algos.evaluation import HeldOutScores, held_out_scores
 from treegrpo.algos.losses import EdgeLoss, total_loss
 from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
 from treegrpo.algos.scoring import sample_and_score
-from treegrpo.envs import Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
+from treegrpo.envs import (
+    FlowSDE,
+    FlowTimesteps,
+    Rollout,
+    TrajectorySampler,
+    TreeSampler,
+    WindowSchedule,
+    check_on_policy,
+)
 from treegrpo.envs.sampler import gather_cond
 
 import treeadv
@@ -362,36 +371,17 @@ class Trainer:
             if key != "iteration":
                 self._writer.add_scalar(key, value, int(metrics["iteration"]))
 
-    @torch.no_grad()
-    def evaluate(self, samples_per_prompt: int = 8, seed: int | None = None) -> dict[str, float]:
-        """Mean of every evaluation reward over ODE samples (NFE = ``num_steps``) of the held-out prompts.
+    def evaluation_scores(self, samples_per_prompt: int | None = None, seed: int | None = None) -> HeldOutScores:
+        """Every evaluation reward of held-out ODE samples of the current policy (see
+        :func:`~treegrpo.algos.evaluation.held_out_scores`)."""
+        return held_out_scores(self.problem, self.config, samples_per_prompt, seed)
 
-        Uses ``problem.eval_prompts`` and ``problem.eval_reward`` when the problem has them (else one
-        iteration of training prompts and the training reward). Same seed, same noise: before/after
-        numbers compare the policies on identical starting latents.
-        """
-        from treegrpo.envs import sample_forest
-
-        problem = self.problem
-        generator = torch.Generator(self.device).manual_seed(self.config.train.seed + 1 if seed is None else seed)
-        if problem.eval_prompts is not None:
-            cond, prompt_ids = problem.eval_prompts()
-        else:
-            cond, prompt_ids = problem.prompts(0, torch.Generator().manual_seed(self.config.train.seed))
-        was_training = self.model.training
-        self.model.eval()
-        rollout = sample_forest(self.model, problem.transition, cond, sde_steps=(), branching=(),
-                                trees_per_prompt=samples_per_prompt, latent_shape=problem.latent_shape,
-                                num_prompts=int(prompt_ids.shape[0]), generator=generator,
-                                max_batch=self.config.sampling.max_batch or None, device=self.device)
-        self.model.train(was_training)
-        score = problem.eval_reward or problem.reward
-        names = list(problem.eval_reward_names if problem.eval_reward is not None else problem.reward_names)
-        rewards = score(rollout.final, prompt_ids[rollout.leaf_cond_index])
-        columns = rewards.reshape(rewards.shape[0], -1).double()
-        names += [f"reward_{j}" for j in range(len(names), columns.shape[1])]
-        result = {f"eval/{names[j]}": float(columns[:, j].mean()) for j in range(columns.shape[1])}
-        result["eval_samples"] = float(columns.shape[0])
+    def evaluate(self, samples_per_prompt: int | None = None, seed: int | None = None) -> dict[str, float]:
+        """Mean of every evaluation reward over held-out ODE samples (see :meth:`evaluation_scores`),
+        as ``{"eval/<reward>": mean, "eval_samples": n, "iteration": i}``."""
+        scores = self.evaluation_scores(samples_per_prompt, seed)
+        result = {f"eval/{name}": value for name, value in scores.means().items()}
+        result["eval_samples"] = float(scores.scores.shape[0])
         result["iteration"] = float(self.iteration)
         return result
 
@@ -473,40 +463,42 @@ def run(config: Config, *, problem: Problem | None = None, progress: bool = True
     return summary
 
 
-def build_problem(config: Config) -> Problem:
-    """The problem named by ``model.kind``."""
+def build_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
+    """The problem named by ``model.kind`` (``fuse_model_lora``: see :func:`~treegrpo.algos.t2i.build_pipeline_problem`)."""
     from treegrpo.algos.problem import toy2d_problem
 
     kind = config.model.kind
     if kind == "digits":
         from treegrpo.embedded.problem import digits_problem
+        from treegrpo.embedded.rewards import REWARDS
         from treegrpo.envs.transitions import FLOW_TRANSITIONS
 
         s = config.sampling
+        for field, names in (("model.rewards", config.model.rewards), ("eval.rewards", config.eval.rewards)):
+            unknown = [name for name in names if name not in REWARDS]
+            if unknown:
+                raise ConfigError(f"{field}: unknown reward {unknown[0]!r} for the digits model; "
+                                  f"expected one of {sorted(REWARDS)}")
         if s.transition not in FLOW_TRANSITIONS:
             raise ConfigError(f"sampling.transition: the digits model is a flow model; expected one of "
                               f"{', '.join(FLOW_TRANSITIONS)}, got {s.transition!r}")
         return digits_problem(num_steps=s.num_steps, noise_level=s.noise_level, shift=s.shift,
                               transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
                               rewards=config.model.rewards, guidance_scale=s.guidance_scale,
-                              weights=config.model.path or None)
+                              weights=config.model.path or None, eval_rewards=config.eval.rewards,
+                              eval_num_steps=config.eval.num_steps)
     if kind == "toy2d":
         if config.sampling.transition != "flow_sde":
             raise ConfigError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
-        return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
-                             prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
+        if set(config.eval.rewards) - {"target"}:
+            raise ConfigError(f"eval.rewards: the toy2d problem has one reward, 'target'; got {config.eval.rewards!r}")
+        problem = toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
+                                prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
+        if config.eval.num_steps:
+            problem.eval_transition = FlowSDE(FlowTimesteps.linear(config.eval.num_steps), config.sampling.noise_level)
+        return problem
     if kind in ("sd3", "sd15"):
         from treegrpo.algos.t2i import build_pipeline_problem
 
-        return build_pipeline_problem(config)
+        return build_pipeline_problem(config, fuse_model_lora=fuse_model_lora)
     raise ConfigError(f"model.kind: expected one of 'digits', 'toy2d', 'sd3', 'sd15', got {kind!r}")
-
-
-def evaluate(config: Config, checkpoint: str | Path | None = None) -> dict[str, float]:
-    """Entry point of ``treegrpo eval``: held-out rewards of ODE samples, from a checkpoint if given."""
-    trainer = Trainer(build_problem(config), config)
-    if checkpoint is not None or latest_checkpoint(trainer.run_dir) is not None:
-        trainer.resume(checkpoint)
-    result = trainer.evaluate()
-    print("  ".join(f"{k}={v:.4g}" for k, v in result.items()))
-    return result

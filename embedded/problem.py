@@ -31,12 +31,12 @@ def flow_transition(name: str, num_steps: int, shift: float, noise_level: float)
     return make_flow_transition(name, FlowTimesteps.linear(num_steps, shift=shift), noise_level)
 
 
-def reward_scorers(names: Sequence[str], weights: Path) -> list[Scorer]:
-    """Scorers for ``names``; the classifier reads ``weights/classifier``."""
+def reward_scorers(names: Sequence[str], weights: Path, field: str = "model.rewards") -> list[Scorer]:
+    """Scorers for ``names``; the classifier reads ``weights/classifier``. ``field`` names the option in errors."""
     scorers: list[Scorer] = []
     for name in names:
         if name not in REWARDS:
-            raise ValueError(f"rewards: unknown reward {name!r}; expected one of {sorted(REWARDS)}")
+            raise ValueError(f"{field}: unknown reward {name!r}; expected one of {sorted(REWARDS)}")
         scorers.append(ClassifierReward(path=weights / "classifier") if name == "classifier" else REWARDS[name])
     return scorers
 
@@ -52,6 +52,8 @@ def digits_problem(
     guidance_scale: float = 1.0,
     weights: Path | str | None = None,
     device: torch.device | str = "cpu",
+    eval_rewards: Sequence[str] = (),
+    eval_num_steps: int = 0,
 ) -> Problem:
     """TreeGRPO's embedded default: align the shipped digits base to offline rewards.
 
@@ -66,15 +68,18 @@ def digits_problem(
         guidance_scale: classifier-free guidance against the empty prompt; 1.0 = off.
         weights: root holding ``base/`` and ``classifier/`` (default: the shipped weights).
         device: where the model, conditioning and rewards live.
+        eval_rewards: rewards reported on held-out prompts (default: every offline reward).
+        eval_num_steps: denoising steps of evaluation samples (0: ``num_steps``).
     """
     root = Path(weights) if weights is not None else WEIGHTS_DIR
     rewards = tuple(rewards)
     if not rewards:
         raise ValueError("rewards: expected at least one reward name")
     scorers = reward_scorers(rewards, root)
-    every_name = tuple(REWARDS)
-    every_scorer = reward_scorers(every_name, root)
+    every_name = tuple(eval_rewards) or tuple(REWARDS)
+    every_scorer = reward_scorers(every_name, root, "eval.rewards")
     step = flow_transition(transition, num_steps, shift, noise_level)
+    eval_step = flow_transition(transition, eval_num_steps, shift, noise_level) if eval_num_steps else None
 
     base = load_base(root / "base", device)
     base.text_encoder.requires_grad_(False)
@@ -108,4 +113,4 @@ def digits_problem(
 
     return Problem(model=model, transition=step, latent_shape=base.latent_shape, prompts=prompts, reward=reward,
                    reward_names=rewards, decode=to_image, eval_prompts=eval_prompts, eval_reward=eval_reward,
-                   eval_reward_names=every_name)
+                   eval_reward_names=every_name, eval_transition=eval_step, device=device)

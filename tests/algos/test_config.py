@@ -11,6 +11,7 @@ from treegrpo.algos.config import (
     SECTIONS,
     Config,
     ConfigError,
+    EvalConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
@@ -26,6 +27,7 @@ NON_DEFAULT = {
     "loss": {"algorithm": "grpo", "clip_range": 2e-4, "reward_weights": [0.8], "temperature": 0.5},
     "optim": {"lr": 3e-5, "beta2": 0.99, "grad_accumulation": 4, "warmup_iterations": 5},
     "train": {"iterations": 7, "precision": "bf16", "resume": True, "check_on_policy": False, "out_dir": "r/x"},
+    "eval": {"rewards": ["hpsv2", "clipscore"], "samples_per_prompt": 2, "num_steps": 40, "seed": 5, "base": False},
 }
 
 
@@ -248,7 +250,7 @@ def test_help_lists_every_field(argv: list[str], capsys) -> None:
 
 def test_options_cover_every_section() -> None:
     listed = {(option.section, option.name) for option in options()}
-    classes = (ModelConfig, SamplingConfig, LossConfig, OptimConfig, TrainConfig)
+    classes = (ModelConfig, SamplingConfig, LossConfig, OptimConfig, TrainConfig, EvalConfig)
     expected = {(cls.section, f.name) for cls in classes for f in dataclasses.fields(cls)}
     assert listed == expected
 
@@ -282,11 +284,10 @@ def test_train_and_eval_call_the_trainer(monkeypatch) -> None:
         def run(config: Config) -> None:
             calls.append(("run", config.train.iterations))
 
-        @staticmethod
-        def evaluate(config: Config, checkpoint: str | None) -> None:
-            calls.append(("evaluate", checkpoint))
+    from treegrpo.algos import evaluation
 
     monkeypatch.setattr(cli, "_trainer", lambda: FakeTrainer)
+    monkeypatch.setattr(evaluation, "run_eval", lambda config, checkpoint: calls.append(("evaluate", checkpoint)))
     assert cli.main(["train", "--train.iterations", "2"]) == 0
     assert cli.main(["eval"]) == 0
     assert cli.main(["eval", "--checkpoint", "ckpt"]) == 0

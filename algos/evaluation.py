@@ -1,0 +1,190 @@
+"""``treegrpo eval``: score held-out samples of the starting weights, a LoRA and/or a checkpoint with
+every configured reward, print the paper's table (HPSv2.1, ImageReward, Aesthetic, CLIPScore first)
+and write JSON.
+
+Every policy is sampled from the same noise (``eval.seed``), so a row's difference from the base
+row is a paired comparison: its standard error comes from per-prompt differences and is usually
+far smaller than either row's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from treegrpo.algos.config import Config, ConfigError
+
+# The paper's evaluation columns, in its order, and how the table titles them.
+PAPER_COLUMNS = {"hpsv2": "HPSv2.1", "imagereward": "ImageReward", "aesthetic": "Aesthetic", "clipscore": "CLIPScore"}
+OTHER_TITLES = {"pickscore": "PickScore"}
+PIPELINE_KINDS = ("sd3", "sd15")
+
+
+@dataclass
+class HeldOutScores:
+    """Scores of held-out samples: ``scores [L, m]`` (one column per ``names``) for prompts ``prompt_ids [L]``."""
+
+    names: tuple[str, ...]
+    scores: Tensor
+    prompt_ids: Tensor
+    samples_per_prompt: int
+    seed: int
+
+    def per_prompt(self) -> Tensor:
+        """``[Q, m]`` mean score of each prompt (rows in ascending prompt id)."""
+        prompts, index = torch.unique(self.prompt_ids, return_inverse=True)
+        sums = torch.zeros(prompts.numel(), self.scores.shape[1], dtype=self.scores.dtype)
+        counts = torch.zeros(prompts.numel(), 1, dtype=self.scores.dtype)
+        sums.index_add_(0, index, self.scores)
+        counts.index_add_(0, index, torch.ones_like(self.scores[:, :1]))
+        return sums / counts
+
+    def means(self) -> dict[str, float]:
+        """Mean of each reward over every sample."""
+        return {name: float(self.scores[:, j].mean()) for j, name in enumerate(self.names)}
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per reward: mean, std over samples, and the standard error over prompts (``sem``)."""
+        prompts = self.per_prompt()
+        return {name: {"mean": float(self.scores[:, j].mean()), "std": float(self.scores[:, j].std(unbiased=False)),
+                       "sem": _sem(prompts[:, j])} for j, name in enumerate(self.names)}
+
+    def paired_difference(self, base: HeldOutScores) -> dict[str, dict[str, float]]:
+        """Per reward: mean of ``self - base`` over prompts and its standard error (same noise, so paired)."""
+        if self.names != base.names or not torch.equal(self.prompt_ids, base.prompt_ids):
+            raise ValueError("base: scores of other rewards or prompts cannot be paired")
+        difference = self.per_prompt() - base.per_prompt()
+        return {name: {"mean": float(difference[:, j].mean()), "sem": _sem(difference[:, j])}
+                for j, name in enumerate(self.names)}
+
+
+@torch.no_grad()
+def held_out_scores(problem, config: Config, samples_per_prompt: int | None = None,
+                    seed: int | None = None) -> HeldOutScores:
+    """Every evaluation reward of ``samples_per_prompt`` ODE samples of each held-out prompt.
+
+    Uses ``problem.eval_prompts``, ``problem.eval_reward`` and ``problem.eval_transition`` when
+    the problem has them (else one iteration of training prompts, the training reward and
+    transition). Defaults come from ``config.eval``. Same seed, same noise: scores of different
+    policies compare them on identical starting latents.
+    """
+    from treegrpo.envs import sample_forest
+
+    options = config.eval
+    samples_per_prompt = samples_per_prompt or options.samples_per_prompt
+    if seed is None:
+        seed = options.seed if options.seed >= 0 else config.train.seed + 1
+    device = torch.device(problem.device)
+    generator = torch.Generator(device).manual_seed(seed)
+    if problem.eval_prompts is not None:
+        cond, prompt_ids = problem.eval_prompts()
+    else:
+        cond, prompt_ids = problem.prompts(0, torch.Generator().manual_seed(config.train.seed))
+    model = problem.model
+    was_training = model.training
+    model.eval()
+    try:
+        rollout = sample_forest(model, problem.eval_transition or problem.transition, cond, sde_steps=(), branching=(),
+                                trees_per_prompt=samples_per_prompt, latent_shape=problem.latent_shape,
+                                num_prompts=int(prompt_ids.shape[0]), generator=generator,
+                                max_batch=config.sampling.max_batch or None, device=device)
+    finally:
+        model.train(was_training)
+    score = problem.eval_reward or problem.reward
+    names = list(problem.eval_reward_names if problem.eval_reward is not None else problem.reward_names)
+    leaf_prompts = prompt_ids[rollout.leaf_cond_index]
+    columns = score(rollout.final, leaf_prompts).reshape(rollout.final.shape[0], -1).double().cpu()
+    names += [f"reward_{j}" for j in range(len(names), columns.shape[1])]
+    return HeldOutScores(tuple(names), columns, leaf_prompts.cpu(), samples_per_prompt, seed)
+
+
+def _sem(values: Tensor) -> float:
+    return float(values.std() / values.numel() ** 0.5) if values.numel() > 1 else float("nan")
+
+
+def column_order(names: Sequence[str]) -> list[str]:
+    """The paper's four columns first (those present), then the others in their given order."""
+    return [name for name in PAPER_COLUMNS if name in names] + [name for name in names if name not in PAPER_COLUMNS]
+
+
+def paper_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], titles: Mapping[str, str]) -> str:
+    """One line of ``mean ± sem`` per policy under the column titles, its paired difference from the
+    base row below it. ``rows`` as :func:`run_eval` writes them (``policy``, ``rewards``, ``vs_base``)."""
+    def cell(stats: Mapping[str, float], sign: str = "") -> str:
+        return f"{stats['mean']:{sign}.4f} ± {stats['sem']:.4f}"
+
+    label_width = max([len("policy"), len("  vs base")] + [len(row["policy"]) for row in rows])
+    width = max([len(cell({"mean": -9.0, "sem": 0.0}, "+")) + 2] + [len(titles.get(c, c)) + 2 for c in columns])
+    lines = [f"{'policy':<{label_width}}" + "".join(f"{titles.get(c, c):>{width}}" for c in columns)]
+    for row in rows:
+        lines.append(f"{row['policy']:<{label_width}}" + "".join(f"{cell(row['rewards'][c]):>{width}}" for c in columns))
+        if "vs_base" in row:
+            lines.append(f"{'  vs base':<{label_width}}" + "".join(f"{cell(row['vs_base'][c], '+'):>{width}}"
+                                                                  for c in columns))
+    return "\n".join(lines)
+
+
+def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Entry point of ``treegrpo eval``; returns what it writes to ``eval.out``.
+
+    Rows, in order: ``base`` (the weights at ``model.path``, when ``eval.base``), ``+ lora`` (after
+    fusing ``model.lora``), and the checkpoint (``checkpoint``, else the latest in
+    ``train.out_dir``, if any), loaded as ``treegrpo train`` would resume it: LoRA fused first.
+    """
+    from treegrpo.algos.checkpoint import latest_checkpoint
+    from treegrpo.algos.report import write_json
+    from treegrpo.algos.trainer import Trainer, build_problem
+
+    model = config.model
+    run_dir = Path(config.train.out_dir)
+    checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if checkpoint is not None and not checkpoint.exists():
+        raise FileNotFoundError(f"--checkpoint: {checkpoint} does not exist")
+    problem = build_problem(config, fuse_model_lora=False)
+    if model.lora and problem.apply_lora is None:
+        raise ConfigError(f"model.lora: model.kind={model.kind} does not take a diffusers LoRA; "
+                          "use sd3 or sd15, or evaluate a training checkpoint")
+    scores: dict[str, HeldOutScores] = {}
+
+    def score(row: str) -> None:
+        if progress:
+            print(f"scoring {row} ...", flush=True)
+        scores[row] = held_out_scores(problem, config)
+
+    if config.eval.base or (not model.lora and checkpoint is None):
+        score("base")
+    if model.lora:
+        problem.apply_lora(model.lora)
+        score(f"+ lora {Path(model.lora).name}")
+    if checkpoint is not None:
+        trainer = Trainer(problem, config)
+        trainer.resume(checkpoint)
+        score(f"{'+ ' if model.lora else ''}checkpoint {trainer.iteration}")
+
+    first = next(iter(scores.values()))
+    rows = []
+    for name, row in scores.items():
+        entry: dict[str, Any] = {"policy": name, "rewards": row.summary()}
+        if name != "base" and "base" in scores:
+            entry["vs_base"] = row.paired_difference(scores["base"])
+        rows.append(entry)
+    pipeline = model.kind in PIPELINE_KINDS  # the digits rewards are offline stand-ins: keep their own names
+    titles = {**PAPER_COLUMNS, **OTHER_TITLES} if pipeline else {}
+    columns = column_order(first.names) if pipeline else list(first.names)
+    result = {
+        "rows": rows, "rewards": columns, "prompts": int(torch.unique(first.prompt_ids).numel()),
+        "samples_per_prompt": first.samples_per_prompt, "num_steps": config.eval.num_steps or config.sampling.num_steps,
+        "seed": first.seed, "checkpoint": str(checkpoint) if checkpoint else None, "lora": model.lora or None,
+        "config": config.to_dict(),
+    }
+    out = Path(config.eval.out) if config.eval.out else run_dir / "eval.json"
+    write_json(result, out)
+    print(f"held-out: {result['prompts']} prompts x {result['samples_per_prompt']} samples, "
+          f"{result['num_steps']} steps, seed {result['seed']} (mean ± standard error over prompts)")
+    print(paper_table(rows, columns, titles))
+    print(f"wrote {out}")
+    return result

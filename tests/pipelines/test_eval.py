@@ -1,0 +1,78 @@
+"""`treegrpo eval` on a tiny SD3 pipeline with tiny reward models: the paper's columns, a LoRA row
+paired with the base row, and a checkpoint row."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from treegrpo.algos.checkpoint import latest_checkpoint
+from treegrpo.algos.cli import main
+from treegrpo.algos.config import Config
+from treegrpo.algos.evaluation import held_out_scores
+from treegrpo.algos.export import LORA_FILE
+from treegrpo.algos.trainer import build_problem
+
+from tests.pipelines.test_training import CONFIGS, tiny_overrides
+
+PAPER = ["hpsv2", "imagereward", "aesthetic", "clipscore"]
+
+
+def _flags(assignments: list[str]) -> list[str]:
+    flags = []
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        flags += {"true": [f"--{key}"], "false": [f"--no-{key}"]}.get(value, [f"--{key}", value])
+    return flags
+
+
+def test_eval_scores_base_lora_and_checkpoint_with_every_paper_reward(pipelines, prompt_file, reward_root, tmp_path,
+                                                                      capsys):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    overrides = tiny_overrides(pipelines["sd3"], prompt_file, train_dir, lora=True, rewards=reward_root)
+    assert main(["train", "--config", str(CONFIGS["sd3"]), *_flags(overrides), "--train.checkpoint_every", "1"]) == 0
+    lora = train_dir / "final" / LORA_FILE
+    capsys.readouterr()
+
+    # the exported LoRA, on the paper's four rewards plus PickScore, 3 samples per held-out prompt
+    evaluation = [o.replace(str(train_dir), str(eval_dir)) for o in overrides]
+    evaluation += [f"model.lora={lora}", "eval.rewards=pickscore,clipscore,aesthetic,imagereward,hpsv2",
+                   "eval.samples_per_prompt=3", f"eval.out={eval_dir / 'lora.json'}"]
+    assert main(["eval", "--config", str(CONFIGS["sd3"]), *_flags(evaluation)]) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("policy"))
+    titles = ["HPSv2.1", "ImageReward", "Aesthetic", "CLIPScore", "PickScore"]
+    assert [header.index(t) for t in titles] == sorted(header.index(t) for t in titles)  # the paper's order
+    result = json.loads((eval_dir / "lora.json").read_text())
+    assert [row["policy"] for row in result["rows"]] == ["base", f"+ lora {LORA_FILE}"]
+    assert result["prompts"] == 2 and result["samples_per_prompt"] == 3
+    assert result["rewards"] == [*PAPER, "pickscore"]
+    base, tuned = (row["rewards"] for row in result["rows"])
+    assert set(base) == {*PAPER, "pickscore"}
+    assert any(abs(tuned[r]["mean"] - base[r]["mean"]) > 1e-6 for r in PAPER)  # the LoRA changes the images
+    for name in PAPER:  # same noise: the paired mean is the difference of the row means
+        paired = result["rows"][1]["vs_base"][name]["mean"]
+        assert abs(paired - (tuned[name]["mean"] - base[name]["mean"])) < 1e-9
+
+    # the base row is what the pipeline without the LoRA scores from the same seed
+    config = Config.from_yaml(CONFIGS["sd3"]).override([*evaluation[:-1], "model.lora="])
+    reference = held_out_scores(build_problem(config), config)
+    for j, name in enumerate(reference.names):
+        assert abs(base[name]["mean"] - float(reference.scores[:, j].mean())) < 1e-6, name
+
+    # a training checkpoint is a row of its own
+    ckpt = latest_checkpoint(train_dir)
+    assert main(["eval", "--config", str(CONFIGS["sd3"]), *_flags(overrides), "--checkpoint", str(ckpt),
+                 "--eval.rewards", "hpsv2,imagereward", "--eval.num_steps", "3", "--no-eval.base"]) == 0
+    result = json.loads((train_dir / "eval.json").read_text())
+    assert [row["policy"] for row in result["rows"]] == ["checkpoint 1"] and result["num_steps"] == 3
+    assert set(result["rows"][0]["rewards"]) == {"hpsv2", "imagereward"}
+
+
+def test_eval_steps_change_the_samples(pipelines, prompt_file, reward_root, tmp_path):
+    overrides = tiny_overrides(pipelines["sd3"], prompt_file, tmp_path, lora=True, rewards=reward_root)
+    scores = {}
+    for steps in (0, 2):
+        config = Config.from_yaml(CONFIGS["sd3"]).override([*overrides, f"eval.num_steps={steps}"])
+        scores[steps] = held_out_scores(build_problem(config), config, samples_per_prompt=1).scores
+    assert not torch.allclose(scores[0], scores[2])
