@@ -9,6 +9,7 @@ per-field flags. ``--print-config`` prints the resolved configuration as TOML an
     treegrpo train --config run.toml --loss.algorithm grpo --train.iterations 50
     treegrpo eval --config run.toml --checkpoint runs/treegrpo/ckpt-100
     treegrpo bench --quick                      # benchmarks/compare_methods.py --quick
+    treegrpo bench --gpu -- --compile           # benchmarks/gpu_iteration.py --compile
     treegrpo bench --name backup_speed -- --sizes 1000 --repeats 3
     treegrpo pretrain -- --what all --out embedded/weights --seed 0   # re-make the embedded weights
 """
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--name", default="compare_methods",
                        help="benchmark script in benchmarks/ (default: compare_methods; also backup_speed)")
     bench.add_argument("--quick", action="store_true", help="pass --quick to the script (a short smoke run)")
+    bench.add_argument("--gpu", action="store_true",
+                       help="run benchmarks/gpu_iteration.py (iteration times on an SD3.5-Medium-shaped transformer)")
     bench.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the benchmark script, after --")
     pretrain = commands.add_parser(
         "pretrain", help="re-make the embedded digits weights; arguments after -- go to treegrpo.embedded.pretrain")
@@ -153,7 +156,7 @@ def _eval(config: Config, args: argparse.Namespace) -> int:
 
 def _bench(config: Config, args: argparse.Namespace) -> int:
     """Run ``benchmarks/<name>.py`` as ``__main__`` with the arguments after ``--``."""
-    script = BENCHMARKS / f"{args.name}.py"
+    script = BENCHMARKS / f"{'gpu_iteration' if args.gpu else args.name}.py"
     if not script.is_file():
         print(f"{PROG}: error: no benchmark script {script}", file=sys.stderr)
         return 2

@@ -310,12 +310,16 @@ class SamplingConfig(_Section):
         choices=("all", "window"),
     )
     max_batch: int = _opt(0, "most rows per model call, 0 = unlimited", min=0)
+    static_shapes: bool = _opt(False, "pad every sampling call to max_batch rows (one shape for train.compile)")
     chunks: int = _opt(1, "sample each iteration's prompts in this many chunks (scored as they finish)", min=1)
     background_scoring: bool = _opt(True, "with chunks > 1, score a chunk on a worker thread while the next is sampled")
     guidance_scale: float = _opt(1.0, "classifier-free guidance scale, 1.0 = off", min=0)
 
     def _check_fields(self) -> None:
-        """The window of ``depth`` steps starting at ``window_start`` must fit in ``num_steps``."""
+        """The window of ``depth`` steps starting at ``window_start`` must fit in ``num_steps``;
+        static shapes need a ``max_batch``."""
+        if self.static_shapes and not self.max_batch:
+            raise ConfigError("sampling.static_shapes: needs sampling.max_batch > 0 (the one shape to pad to)")
         if self.depth > self.num_steps:
             raise ConfigError(
                 f"sampling.depth: expected an int <= sampling.num_steps ({self.num_steps}), got {self.depth}"

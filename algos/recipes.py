@@ -46,13 +46,13 @@ def build_sampler(config: Config, problem: Problem) -> TreeSampler | TrajectoryS
     if algorithm in TREE_ALGORITHMS:
         return TreeSampler(problem.model, problem.transition, branching=s.branching, depth=s.depth,
                            trees_per_prompt=s.trees_per_prompt, window=build_window(config, num_steps),
-                           max_batch=max_batch)
+                           max_batch=max_batch, static_shapes=s.static_shapes)
     if algorithm == "mixgrpo" or s.sde_steps == "window":
         window: Any = ShiftingWindow(num_steps, s.depth, s.window_start, s.window_shift, s.window_every)
     else:
         window = "all"
     return TrajectorySampler(problem.model, problem.transition, group_size=s.group_size, sde_steps=window,
-                             max_batch=max_batch)
+                             max_batch=max_batch, static_shapes=s.static_shapes)
 
 
 def build_advantage(config: Config) -> GroupAdvantage | PerPromptStatTracker:

@@ -206,7 +206,8 @@ class Trainer:
             self.model.train(was_training)
         tree = rollout.tree
         leaf_prompts = prompt_ids[rollout.leaf_cond_index]
-        self._guard(rewards, "reward")
+        self._guard(rewards, "reward")  # waits for the device: the sampling phase ends here
+        sampled = time.perf_counter()
         result = self.advantage(tree, rewards, leaf_prompts)
         advantage = clip_advantages(result.advantage, cfg.loss.adv_clip)
         self._guard(advantage, "advantage")
@@ -215,6 +216,7 @@ class Trainer:
         if cfg.train.check_on_policy:
             check_on_policy(rollout, self.model, self.problem.transition, cond, max_batch=cfg.sampling.max_batch or None)
             counters["forward_rows_check"] = float((~tree.is_leaf).sum())
+        advantaged = time.perf_counter()
         terms = self._optimise(batch, cond, counters)
         window = self.window()
         reward_mean = float(rewards.mean())
@@ -231,6 +233,9 @@ class Trainer:
             **self._advantage_by_depth(tree, result),
             "window_start": float(rollout.sde_steps[0]) if rollout.sde_steps else -1.0,
             "seconds": elapsed,
+            "seconds_sample": sampled - start,  # prompts, sampling, decoding and rewards
+            "seconds_advantage": advantaged - sampled,  # advantages, the batch (and the on-policy check)
+            "seconds_update": start + elapsed - advantaged,  # losses, backward passes, optimiser steps
             "images_per_second": rollout.final.shape[0] / elapsed,
             "lr": self.scheduler.get_last_lr()[0],
         }

@@ -45,10 +45,13 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduction = 
     """
     dtype = step_dtype(x, mean, std)
     x, mean, std = x.to(dtype), mean.to(dtype), torch.as_tensor(std, dtype=dtype, device=x.device)
-    per_dim = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
-    if bool((std == 0).any()):
-        point_mass = torch.where(x == mean, 0.0, -torch.inf).to(dtype)
-        per_dim = torch.where(std == 0, point_mass, per_dim)
+    # Branch-free (no host sync on the device): a zero std takes the point-mass value, and its
+    # Gaussian term is computed with std 1 so no NaN reaches the gradient through torch.where.
+    zero = std == 0
+    safe_std = torch.where(zero, torch.ones_like(std), std)
+    per_dim = -((x - mean) ** 2) / (2 * safe_std**2) - torch.log(safe_std) - _HALF_LOG_2PI
+    point_mass = torch.where(x == mean, 0.0, -torch.inf).to(dtype)
+    per_dim = torch.where(zero, point_mass, per_dim)
     per_dim = per_dim.expand_as(x)
     if reduce == "none":
         return per_dim

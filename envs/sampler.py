@@ -104,16 +104,28 @@ def evaluate(
     cond_index: Tensor,
     max_batch: int | None = None,
     calls: list[tuple[int, int]] | None = None,
+    step_index: int | None = None,
+    static_shapes: bool = False,
 ) -> Tensor:
-    """The model's prediction on ``x`` at ``[B]`` steps, in micro-batches of ``max_batch`` rows."""
+    """The model's prediction on ``x`` at ``[B]`` steps, in micro-batches of ``max_batch`` rows.
+
+    ``calls`` (if given) records ``(step_index, rows)`` per model call; ``step_index`` is the step
+    all rows share, passed as a Python int so that recording it never waits for the device. With
+    ``static_shapes`` a short micro-batch is padded (by repeating its last row) to ``max_batch``
+    rows, so a compiled model sees one shape; the padding's outputs are dropped and not counted.
+    """
     size = x.shape[0] if max_batch is None else max_batch
     outputs = []
     for lo in range(0, x.shape[0], size):
-        rows = slice(lo, lo + size)
-        step_rows = step[rows]
-        outputs.append(model(x[rows], transition.model_time(step_rows), gather_cond(cond, cond_index[rows])))
+        real = min(size, x.shape[0] - lo)
+        index: slice | Tensor = slice(lo, lo + real)
+        if static_shapes and real < size:  # pad with copies of the last row
+            index = torch.arange(lo, lo + size, device=x.device).clamp_(max=lo + real - 1)
+        step_rows = step[index]
+        prediction = model(x[index], transition.model_time(step_rows), gather_cond(cond, cond_index[index]))
+        outputs.append(prediction[:real])
         if calls is not None:
-            calls.append((int(step_rows[0]), int(step_rows.numel())))
+            calls.append((-1 if step_index is None else step_index, real))
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
@@ -132,6 +144,7 @@ def sample_forest(
     generator: torch.Generator | None = None,
     max_batch: int | None = None,
     device: torch.device | str | None = None,
+    static_shapes: bool = False,
 ) -> Rollout:
     """Denoise ``trees_per_prompt`` trees per prompt, branching ``branching[j]`` ways at ``sde_steps[j]``.
 
@@ -145,6 +158,7 @@ def sample_forest(
         noise: initial noise ``[num_prompts * trees_per_prompt, *latent_shape]`` (prompt-major);
             drawn from ``generator`` if omitted, which then needs ``latent_shape``.
         max_batch: most rows per model call (``None``: the whole frontier).
+        static_shapes: pad every model call to ``max_batch`` rows (one shape for torch.compile).
 
     Runs without gradients: behaviour samples are data; losses re-score them with gradients.
     """
@@ -170,7 +184,8 @@ def sample_forest(
     branch_at = dict(zip(steps, per_step))
     for i in range(num_steps):
         step = torch.full((x.shape[0],), i, dtype=torch.long, device=device)
-        prediction = evaluate(model, transition, x, step, cond, cond_index, max_batch, calls)
+        prediction = evaluate(model, transition, x, step, cond, cond_index, max_batch, calls, step_index=i,
+                              static_shapes=static_shapes)
         if i not in branch_at:
             x = transition.ode_step(x, prediction, step).to(x.dtype)
             continue
@@ -253,6 +268,7 @@ class TreeSampler:
         trees_per_prompt: int = 1,
         window: WindowSchedule | None = None,
         max_batch: int | None = None,
+        static_shapes: bool = False,
     ) -> None:
         self.model, self.transition = model, transition
         self.branching = check_int("k", branching, minimum=1)
@@ -264,7 +280,7 @@ class TreeSampler:
                 f"window: built for T={self.window.num_steps}, d={self.window.depth}; "
                 f"the sampler has T={transition.num_steps}, d={depth}"
             )
-        self.max_batch = max_batch
+        self.max_batch, self.static_shapes = max_batch, static_shapes
 
     def sample(
         self,
@@ -292,6 +308,7 @@ class TreeSampler:
             num_prompts=num_prompts,
             generator=generator,
             max_batch=self.max_batch,
+            static_shapes=self.static_shapes,
             device=device,
         )
 
@@ -314,6 +331,7 @@ class TrajectorySampler:
         sde_steps: str | Sequence[int] | WindowSchedule = "all",
         shared_noise: bool = False,
         max_batch: int | None = None,
+        static_shapes: bool = False,
     ) -> None:
         self.model, self.transition = model, transition
         self.group_size = check_int("group_size", group_size, minimum=1)
@@ -323,7 +341,7 @@ class TrajectorySampler:
             sde_steps = range(transition.num_steps)
         self.sde_steps = sde_steps if isinstance(sde_steps, WindowSchedule) else _check_sde_steps(sde_steps, transition.num_steps)
         self.shared_noise = shared_noise
-        self.max_batch = max_batch
+        self.max_batch, self.static_shapes = max_batch, static_shapes
 
     def steps(self, epoch: int = 0) -> tuple[int, ...]:
         """The SDE steps of ``epoch``."""
@@ -360,5 +378,6 @@ class TrajectorySampler:
             num_prompts=num_prompts,
             generator=generator,
             max_batch=self.max_batch,
+            static_shapes=self.static_shapes,
             device=device,
         )

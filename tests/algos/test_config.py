@@ -175,6 +175,7 @@ def _override(*assignments: str) -> None:
         (lambda: _override("train.iterations=abc"), "train.iterations: ", "expected an int >= 1, got 'abc'"),
         (lambda: _override("train.iterations=0"), "train.iterations: ", "got 0"),
         (lambda: _from_dict({"train": {"iterations": True}}), "train.iterations: ", "got True"),
+        (lambda: _from_dict({"sampling": {"static_shapes": True}}), "sampling.static_shapes: ", "max_batch > 0"),
         (lambda: _from_dict({"sampling": {"depth": 2.0}}), "sampling.depth: ", "an int"),
         (lambda: _override("train.precision=fp16"), "train.precision: ", "bf16, fp32"),
         (lambda: _override("train.resume=maybe"), "train.resume: ", "got 'maybe'"),

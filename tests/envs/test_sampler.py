@@ -99,6 +99,25 @@ def test_on_policy_check_catches_a_changed_model():
         check_on_policy(rollout, shifted, transition, None)
 
 
+def test_static_shapes_pad_every_call_and_change_nothing_else():
+    """With static shapes every model call sees max_batch rows; samples, log-probs and NFE are unchanged."""
+    results = {}
+    for static in (False, True):
+        model = CountingModel()
+        transition = FlowSDE(FlowTimesteps.linear(10), 0.7)
+        sampler = TreeSampler(model, transition, branching=3, depth=2, trees_per_prompt=2, max_batch=7,
+                              static_shapes=static)
+        rollout = sampler.sample(None, num_prompts=3, latent_shape=(6,), window_start=2,
+                                 generator=torch.Generator().manual_seed(3))
+        results[static] = (model.batches, rollout)
+    padded_batches, padded = results[True]
+    plain_batches, plain = results[False]
+    assert set(padded_batches) == {7} and len(padded_batches) == len(plain_batches)
+    assert padded.nfe == plain.nfe == 6 * tree_nfe(10, 3, 2, 2) and padded.calls == plain.calls
+    torch.testing.assert_close(padded.final, plain.final, rtol=0, atol=0)
+    torch.testing.assert_close(padded.tree.log_prob, plain.tree.log_prob, rtol=0, atol=0)
+
+
 def test_results_do_not_depend_on_micro_batch_size():
     outs = []
     for max_batch in (None, 1, 4, 13):

@@ -1,0 +1,319 @@
+"""Time full training iterations of TreeGRPO and the trajectory baselines on an SD3.5-Medium-shaped
+transformer, and compare each with its floor (the same model passes at the same batch shapes).
+
+The transformer has SD3.5-Medium's configuration (24 MMDiT layers, 24 heads of 64, dual attention
+in layers 0-12, 2.24 B parameters) with random weights, or the weights of ``--weights`` (a diffusers
+``transformer/`` folder); the prompts are random text embeddings of SD3's shapes (333 tokens x 4096
+and pooled 2048). The reward is a cheap function of the final latents (or of the images when
+``--vae`` names a diffusers VAE folder), so the timing isolates the RL machinery: sample, reward,
+advantages, update. Every method samples the same prompts per iteration and the same images per
+prompt (``k^d``) at NFE ``--steps``.
+
+For each method the script prints one table and writes JSON: NFE sampled, forward+backward rows,
+seconds per iteration (median after warm-up), images/s, model FLOP utilisation (with
+``--peak-tflops``), peak memory, and the ratio of the measured time to the floor
+``NFE x t_forward + backward rows x t_forward_backward``, both per image and measured here at the
+iteration's batch shapes.
+
+    python benchmarks/gpu_iteration.py                       # SD3.5-M shapes, bf16, LoRA (GPU)
+    python benchmarks/gpu_iteration.py --compile --modes lora full
+    python benchmarks/gpu_iteration.py --size tiny --device cpu --iterations 2   # CPU smoke run
+    treegrpo bench --gpu -- --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# SD3.5-Medium's transformer (diffusers SD3Transformer2DModel) at 512 px (latent 64 x 64).
+SIZES: dict[str, dict[str, Any]] = {
+    "sd35m": {"transformer": {"sample_size": 64, "patch_size": 2, "in_channels": 16, "num_layers": 24,
+                              "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
+                              "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "out_channels": 16,
+                              "pos_embed_max_size": 384, "dual_attention_layers": list(range(13)),
+                              "qk_norm": "rms_norm"},
+              "tokens": 333, "latent": (16, 64, 64), "prompts": 32, "max_batch": 32, "minibatch": 16},
+    "tiny": {"transformer": {"sample_size": 8, "patch_size": 2, "in_channels": 4, "num_layers": 2,
+                             "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 32,
+                             "caption_projection_dim": 16, "pooled_projection_dim": 24, "out_channels": 4,
+                             "pos_embed_max_size": 16, "dual_attention_layers": [0], "qk_norm": "rms_norm"},
+             "tokens": 12, "latent": (4, 8, 8), "prompts": 2, "max_batch": 16, "minibatch": 8},
+}
+# (name, config overrides): TreeGRPO's shapes and the baselines with their references' settings.
+METHODS: dict[str, list[str]] = {
+    "treegrpo k3 d3": ["loss.algorithm=treegrpo", "sampling.branching=3", "sampling.depth=3"],
+    "treegrpo k2 d3": ["loss.algorithm=treegrpo", "sampling.branching=2", "sampling.depth=3"],
+    "treegrpo k2 d4": ["loss.algorithm=treegrpo", "sampling.branching=2", "sampling.depth=4"],
+    "treegrpo k4 d3": ["loss.algorithm=treegrpo", "sampling.branching=4", "sampling.depth=3"],
+    # DanceGRPO: SDE on every step, 60% of the steps trained; Flow-GRPO trains all of them.
+    "grpo (DanceGRPO)": ["loss.algorithm=grpo", "loss.timestep_fraction=0.6"],
+    "grpo (Flow-GRPO)": ["loss.algorithm=grpo", "loss.timestep_fraction=1.0"],
+    "mixgrpo": ["loss.algorithm=mixgrpo", "sampling.depth=3"],
+    "ddpo": ["loss.algorithm=ddpo"],
+}
+DEFAULT_METHODS = ("treegrpo k3 d3", "treegrpo k2 d3", "grpo (DanceGRPO)", "grpo (Flow-GRPO)", "mixgrpo", "ddpo")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=SIZES, default="sd35m")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
+    parser.add_argument("--modes", nargs="+", choices=("lora", "full"), default=["lora"],
+                        help="LoRA (rank 32 on the attention projections) and/or full fine-tuning")
+    parser.add_argument("--steps", type=int, default=10, help="NFE of one trajectory")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per iteration (default: the size's)")
+    parser.add_argument("--images-per-prompt", type=int, default=27,
+                        help="trajectories per prompt of the baselines (default 27 = TreeGRPO k=3, d=3)")
+    parser.add_argument("--max-batch", type=int, default=None, help="rows per sampling call (default: the size's)")
+    parser.add_argument("--minibatch", type=int, default=None, help="parent rows per training minibatch")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per method (after 1 warm-up)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (static shapes)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 matmul ceiling for MFU (measured H100: 763)")
+    parser.add_argument("--weights", type=Path, default=None, help="a diffusers transformer/ folder")
+    parser.add_argument("--vae", type=Path, default=None, help="a diffusers vae/ folder: decode before the reward")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/gpu_iteration_<size>.json)")
+    return parser.parse_args(argv)
+
+
+def build_transformer(args: argparse.Namespace, dtype: torch.dtype):
+    from diffusers import SD3Transformer2DModel
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()  # random weights cast with .to(dtype): nothing to keep in float32
+
+    torch.manual_seed(0)
+    if args.weights is not None:
+        return SD3Transformer2DModel.from_pretrained(args.weights, torch_dtype=dtype, local_files_only=True)
+    return SD3Transformer2DModel(**SIZES[args.size]["transformer"]).to(dtype)
+
+
+def build_problem(args: argparse.Namespace, transformer, device: torch.device):
+    """A Problem around the transformer: random SD3-shaped prompts, a cheap reward, the flow SDE."""
+    from tensordict import TensorDict
+    from treegrpo.algos.problem import Problem
+    from treegrpo.envs import FlowTimesteps, SD3Denoiser, flow_transition
+
+    size = SIZES[args.size]
+    config = transformer.config
+    generator = torch.Generator().manual_seed(1)
+    table = TensorDict({
+        "encoder_hidden_states": torch.randn(args.prompts, size["tokens"], config.joint_attention_dim, generator=generator),
+        "pooled_projections": torch.randn(args.prompts, config.pooled_projection_dim, generator=generator),
+    }, batch_size=[args.prompts]).to(device)
+    vae = None
+    if args.vae is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=torch.bfloat16, local_files_only=True).to(device)
+
+    def prompts(iteration: int, generator: torch.Generator):
+        return table, torch.arange(args.prompts, device=device)
+
+    def reward(final, prompt_ids):
+        x = final.float()
+        if vae is not None:
+            latents = final / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+            x = vae.decode(latents.to(vae.dtype), return_dict=False)[0].float()
+        return -(x.mean(dim=(1, 2, 3)) - 0.1).square()
+
+    latent = tuple(size["latent"])
+    return Problem(model=SD3Denoiser(transformer), transition=flow_transition("flow_sde", FlowTimesteps.linear(args.steps, shift=3.0), 0.7),
+                   latent_shape=latent, prompts=prompts, reward=reward, reward_names=("synthetic",), device=device)
+
+
+def config_for(args: argparse.Namespace, method: str, mode: str, out: Path):
+    from treegrpo.algos.config import Config
+
+    overrides = [
+        f"sampling.num_steps={args.steps}", f"sampling.prompts_per_iteration={args.prompts}",
+        "sampling.branching=3", "sampling.depth=3", f"sampling.max_batch={args.max_batch}",
+        "sampling.window=geometric", "sampling.alpha=0.5", "loss.clip_range=1e-4", "optim.lr=1e-5",
+        f"train.minibatch_parents={args.minibatch}", f"train.precision={args.precision}", "train.check_on_policy=false",
+        f"train.compile={str(args.compile).lower()}", f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+        f"train.device={args.device}", f"train.out_dir={out}", "train.log_every=100000",
+        "train.checkpoint_every=100000", "train.sample_every=100000",
+        f"train.lora_rank={32 if mode == 'lora' else 0}", "train.lora_alpha=64",
+        *(["train.lora_targets=attn.to_q,attn.to_k,attn.to_v,attn.to_out.0"] if mode == "lora" else []),
+        f"sampling.static_shapes={str(args.compile).lower()}",
+    ]
+    config = Config().override([*overrides, *METHODS[method]])
+    # Every method: the same images per prompt. A trajectory method's optimiser step covers every
+    # trained step of its trajectories, as in Flow-GRPO and DanceGRPO: gradients accumulate over
+    # that many minibatches of the same row count, so every backward pass has the same shape.
+    if config.loss.algorithm != "treegrpo":
+        steps = config.sampling.depth if config.loss.algorithm == "mixgrpo" else config.sampling.num_steps
+        trained = max(1, round(steps * config.loss.timestep_fraction))
+        config = config.override([f"sampling.group_size={args.images_per_prompt}", f"optim.grad_accumulation={trained}"])
+    return config
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of ``fn()`` after one warm-up call."""
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pass_times(trainer, problem, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Seconds per image of one forward (sampling batch, no grad) and one forward+backward (training minibatch)."""
+    model = problem.model
+    table, _ = problem.prompts(0, None)
+
+    def inputs(rows: int):
+        rows_index = torch.arange(rows, device=device) % args.prompts
+        x = torch.randn(rows, *problem.latent_shape, device=device)
+        t = torch.full((rows,), 500.0, device=device)
+        return x, t, table[rows_index]
+
+    x, t, cond = inputs(args.max_batch)
+
+    def forward():
+        with torch.no_grad(), trainer._autocast():
+            model(x, t, cond)
+
+    xb, tb, condb = inputs(args.minibatch)
+
+    def forward_backward():
+        with trainer._autocast():
+            out = model(xb, tb, condb)
+        out.float().square().mean().backward()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    return {"forward_s_per_image": time_call(forward, device) / args.max_batch,
+            "forward_backward_s_per_image": time_call(forward_backward, device) / args.minibatch}
+
+
+def image_forward_flops(model, problem, device: torch.device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    table, _ = problem.prompts(0, None)
+    x = torch.randn(1, *problem.latent_shape, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, torch.full((1,), 500.0, device=device), table[:1])
+    return float(counter.get_total_flops())
+
+
+def run_method(args, method: str, mode: str, device: torch.device, scratch: Path) -> dict[str, Any]:
+    from treegrpo.algos.trainer import Trainer
+
+    dtype = torch.bfloat16 if args.precision == "bf16" and mode == "lora" else torch.float32
+    transformer = build_transformer(args, dtype).to(device)
+    problem = build_problem(args, transformer, device)
+    config = config_for(args, method, mode, scratch / f"{method}-{mode}".replace(" ", "_"))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = Trainer(problem, config)
+    start = time.perf_counter()
+    trainer.step()
+    synchronize(device)
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(args.iterations):
+        start = time.perf_counter()
+        metrics = trainer.step()
+        synchronize(device)
+        runs.append((time.perf_counter() - start, metrics))
+    seconds = statistics.median(t for t, _ in runs)
+    metrics = runs[-1][1]
+    peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    passes = pass_times(trainer, problem, args, device)
+    nfe, backward_rows = metrics["nfe_sampled"], metrics["backward_rows"]
+    floor = nfe * passes["forward_s_per_image"] + backward_rows * passes["forward_backward_s_per_image"]
+    flops = image_forward_flops(problem.model, problem, device)
+    total_flops = nfe * flops + backward_rows * 3 * flops  # backward ~ 2x forward
+    row = {
+        "method": method, "mode": mode, "algorithm": config.loss.algorithm, "images": metrics["images"],
+        "nfe_sampled": nfe, "forward_backward_rows": backward_rows, "edges_trained": metrics["edges_trained"],
+        "seconds_per_iteration": seconds, "seconds_all": [t for t, _ in runs], "first_iteration_s": first,
+        "compile_s": max(0.0, first - seconds) if args.compile else None,
+        "seconds_sampling": statistics.median(m.get("seconds_sample", float("nan")) for _, m in runs),
+        "seconds_update": statistics.median(m.get("seconds_update", float("nan")) for _, m in runs),
+        "images_per_second": metrics["images"] / seconds, "floor_s": floor, "time_over_floor": seconds / floor,
+        "flops_per_image_forward": flops, "tflops_per_second": total_flops / seconds / 1e12,
+        "mfu": total_flops / seconds / (args.peak_tflops * 1e12) if args.peak_tflops else None,
+        "peak_memory_gib": peak_memory, **passes,
+    }
+    del trainer, problem, transformer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = {row["mode"]: row["seconds_per_iteration"] for row in rows if row["method"] == "grpo (DanceGRPO)"}
+    header = (f"{'method':<18}{'mode':<6}{'images':>7}{'NFE':>7}{'fwd+bwd':>9}{'s/iter':>9}{'sample':>8}{'update':>8}"
+              f"{'img/s':>8}"
+              f"{'vs Dance':>9}{'floor s':>9}{'/floor':>8}{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}")
+    lines = [header]
+    for row in rows:
+        speedup = base.get(row["mode"], float("nan")) / row["seconds_per_iteration"]
+        mfu = f"{row['mfu']:.0%}" if row["mfu"] is not None else "-"
+        memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
+        lines.append(f"{row['method']:<18}{row['mode']:<6}{row['images']:>7.0f}{row['nfe_sampled']:>7.0f}"
+                     f"{row['forward_backward_rows']:>9.0f}{row['seconds_per_iteration']:>9.3f}"
+                     f"{row['seconds_sampling']:>8.3f}{row['seconds_update']:>8.3f}"
+                     f"{row['images_per_second']:>8.1f}{speedup:>8.2f}x{row['floor_s']:>9.3f}"
+                     f"{row['time_over_floor']:>7.2f}x{row['tflops_per_second']:>9.2f}{mfu:>7}{memory:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import tempfile
+
+    args = parse_args(argv)
+    size = SIZES[args.size]
+    device = torch.device(args.device)
+    args.prompts = args.prompts or size["prompts"]
+    args.max_batch = args.max_batch or size["max_batch"]
+    args.minibatch = args.minibatch or size["minibatch"]
+    args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for mode in args.modes:
+            for method in args.methods:
+                rows.append(run_method(args, method, mode, device, Path(scratch)))
+                print(f"{method} ({mode}): {rows[-1]['seconds_per_iteration']:.3f} s/iteration", flush=True)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"\n{args.size} transformer, {args.prompts} prompts/iteration, NFE {args.steps}, {args.precision}, "
+          f"compile={args.compile}, gradient checkpointing={args.gradient_checkpointing}, {device_name}")
+    print(table(rows))
+    result = {"size": args.size, "device": device_name, "prompts": args.prompts, "nfe": args.steps,
+              "images_per_prompt": args.images_per_prompt,
+              "precision": args.precision, "compile": args.compile, "max_batch": args.max_batch,
+              "minibatch": args.minibatch, "gradient_checkpointing": args.gradient_checkpointing,
+              "peak_tflops": args.peak_tflops, "torch": torch.__version__, "rows": rows}
+    out = args.out or RESULTS / f"gpu_iteration_{args.size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
