@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 matmul ceiling for MFU (measured H100: 763)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more iteration of each method (torch.profiler) and keep its top operators")
     parser.add_argument("--weights", type=Path, default=None, help="a diffusers transformer/ folder")
     parser.add_argument("--vae", type=Path, default=None, help="a diffusers vae/ folder: decode before the reward")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results/gpu_iteration_<size>.json)")
@@ -208,6 +210,21 @@ def pass_times(trainer, problem, args: argparse.Namespace, device: torch.device)
             "forward_backward_s_per_image": time_call(forward_backward, device) / args.minibatch}
 
 
+def profile_iteration(trainer, device: torch.device, top: int = 12) -> list[dict[str, float]]:
+    """The operators taking the most (device, else CPU) self time over one iteration."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        trainer.step()
+        synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(profiler.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    total = sum(getattr(e, key) for e in profiler.key_averages()) or 1.0
+    return [{"operator": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
+            for e in events]
+
+
 def image_forward_flops(model, problem, device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -241,6 +258,7 @@ def run_method(args, method: str, mode: str, device: torch.device, scratch: Path
         runs.append((time.perf_counter() - start, metrics))
     seconds = statistics.median(t for t, _ in runs)
     metrics = runs[-1][1]
+    top_operators = profile_iteration(trainer, device) if args.profile else None
     peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     passes = pass_times(trainer, problem, args, device)
     nfe, backward_rows = metrics["nfe_sampled"], metrics["backward_rows"]
@@ -257,7 +275,7 @@ def run_method(args, method: str, mode: str, device: torch.device, scratch: Path
         "images_per_second": metrics["images"] / seconds, "floor_s": floor, "time_over_floor": seconds / floor,
         "flops_per_image_forward": flops, "tflops_per_second": total_flops / seconds / 1e12,
         "mfu": total_flops / seconds / (args.peak_tflops * 1e12) if args.peak_tflops else None,
-        "peak_memory_gib": peak_memory, **passes,
+        "peak_memory_gib": peak_memory, **passes, "top_operators": top_operators,
     }
     del trainer, problem, transformer
     if device.type == "cuda":
@@ -303,6 +321,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n{args.size} transformer, {args.prompts} prompts/iteration, NFE {args.steps}, {args.precision}, "
           f"compile={args.compile}, gradient checkpointing={args.gradient_checkpointing}, {device_name}")
     print(table(rows))
+    for row in rows:
+        if row["top_operators"]:
+            print(f"\n{row['method']} ({row['mode']}): operators by self time over one iteration")
+            for op in row["top_operators"][:8]:
+                print(f"  {op['operator'][:48]:<48}{op['self_ms']:>10.1f} ms{op['share']:>7.1%}{op['calls']:>8}")
     result = {"size": args.size, "device": device_name, "prompts": args.prompts, "nfe": args.steps,
               "images_per_prompt": args.images_per_prompt,
               "precision": args.precision, "compile": args.compile, "max_batch": args.max_batch,
