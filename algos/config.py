@@ -20,7 +20,7 @@ import json
 import math
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -38,6 +38,7 @@ __all__ = [
     "Option",
     "SamplingConfig",
     "TrainConfig",
+    "check_reward_names",
     "options",
     "to_toml",
 ]
@@ -48,6 +49,15 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).splitlines()))
+
+
+def check_reward_names(names: Sequence[str], known: Collection[str], field: str, model: str = "") -> None:
+    """A one-line :class:`ConfigError` naming ``field`` and the first of ``names`` not in ``known``
+    (``model``, if given, says whose rewards they are)."""
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        where = f" for {model}" if model else ""
+        raise ConfigError(f"{field}: unknown reward {unknown[0]!r}{where}; expected one of {sorted(known)}")
 
 
 def _opt(default: Any, help: str, **spec: Any) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from treegrpo.algos.config import Config, ConfigError
+from treegrpo.algos.config import Config, ConfigError, check_reward_names
 from treegrpo.algos.problem import Problem
 from treegrpo.envs import GuidedDenoiser
 from treegrpo.envs.pipelines import TextToImageModel, load_pipeline
@@ -97,13 +97,6 @@ def pipeline_problem(
                    eval_transition=eval_step, apply_lora=apply_lora, device=device, export=export)
 
 
-def _check_reward_names(names: Sequence[str], known: Sequence[str], field: str) -> None:
-    """A :class:`ConfigError` naming the first unknown reward."""
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise ConfigError(f"{field}: unknown reward {unknown[0]!r}; expected one of {sorted(known)}")
-
-
 def resolve_device(name: str) -> torch.device:
     """``train.device``: ``auto`` is CUDA when available."""
     if name == "auto":
@@ -159,10 +152,10 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
     built: dict[str, RewardModel] = {}  # one instance per name, shared by training and evaluation
 
     def reward_models(names: Sequence[str], field: str) -> list[RewardModel]:
-        _check_reward_names(names, REWARDS, field)
+        check_reward_names(names, REWARDS, field)
         for name in names:
             if name not in built:
-                built[name] = build_reward(name, field=field, root=m.reward_dir or None, device=device)
+                built[name] = build_reward(name, root=m.reward_dir or None, device=device)
         return [built[name] for name in names]
 
     rewards = reward_models(m.rewards, "model.rewards")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from treegrpo.algos.config import check_reward_names
 from treegrpo.algos.problem import Problem
 from treegrpo.embedded._files import WEIGHTS_DIR
 from treegrpo.embedded.data import digits_prompts
@@ -33,12 +34,8 @@ def flow_transition(name: str, num_steps: int, shift: float, noise_level: float)
 
 def reward_scorers(names: Sequence[str], weights: Path, field: str = "model.rewards") -> list[Scorer]:
     """Scorers for ``names``; the classifier reads ``weights/classifier``. ``field`` names the option in errors."""
-    scorers: list[Scorer] = []
-    for name in names:
-        if name not in REWARDS:
-            raise ValueError(f"{field}: unknown reward {name!r}; expected one of {sorted(REWARDS)}")
-        scorers.append(ClassifierReward(path=weights / "classifier") if name == "classifier" else REWARDS[name])
-    return scorers
+    check_reward_names(names, REWARDS, field, "the digits model")
+    return [ClassifierReward(path=weights / "classifier") if name == "classifier" else REWARDS[name] for name in names]
 
 
 def digits_problem(

@@ -21,9 +21,9 @@ REWARDS: dict[str, Callable[..., RewardModel]] = {
 }
 
 
-def build_reward(name: str, *, field: str = "model.rewards", **options: Any) -> RewardModel:
+def build_reward(name: str, **options: Any) -> RewardModel:
     """The reward model registered as ``name``, built with ``options`` (``root``: the reward-weights
-    folder, ``device``); ``field`` names the option in the unknown-name error."""
+    folder, ``device``)."""
     if name not in REWARDS:
-        raise ValueError(f"{field}: unknown reward {name!r}; expected one of {sorted(REWARDS)}")
+        raise ValueError(f"model.rewards: unknown reward {name!r}; expected one of {sorted(REWARDS)}")
     return REWARDS[name](**options)

@@ -17,6 +17,7 @@ from treegrpo.algos.config import (
     OptimConfig,
     SamplingConfig,
     TrainConfig,
+    check_reward_names,
     options,
 )
 
@@ -247,6 +248,14 @@ def test_help_lists_every_field(argv: list[str], capsys) -> None:
             assert f"--{section}.{f.name}" in text
     for option in options():
         assert option.help.split()[0] in text
+
+
+def test_unknown_reward_names_are_one_line_config_errors() -> None:
+    check_reward_names(["a", "b"], {"a", "b", "c"}, "model.rewards")  # known names pass
+    with pytest.raises(ConfigError, match=r"^eval.rewards: unknown reward 'x'; expected one of \['a', 'b'\]$"):
+        check_reward_names(["a", "x", "y"], ("b", "a"), "eval.rewards")
+    with pytest.raises(ConfigError, match="model.rewards: unknown reward 'x' for the digits model; expected"):
+        check_reward_names(["x"], ("a",), "model.rewards", "the digits model")
 
 
 def test_options_cover_every_section() -> None:
