@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor
 from treegrpo.algos.config import Config, ConfigError
+from treegrpo.algos.problem import Problem
+from treegrpo.envs.models import Cond
+from treegrpo.envs.pipelines import LAYOUTS
 
 # The paper's evaluation columns, in its order, and how the table titles them.
 PAPER_COLUMNS = {"hpsv2": "HPSv2.1", "imagereward": "ImageReward", "aesthetic": "Aesthetic", "clipscore": "CLIPScore"}
 OTHER_TITLES = {"pickscore": "PickScore"}
-PIPELINE_KINDS = ("sd3", "sd15")
 
 
 @dataclass
@@ -62,8 +64,16 @@ class HeldOutScores:
                 for j, name in enumerate(self.names)}
 
 
+def held_out_prompts(problem: Problem, seed: int) -> tuple[Cond, Tensor]:
+    """``problem.eval_prompts()``, or, for a problem without held-out prompts, the first training
+    iteration's prompts drawn with ``seed``."""
+    if problem.eval_prompts is not None:
+        return problem.eval_prompts()
+    return problem.prompts(0, torch.Generator().manual_seed(seed))
+
+
 @torch.no_grad()
-def held_out_scores(problem, config: Config, samples_per_prompt: int | None = None,
+def held_out_scores(problem: Problem, config: Config, samples_per_prompt: int | None = None,
                     seed: int | None = None) -> HeldOutScores:
     """Every evaluation reward of ``samples_per_prompt`` ODE samples of each held-out prompt.
 
@@ -80,10 +90,7 @@ def held_out_scores(problem, config: Config, samples_per_prompt: int | None = No
         seed = options.seed if options.seed >= 0 else config.train.seed + 1
     device = torch.device(problem.device)
     generator = torch.Generator(device).manual_seed(seed)
-    if problem.eval_prompts is not None:
-        cond, prompt_ids = problem.eval_prompts()
-    else:
-        cond, prompt_ids = problem.prompts(0, torch.Generator().manual_seed(config.train.seed))
+    cond, prompt_ids = held_out_prompts(problem, config.train.seed)
     model = problem.model
     was_training = model.training
     model.eval()
@@ -172,7 +179,7 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
         if name != "base" and "base" in scores:
             entry["vs_base"] = row.paired_difference(scores["base"])
         rows.append(entry)
-    pipeline = model.kind in PIPELINE_KINDS  # the digits rewards are offline stand-ins: keep their own names
+    pipeline = model.kind in LAYOUTS  # the digits rewards are offline stand-ins: keep their own names
     titles = {**PAPER_COLUMNS, **OTHER_TITLES} if pipeline else {}
     columns = column_order(first.names) if pipeline else list(first.names)
     result = {

@@ -108,11 +108,12 @@ def render_points(points: Tensor, targets: Tensor, size: int = 32, extent: float
 
 
 def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequence[Sequence[float]] = ((2.0, 0.0), (-2.0, 0.0)),
-                  prompts_per_iteration: int = 2, seed: int = 0) -> Problem:
+                  prompts_per_iteration: int = 2, seed: int = 0, eval_num_steps: int = 0) -> Problem:
     """Two prompts, each rewarded by ``-|x - target|^2 / 4``; the base samples ``N(0, I)``.
 
     The reward's optimum is known (all mass on the target), so a working loss must raise the mean
-    reward within a few iterations and a flipped gradient sign must lower it.
+    reward within a few iterations and a flipped gradient sign must lower it. Evaluation samples
+    take ``eval_num_steps`` steps (0: ``num_steps``).
     """
     torch.manual_seed(seed)
     goals = torch.tensor(targets, dtype=torch.float32)
@@ -133,5 +134,6 @@ def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequen
         ids = torch.arange(goals.shape[0])
         return ids, ids
 
+    eval_transition = FlowSDE(FlowTimesteps.linear(eval_num_steps), noise_level) if eval_num_steps else None
     return Problem(model=model, transition=transition, latent_shape=(2,), prompts=prompts, reward=reward,
-                   reward_names=("target",), decode=decode, eval_prompts=every_prompt)
+                   reward_names=("target",), decode=decode, eval_prompts=every_prompt, eval_transition=eval_transition)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from treegrpo.algos.config import Config, ConfigError, check_reward_names
+from treegrpo.algos.export import export_trained, fuse_lora
 from treegrpo.algos.problem import Problem
 from treegrpo.envs import GuidedDenoiser
 from treegrpo.envs.pipelines import TextToImageModel, load_pipeline
@@ -81,14 +83,10 @@ def pipeline_problem(
     def eval_reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
         return score(final, [eval_prompts[i] for i in prompt_ids.tolist()], eval_rewards)
 
-    def export(directory):
-        from treegrpo.algos.export import export_trained
-
+    def export(directory: Path) -> list[Path]:
         return export_trained(model, directory)
 
     def apply_lora(path: str) -> None:
-        from treegrpo.algos.export import fuse_lora
-
         fuse_lora(model, path)
 
     return Problem(model=denoiser, transition=step, latent_shape=model.latent_shape(image_size), prompts=prompts,
@@ -127,8 +125,6 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
     ``model.lora`` is fused in unless ``fuse_model_lora`` is false (``treegrpo eval`` scores the
     weights without it first, then fuses it with ``problem.apply_lora``).
     """
-    from treegrpo.algos.export import fuse_lora
-
     m, s, t = config.model, config.sampling, config.train
     if not m.path:
         raise ConfigError(f"model.path: model.kind={m.kind} needs the local pipeline folder (diffusers layout)")

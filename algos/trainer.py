@@ -26,21 +26,14 @@ from treegrpo.algos.advantages import clip_advantages
 from treegrpo.algos.batch import count_edges, parent_batch, select_steps
 from treegrpo.algos.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from treegrpo.algos.config import Config, ConfigError
-from treegrpo.algos.evaluation import HeldOutScores, held_out_scores
+from treegrpo.algos.evaluation import held_out_prompts, held_out_scores
 from treegrpo.algos.losses import EdgeLoss, total_loss
 from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
 from treegrpo.algos.scoring import sample_and_score
-from treegrpo.envs import (
-    FlowSDE,
-    FlowTimesteps,
-    Rollout,
-    TrajectorySampler,
-    TreeSampler,
-    WindowSchedule,
-    check_on_policy,
-)
+from treegrpo.envs import Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
+from treegrpo.envs.pipelines import LAYOUTS
 from treegrpo.envs.sampler import gather_cond
 
 import treeadv
@@ -376,15 +369,11 @@ class Trainer:
             if key != "iteration":
                 self._writer.add_scalar(key, value, int(metrics["iteration"]))
 
-    def evaluation_scores(self, samples_per_prompt: int | None = None, seed: int | None = None) -> HeldOutScores:
-        """Every evaluation reward of held-out ODE samples of the current policy (see
-        :func:`~treegrpo.algos.evaluation.held_out_scores`)."""
-        return held_out_scores(self.problem, self.config, samples_per_prompt, seed)
-
     def evaluate(self, samples_per_prompt: int | None = None, seed: int | None = None) -> dict[str, float]:
-        """Mean of every evaluation reward over held-out ODE samples (see :meth:`evaluation_scores`),
-        as ``{"eval/<reward>": mean, "eval_samples": n, "iteration": i}``."""
-        scores = self.evaluation_scores(samples_per_prompt, seed)
+        """Mean of every evaluation reward over held-out ODE samples of the current policy (see
+        :func:`~treegrpo.algos.evaluation.held_out_scores`), as ``{"eval/<reward>": mean,
+        "eval_samples": n, "iteration": i}``."""
+        scores = held_out_scores(self.problem, self.config, samples_per_prompt, seed)
         result = {f"eval/{name}": value for name, value in scores.means().items()}
         result["eval_samples"] = float(scores.scores.shape[0])
         result["iteration"] = float(self.iteration)
@@ -400,10 +389,7 @@ class Trainer:
         from treegrpo.envs import sample_forest
 
         generator = torch.Generator(self.device).manual_seed(self.config.train.seed)
-        if self.problem.eval_prompts is not None:
-            cond, _ = self.problem.eval_prompts()
-        else:
-            cond, _ = self.problem.prompts(0, torch.Generator().manual_seed(self.config.train.seed))
+        cond, _ = held_out_prompts(self.problem, self.config.train.seed)
         prompts = min(num_prompts, int(cond.shape[0]))
         rollout = sample_forest(self.model, self.problem.transition, gather_cond(cond, torch.arange(prompts)),
                                 sde_steps=(), branching=(), trees_per_prompt=8, latent_shape=self.problem.latent_shape,
@@ -491,12 +477,10 @@ def build_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
             raise ConfigError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
         if set(config.eval.rewards) - {"target"}:
             raise ConfigError(f"eval.rewards: the toy2d problem has one reward, 'target'; got {config.eval.rewards!r}")
-        problem = toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
-                                prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed)
-        if config.eval.num_steps:
-            problem.eval_transition = FlowSDE(FlowTimesteps.linear(config.eval.num_steps), config.sampling.noise_level)
-        return problem
-    if kind in ("sd3", "sd15"):
+        return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
+                             prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed,
+                             eval_num_steps=config.eval.num_steps)
+    if kind in LAYOUTS:  # the diffusers pipelines
         from treegrpo.algos.t2i import build_pipeline_problem
 
         return build_pipeline_problem(config, fuse_model_lora=fuse_model_lora)

@@ -9,7 +9,8 @@ import statistics
 import pytest
 import torch
 from treegrpo.algos.cli import build_parser, main, resolve_config
-from treegrpo.algos.evaluation import HeldOutScores, column_order
+from treegrpo.algos.config import Config
+from treegrpo.algos.evaluation import HeldOutScores, column_order, held_out_scores
 from treegrpo.algos.trainer import Trainer, build_problem
 
 
@@ -73,3 +74,12 @@ def test_unknown_eval_reward_is_a_one_line_error(tmp_path, capsys):
     assert main(["eval", "--train.out_dir", str(tmp_path), "--eval.rewards", "hpsv2"]) == 2
     error = capsys.readouterr().err
     assert "eval.rewards: unknown reward 'hpsv2' for the digits model" in error and error.count("\n") == 1
+
+
+def test_eval_num_steps_reaches_every_problem_kind():
+    for steps in (0, 4):
+        config = Config().override(["model.kind=toy2d", "sampling.num_steps=6", f"eval.num_steps={steps}"])
+        problem = build_problem(config)
+        assert (problem.eval_transition is None) if steps == 0 else problem.eval_transition.num_steps == steps
+        scores = held_out_scores(problem, config, samples_per_prompt=2)
+        assert scores.names == ("target",) and scores.scores.shape == (4, 1)
