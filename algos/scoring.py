@@ -83,7 +83,7 @@ def sample_and_score(sample_chunk: Callable[[int, int], Rollout], score: ScoreFn
     ``background`` each chunk is scored on a worker thread while the next one is sampled.
     """
     bounds = chunk_bounds(int(prompt_ids.shape[0]), chunks)
-    if len(bounds) == 1 and bounds[0] == (0, int(prompt_ids.shape[0])):
+    if len(bounds) == 1:  # one piece: nothing to overlap or join
         rollout = sample_chunk(*bounds[0])
         with torch.no_grad():
             return rollout, score(rollout.final, prompt_ids[rollout.leaf_cond_index])

@@ -103,7 +103,7 @@ def build_transformer(args: argparse.Namespace, dtype: torch.dtype):
     return SD3Transformer2DModel(**SIZES[args.size]["transformer"]).to(dtype)
 
 
-def build_problem(args: argparse.Namespace, transformer, device: torch.device):
+def synthetic_problem(args: argparse.Namespace, transformer, device: torch.device):
     """A Problem around the transformer: random SD3-shaped prompts, a cheap reward, the flow SDE."""
     from tensordict import TensorDict
     from treegrpo.algos.problem import Problem
@@ -240,7 +240,7 @@ def run_method(args, method: str, mode: str, device: torch.device, scratch: Path
 
     dtype = torch.bfloat16 if args.precision == "bf16" and mode == "lora" else torch.float32
     transformer = build_transformer(args, dtype).to(device)
-    problem = build_problem(args, transformer, device)
+    problem = synthetic_problem(args, transformer, device)
     config = config_for(args, method, mode, scratch / f"{method}-{mode}".replace(" ", "_"))
     if device.type == "cuda":
         torch.cuda.empty_cache()
