@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,9 @@ from treegrpo.rewards.clip_models import load_state_dict
 from treegrpo.rewards.heads import mlp_head
 from treegrpo.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess
 from treegrpo.rewards.weights import require, reward_dir
+
+if TYPE_CHECKING:
+    from transformers import BlipTextConfig, BlipVisionConfig
 
 CHECKPOINT_FILE = "ImageReward.pt"
 MED_CONFIG_FILE = "med_config.json"
@@ -66,7 +70,7 @@ def split_checkpoint(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[
     return vision, text, head
 
 
-def vision_config(vision: dict[str, Tensor]):
+def vision_config(vision: dict[str, Tensor]) -> BlipVisionConfig:
     """A ``BlipVisionConfig`` read off the ViT weights' shapes (layer count, width, patch, image size)."""
     from transformers import BlipVisionConfig
 
@@ -79,7 +83,7 @@ def vision_config(vision: dict[str, Tensor]):
                             image_size=round(tokens ** 0.5) * patch, layer_norm_eps=1e-6, hidden_act="gelu")
 
 
-def text_config(med_config: dict, encoder_width: int):
+def text_config(med_config: dict, encoder_width: int) -> BlipTextConfig:
     """A ``BlipTextConfig`` from BLIP's ``med_config.json``, cross-attending to ``encoder_width`` features."""
     from transformers import BlipTextConfig
 
