@@ -61,13 +61,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_dir(run_dir: str | Path, iteration: int) -> Path:
+    """Where checkpoint ``iteration`` of a run lives: ``<run>/checkpoints/iter-XXXXXX``."""
+    return Path(run_dir) / "checkpoints" / f"iter-{iteration:06d}"
+
+
 def save_checkpoint(
     run_dir: str | Path, iteration: int, model_state: dict[str, Tensor], state: dict[str, Any], keep: int = 3
 ) -> Path:
     """Write checkpoint ``iteration`` atomically and keep the newest ``keep``; returns its directory."""
-    root = Path(run_dir) / "checkpoints"
+    final = checkpoint_dir(run_dir, iteration)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"iter-{iteration:06d}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     try:
         tensors = {name: t.detach().contiguous().cpu() for name, t in model_state.items()}

@@ -409,7 +409,11 @@ class TrainConfig(_Section):
     sample_every: int = _opt(10, "iterations between saved sample grids", min=1)
     keep_checkpoints: int = _opt(3, "most recent checkpoints kept", min=1)
     resume: bool = _opt(False, "continue from the latest checkpoint in out_dir")
-    device: str = _opt("cpu", "device of the model and sampling: cpu, cuda, cuda:N, or auto (cuda if available)")
+    device: str = _opt("cpu", "device of the model and sampling: cpu, cuda, cuda:N, or auto (cuda if available); under torchrun cuda is cuda:LOCAL_RANK")
+    parallel: str = _opt("ddp", "under torchrun: ddp (weights replicated, gradients averaged) or fsdp (FSDP2: sharded)",
+                         choices=("ddp", "fsdp"))
+    dist_backend: str = _opt("auto", "torch.distributed backend under torchrun: auto (nccl on CUDA, else gloo)",
+                             choices=("auto", "nccl", "gloo"))
 
     def _check_fields(self) -> None:
         """``device`` must name a torch device."""

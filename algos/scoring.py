@@ -12,7 +12,7 @@ sampling work that produced its latents.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Self
@@ -74,15 +74,21 @@ def chunk_bounds(num_prompts: int, chunks: int) -> list[tuple[int, int]]:
 
 
 def sample_and_score(sample_chunk: Callable[[int, int], Rollout], score: ScoreFn, prompt_ids: Tensor, *,
-                     chunks: int = 1, background: bool = True, device: torch.device | str = "cpu",
-                     ) -> tuple[Rollout, Tensor]:
+                     chunks: int | Sequence[tuple[int, int]] = 1, background: bool = True,
+                     device: torch.device | str = "cpu") -> tuple[Rollout, Tensor]:
     """Sample ``prompt_ids`` in ``chunks`` pieces and score every leaf; returns the joined rollout
     and the rewards aligned with its leaves.
 
-    ``sample_chunk(lo, hi)`` samples prompts ``lo:hi`` (numbered from 0 in its rollout). With
-    ``background`` each chunk is scored on a worker thread while the next one is sampled.
+    ``chunks`` is a count (split by :func:`chunk_bounds`) or the consecutive ``[lo, hi)`` ranges
+    themselves, covering ``prompt_ids``. ``sample_chunk(lo, hi)`` samples prompts ``lo:hi``
+    (numbered from 0 in its rollout). With ``background`` each chunk is scored on a worker thread
+    while the next one is sampled.
     """
-    bounds = chunk_bounds(int(prompt_ids.shape[0]), chunks)
+    num_prompts = int(prompt_ids.shape[0])
+    bounds = chunk_bounds(num_prompts, chunks) if isinstance(chunks, int) else list(chunks)
+    if not bounds or bounds[0][0] != 0 or bounds[-1][1] != num_prompts or any(
+            a[1] != b[0] for a, b in itertools.pairwise(bounds)):
+        raise ValueError(f"chunks: expected consecutive ranges covering 0..{num_prompts}, got {bounds}")
     if len(bounds) == 1:  # one piece: nothing to overlap or join
         rollout = sample_chunk(*bounds[0])
         with torch.no_grad():

@@ -96,10 +96,10 @@ def pipeline_problem(
 
 
 def resolve_device(name: str) -> torch.device:
-    """``train.device``: ``auto`` is CUDA when available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    """``train.device``: ``auto`` is CUDA when available; under torchrun ``cuda`` is this rank's GPU."""
+    from treegrpo.algos.distributed import local_device
+
+    device = local_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use cpu or auto")
     return device

@@ -5,6 +5,10 @@ behaviour policy of this iteration; score the leaves; turn rewards into per-edge
 ``inner_epochs`` passes over shuffled minibatches of parents (one policy forward per parent serves
 all its child edges); log; checkpoint. All randomness flows from named generators that go into
 checkpoints, so a resumed run continues bit for bit (on CPU with ``train.deterministic``).
+
+Under ``torchrun`` every rank runs this loop on its shard of the prompts (see
+:mod:`~treegrpo.algos.distributed`): trees and rewards are gathered for the advantages, gradients
+are shared by DDP or FSDP2, and rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
@@ -13,25 +17,46 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from treegrpo.algos.advantages import clip_advantages
 from treegrpo.algos.batch import count_edges, parent_batch, select_steps
-from treegrpo.algos.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from treegrpo.algos.checkpoint import (
+    capture_rng,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from treegrpo.algos.config import Config, ConfigError
+from treegrpo.algos.distributed import (
+    Ranks,
+    all_true,
+    barrier,
+    full_tensor,
+    gather_rows,
+    gradient_sync,
+    init_distributed,
+    local_device,
+    mean_over_ranks,
+    optimizer_state_full,
+    optimizer_state_sharded,
+    shard_like,
+    wrap_for_training,
+)
 from treegrpo.algos.evaluation import held_out_prompts, held_out_scores
 from treegrpo.algos.losses import EdgeLoss, total_loss
 from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
-from treegrpo.algos.scoring import sample_and_score
+from treegrpo.algos.scoring import chunk_bounds, sample_and_score
 from treegrpo.envs import Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
 from treegrpo.envs.pipelines import LAYOUTS
 from treegrpo.envs.sampler import gather_cond
@@ -57,11 +82,12 @@ class EMA:
             self.shadow[name].lerp_(p.detach(), 1 - self.decay)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {name: t.clone() for name, t in self.shadow.items()}
+        """Whole tensors (gathered from FSDP shards), so any world size can load them."""
+        return {name: full_tensor(t).clone() for name, t in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for name, t in state.items():
-            self.shadow[name].copy_(t)
+            self.shadow[name].copy_(shard_like(t, self.shadow[name]))
 
 
 GRID_MIN_SIDE = 64  # sample grids show each image at least this many pixels wide
@@ -79,7 +105,9 @@ class Trainer:
     """Train ``problem.model`` with the algorithm ``config.loss.algorithm`` (or the objects given).
 
     ``sampler``, ``advantage`` and ``loss`` override the recipe's choices: passing
-    ``loss=ReinforceLoss(model, transition)`` is the one-line swap of the objective.
+    ``loss=ReinforceLoss(model, transition)`` is the one-line swap of the objective. Under
+    ``torchrun`` the process group is joined here (``ranks`` overrides the environment's) and the
+    loss's ``model`` becomes the DDP wrapper of ``problem.model``.
     """
 
     def __init__(
@@ -91,9 +119,15 @@ class Trainer:
         advantage: Any = None,
         loss: EdgeLoss | None = None,
         reference: nn.Module | str | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.problem, self.config = problem, config.validate()
         train = config.train
+        self.ranks = ranks or init_distributed(train.dist_backend, problem.device)
+        prompts = config.sampling.prompts_per_iteration
+        if prompts % self.ranks.world_size:
+            raise ConfigError(f"sampling.prompts_per_iteration: {prompts} prompts do not split evenly over "
+                              f"{self.ranks.world_size} ranks; use a multiple of {self.ranks.world_size}")
         if train.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(train.seed)
@@ -106,9 +140,15 @@ class Trainer:
         if reference is None and config.loss.kl_coef > 0:
             reference = "disable_adapter" if train.lora_rank > 0 else _frozen_copy(self.model)
         self.setup = prepare_model(self.model, train)
+        self.policy = wrap_for_training(self.model, train.parallel, self.device)  # what the loss calls
         self.sampler = sampler or build_sampler(config, problem)
         self.advantage = advantage or build_advantage(config)
         self.loss = loss or build_loss(config, problem, reference)
+        if self.policy is not self.model:
+            if getattr(self.loss, "model", None) is not self.model:
+                raise ValueError("loss: under DDP the loss must hold problem.model as its `model` attribute "
+                                 "(the trainer swaps in the DDP wrapper)")
+            self.loss.model = self.policy
         self.named_params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         if not self.named_params:
             raise ValueError("model: has no parameters with requires_grad=True to train")
@@ -133,11 +173,12 @@ class Trainer:
         return schedule if isinstance(schedule, WindowSchedule) else None
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything except the weights that a resumed run needs to continue exactly."""
+        """Everything except the weights that a resumed run needs to continue exactly (sharded
+        optimiser state is gathered whole, a collective under FSDP)."""
         window = self.window()
         return {
             "iteration": self.iteration,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state_full(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "rng": capture_rng(self.generators),
@@ -148,9 +189,14 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        """Write a checkpoint of the current state (atomically)."""
-        return save_checkpoint(self.run_dir, self.iteration, self.named_params, self.state_dict(),
-                               keep=self.config.train.keep_checkpoints)
+        """Write a checkpoint of the current state (atomically, once: rank 0 writes full tensors that
+        any world size can resume). Every rank must call it."""
+        weights = {name: full_tensor(p) for name, p in self.named_params.items()}
+        state = self.state_dict()
+        if self.ranks.is_main:
+            save_checkpoint(self.run_dir, self.iteration, weights, state, keep=self.config.train.keep_checkpoints)
+        barrier()
+        return checkpoint_dir(self.run_dir, self.iteration)
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``path`` or the run's latest checkpoint; returns ``False`` if there is none."""
@@ -163,8 +209,8 @@ class Trainer:
             raise ValueError(f"checkpoint: {path} lacks trained parameters {missing[:3]}")
         with torch.no_grad():
             for name, p in self.named_params.items():
-                p.copy_(weights[name])
-        self.optimizer.load_state_dict(state["optimizer"])
+                p.copy_(shard_like(weights[name], p))
+        self.optimizer.load_state_dict(optimizer_state_sharded(state["optimizer"], list(self.named_params.values())))
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -178,39 +224,62 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ one iteration
+    def pieces(self, num_prompts: int) -> list[list[tuple[int, int]]]:
+        """Each rank's ``[lo, hi)`` ranges of the iteration's prompts: ``world_size`` equal shards,
+        each cut into ``sampling.chunks`` pieces. A piece is the unit of sampling noise and of
+        minibatch stratification, so ``W`` ranks with ``c`` chunks compute what one process with
+        ``W c`` chunks computes."""
+        shards = chunk_bounds(num_prompts, self.ranks.world_size)
+        return [[(lo + a, lo + b) for a, b in chunk_bounds(hi - lo, self.config.sampling.chunks)] for lo, hi in shards]
+
     def step(self) -> dict[str, float]:
         """Run one iteration and return its metrics."""
-        it, cfg = self.iteration, self.config
+        it, cfg, rank = self.iteration, self.config, self.ranks.rank
         start = time.perf_counter()
-        cond, prompt_ids = self.problem.prompts(it, self.generators["prompts"])
+        all_cond, all_prompt_ids = self.problem.prompts(it, self.generators["prompts"])
+        by_rank = self.pieces(int(all_prompt_ids.shape[0]))
+        mine, first_piece = by_rank[rank], sum(len(p) for p in by_rank[:rank])
+        lo, hi = mine[0][0], mine[-1][1]
+        cond = all_cond if (lo, hi) == (0, int(all_prompt_ids.shape[0])) else gather_cond(all_cond, torch.arange(lo, hi))
+        prompt_ids = all_prompt_ids[lo:hi]
+        local_pieces = [(a - lo, b - lo) for a, b in mine]
+        sample_seed = self._piece_seed("sample", sum(len(p) for p in by_rank))
         was_training = self.model.training
         self.model.eval()
 
-        def sample_chunk(lo: int, hi: int) -> Rollout:
-            chunk_cond = cond if (lo, hi) == (0, int(prompt_ids.shape[0])) else gather_cond(cond, torch.arange(lo, hi))
+        def sample_chunk(a: int, b: int) -> Rollout:
+            chunk_cond = cond if (a, b) == (0, hi - lo) else gather_cond(cond, torch.arange(a, b))
+            generator = self.generators["sample"]
+            if sample_seed is not None:  # several pieces: each draws from its own stream
+                generator = torch.Generator(self.device).manual_seed(sample_seed + first_piece + local_pieces.index((a, b)))
             return self.sampler.sample(chunk_cond, epoch=it, latent_shape=self.problem.latent_shape,
-                                       num_prompts=hi - lo, generator=self.generators["sample"], device=self.device)
+                                       num_prompts=b - a, generator=generator, device=self.device)
 
         try:
-            rollout, rewards = sample_and_score(sample_chunk, self.problem.reward, prompt_ids,
-                                                chunks=cfg.sampling.chunks, background=cfg.sampling.background_scoring,
-                                                device=self.device)
+            rollout, rewards = sample_and_score(sample_chunk, self.problem.reward, prompt_ids, chunks=local_pieces,
+                                                background=cfg.sampling.background_scoring, device=self.device)
         finally:
             self.model.train(was_training)
         tree = rollout.tree
         leaf_prompts = prompt_ids[rollout.leaf_cond_index]
+        forest, rewards, leaf_prompts, first_node = self._gather_forest(tree, rewards, leaf_prompts, lo)
         self._guard(rewards, "reward")  # waits for the device: the sampling phase ends here
         sampled = time.perf_counter()
-        result = self.advantage(tree, rewards, leaf_prompts)
+        result = self.advantage(forest, rewards, leaf_prompts)
         advantage = clip_advantages(result.advantage, cfg.loss.adv_clip)
         self._guard(advantage, "advantage")
-        batch = select_steps(parent_batch(tree, advantage), cfg.loss.timestep_fraction, self.generators["shuffle"])
+        batch = select_steps(parent_batch(tree, advantage[first_node:first_node + tree.num_nodes]),
+                             cfg.loss.timestep_fraction, self.generators["shuffle"])
         counters = {"nfe_sampled": float(rollout.nfe), "images": float(rollout.final.shape[0])}
         if cfg.train.check_on_policy:
             check_on_policy(rollout, self.model, self.problem.transition, cond, max_batch=cfg.sampling.max_batch or None)
             counters["forward_rows_check"] = float((~tree.is_leaf).sum())
         advantaged = time.perf_counter()
-        terms = self._optimise(batch, cond, counters)
+        minibatches = self._minibatch_rows(batch, local_pieces, first_piece, sum(len(p) for p in by_rank))
+        terms = self._optimise(batch, minibatches, cond, counters)
+        if self.ranks.distributed:  # loss terms averaged, counters summed over ranks
+            terms = mean_over_ranks(terms, self.device)
+            counters = {k: v * self.ranks.world_size for k, v in mean_over_ranks(counters, self.device).items()}
         window = self.window()
         reward_mean = float(rewards.mean())
         if window is not None:
@@ -223,54 +292,113 @@ class Trainer:
             **self._reward_columns(rewards),
             **terms,
             **counters,
-            **self._advantage_by_depth(tree, result),
+            **self._advantage_by_depth(forest, result),
             "window_start": float(rollout.sde_steps[0]) if rollout.sde_steps else -1.0,
             "seconds": elapsed,
             "seconds_sample": sampled - start,  # prompts, sampling, decoding and rewards
             "seconds_advantage": advantaged - sampled,  # advantages, the batch (and the on-policy check)
             "seconds_update": start + elapsed - advantaged,  # losses, backward passes, optimiser steps
-            "images_per_second": rollout.final.shape[0] / elapsed,
+            "images_per_second": counters["images"] / elapsed,
             "lr": self.scheduler.get_last_lr()[0],
         }
         self.iteration += 1
         self.history.append({k: v for k, v in metrics.items() if "/" not in k})
         return metrics
 
-    def _optimise(self, batch: TensorDictBase, cond: Any, counters: dict[str, float]) -> dict[str, float]:
+    def _piece_seed(self, stream: str, num_pieces: int) -> int | None:
+        """With several pieces, one draw from the shared ``stream`` generator seeds piece ``j``'s
+        generator as ``seed + j`` (the same draw on every rank); ``None`` for a single piece, which
+        uses the stream itself."""
+        if num_pieces == 1:
+            return None
+        generator = self.generators[stream]
+        return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+
+    def _gather_forest(self, tree: treeadv.Tree, rewards: Tensor, leaf_prompts: Tensor, first_prompt: int,
+                       ) -> tuple[treeadv.Tree, Tensor, Tensor, int]:
+        """Every rank's trees (structure, log-probs and steps), leaf rewards and prompt ids, joined in
+        rank order, and this rank's first node in the join. One process gets its own back."""
+        if not self.ranks.distributed:
+            return tree, rewards, leaf_prompts, 0
+        counts = gather_rows(torch.tensor([tree.num_nodes], device=tree.parent.device))
+        first_node = int(counts[: self.ranks.rank].sum())
+        fields = {
+            "parent": gather_rows(torch.where(tree.parent >= 0, tree.parent + first_node, -1)),
+            "log_prob": gather_rows(tree.log_prob),
+            "depth": gather_rows(tree.depth),
+            "root": gather_rows(tree.root + first_node),
+            "group": gather_rows(tree.group + first_prompt),
+            "is_leaf": gather_rows(tree.is_leaf.to(torch.uint8)).bool(),
+        }
+        size = [fields["parent"].shape[0]]
+        payload = TensorDict({"step": gather_rows(tree.payload["step"])}, batch_size=size)
+        forest = treeadv.Tree(**fields, payload=payload, batch_size=size)
+        return forest, gather_rows(rewards), gather_rows(leaf_prompts), first_node
+
+    def _minibatch_rows(self, batch: TensorDictBase, pieces: list[tuple[int, int]], first_piece: int,
+                        num_pieces: int) -> list[Tensor]:
+        """Row indices of every minibatch of every inner epoch, in order.
+
+        One piece: a shuffle of all parents cut into ``train.minibatch_parents``. Several pieces:
+        each piece's parents are shuffled by the piece's own generator and every minibatch takes
+        ``ceil(minibatch_parents / pieces)`` parents from each piece, so a minibatch is the union of
+        what the ranks train on together.
+        """
+        size, epochs = self.config.train.minibatch_parents, self.config.train.inner_epochs
+        total = batch.batch_size[0]
+        seed = self._piece_seed("shuffle", num_pieces)
+        if seed is None:
+            out = []
+            for _ in range(epochs):
+                order = torch.randperm(total, generator=self.generators["shuffle"])
+                out += [order[lo: lo + size] for lo in range(0, total, size)]
+            return out
+        starts = torch.tensor([a for a, _ in pieces])
+        piece = torch.bucketize(batch["cond_index"].cpu(), starts, right=True) - 1
+        rows = [torch.nonzero(piece == j).squeeze(-1) for j in range(len(pieces))]
+        generators = [torch.Generator().manual_seed(seed + first_piece + j) for j in range(len(pieces))]
+        per_piece = -(-size // num_pieces)
+        out = []
+        for _ in range(epochs):
+            orders = [r[torch.randperm(r.numel(), generator=g)] for r, g in zip(rows, generators)]
+            count = max(-(-o.numel() // per_piece) for o in orders)
+            out += [torch.cat([o[i * per_piece:(i + 1) * per_piece] for o in orders]) for i in range(count)]
+        return out
+
+    def _optimise(self, batch: TensorDictBase, minibatches: list[Tensor], cond: Any,
+                  counters: dict[str, float]) -> dict[str, float]:
         cfg = self.config
         sums: dict[str, float] = {}
         per_step: dict[int, list[Tensor]] = {}
-        accumulation, updates, micro = cfg.optim.grad_accumulation, 0, 0
+        accumulation, updates = cfg.optim.grad_accumulation, 0
         counters.update(edges_trained=0.0, forward_rows=0.0, backward_rows=0.0, optimizer_steps=0.0)
         self.optimizer.zero_grad(set_to_none=True)
-        for _ in range(cfg.train.inner_epochs):
-            for minibatch in self._minibatches(batch, cond):
+        for micro, rows in enumerate(minibatches, start=1):
+            minibatch = self._minibatch(batch, rows, cond)
+            steps_optimiser = micro % accumulation == 0 or micro == len(minibatches)
+            with gradient_sync(self.policy, steps_optimiser):  # accumulation steps skip the all-reduce
                 with self._autocast():
                     terms = self.loss(minibatch)
                 loss = total_loss(terms)
                 self._guard(loss.detach(), "loss")
                 (loss / accumulation).backward()
-                micro += 1
-                rows = float(minibatch.batch_size[0])
-                counters["forward_rows"] += rows
-                counters["backward_rows"] += rows
-                counters["edges_trained"] += float(count_edges(minibatch))
-                for key, value in terms.items():
-                    if value.dim() == 0:
-                        sums[key] = sums.get(key, 0.0) + float(value.detach())
-                log_ratio = terms["log_ratio"]
-                for step in torch.unique(minibatch["step"]).tolist():
-                    rows_at = minibatch["step"] == step
-                    per_step.setdefault(step, []).append(log_ratio[rows_at][minibatch["mask"][rows_at]])
-                if micro % accumulation == 0:
-                    self._apply_update()
-                    updates += 1
-        if micro % accumulation:
-            self._apply_update()
-            updates += 1
+            rows_count = float(minibatch.batch_size[0])
+            counters["forward_rows"] += rows_count
+            counters["backward_rows"] += rows_count
+            counters["edges_trained"] += float(count_edges(minibatch))
+            for key, value in terms.items():
+                if value.dim() == 0:
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+            log_ratio = terms["log_ratio"]
+            for step in torch.unique(minibatch["step"]).tolist():
+                rows_at = minibatch["step"] == step
+                per_step.setdefault(step, []).append(log_ratio[rows_at][minibatch["mask"][rows_at]])
+            if steps_optimiser:
+                self._apply_update()
+                updates += 1
         counters["optimizer_steps"] = float(updates)
         self.scheduler.step()
-        out = {key: value / max(micro, 1) for key, value in sums.items()}
+        out = {key: value / max(len(minibatches), 1) for key, value in sums.items()}
         out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
         for step, chunks in sorted(per_step.items()):
             ratio = torch.exp(torch.cat(chunks).double())
@@ -282,22 +410,19 @@ class Trainer:
         params = list(self.named_params.values())
         clip = self.config.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-        self._guard(norm, "gradient norm")
+        self._guard(full_tensor(norm), "gradient norm")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema:
             self.ema.update()
 
-    def _minibatches(self, batch: TensorDictBase, cond: Any) -> Iterator[TensorDictBase]:
-        size = self.config.train.minibatch_parents
-        order = torch.randperm(batch.batch_size[0], generator=self.generators["shuffle"])
-        for lo in range(0, order.numel(), size):
-            minibatch = batch[order[lo: lo + size]]
-            if cond is not None:
-                rows = gather_cond(cond, minibatch["cond_index"])
-                minibatch = minibatch.clone(False)
-                minibatch.set("cond", rows)
-            yield minibatch
+    @staticmethod
+    def _minibatch(batch: TensorDictBase, rows: Tensor, cond: Any) -> TensorDictBase:
+        minibatch = batch[rows]
+        if cond is not None:
+            minibatch = minibatch.clone(False)
+            minibatch.set("cond", gather_cond(cond, minibatch["cond_index"]))
+        return minibatch
 
     def _autocast(self):
         if self.config.train.precision != "bf16":
@@ -306,13 +431,15 @@ class Trainer:
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
     def _guard(self, value: Tensor, name: str) -> None:
-        if bool(torch.isfinite(value).all()):
+        """Save and stop, on every rank together, when ``value`` is not finite on any rank."""
+        if all_true(bool(torch.isfinite(value).all()), self.device):
             return
         bad = int((~torch.isfinite(value)).sum())
         self.optimizer.zero_grad(set_to_none=True)
         saved = self.save()
         raise NonFiniteTrainingError(
-            f"iteration {self.iteration}: {name} is not finite ({bad} of {value.numel()} values); "
+            f"iteration {self.iteration}: {name} is not finite ({bad} of {value.numel()} values on rank "
+            f"{self.ranks.rank}); "
             f"the last good state is in {saved}"
         )
 
@@ -334,12 +461,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, iterations: int | None = None, *, progress: bool = True) -> list[dict[str, float]]:
-        """Run until ``train.iterations`` (or ``iterations`` more); logs, grids and checkpoints as configured."""
+        """Run until ``train.iterations`` (or ``iterations`` more); logs, grids and checkpoints as
+        configured. Every rank calls it; only rank 0 shows progress and writes."""
         from tqdm.auto import tqdm
 
         train = self.config.train
         stop = train.iterations if iterations is None else self.iteration + iterations
-        bar = tqdm(total=stop, initial=self.iteration, disable=not progress, desc=self.config.loss.algorithm)
+        bar = tqdm(total=stop, initial=self.iteration, disable=not (progress and self.ranks.is_main),
+                   desc=self.config.loss.algorithm)
         try:
             while self.iteration < stop:
                 metrics = self.step()
@@ -359,7 +488,7 @@ class Trainer:
         return self.history
 
     def _log(self, metrics: dict[str, float]) -> None:
-        if self.iteration % self.config.train.log_every:
+        if self.iteration % self.config.train.log_every or not self.ranks.is_main:
             return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -382,7 +511,8 @@ class Trainer:
     @torch.no_grad()
     def save_grid(self, name: str | None = None, num_prompts: int = 10) -> Path | None:
         """Save a PNG grid of ODE samples (one row per prompt, the first held-out prompts when the
-        problem has them), if the problem can decode images. Same seed, same noise in every grid."""
+        problem has them), if the problem can decode images. Same seed, same noise in every grid.
+        Every rank samples (an FSDP forward needs them all); rank 0 writes and gets the path."""
         if self.problem.decode is None:
             return None
         from torchvision.utils import save_image
@@ -398,6 +528,8 @@ class Trainer:
         images = self.problem.decode(rollout.final).clamp(0, 1)
         if images.shape[-1] < GRID_MIN_SIDE:  # tiny images (16 px digits): enlarge pixels so the grid is legible
             images = torch.nn.functional.interpolate(images, scale_factor=-(-GRID_MIN_SIDE // images.shape[-1]))
+        if not self.ranks.is_main:
+            return None
         path = self.run_dir / "samples" / (name or f"iter-{self.iteration:06d}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, path, nrow=8)
@@ -415,28 +547,36 @@ def run(config: Config, *, problem: Problem | None = None, progress: bool = True
 
     Held-out rewards of the starting policy are measured once (kept in ``eval_before.json`` so a
     resumed run still reports them), then again after training; the table is printed and the
-    numbers go to ``summary.json``. Returns the summary.
+    numbers go to ``summary.json``. Returns the summary. Under ``torchrun`` every rank trains and
+    evaluates (the same held-out samples); rank 0 prints and writes.
     """
     from treegrpo.algos.report import plot_reward_curve, summary_table, write_json
 
     trainer = Trainer(problem or build_problem(config), config)
-    run_dir = trainer.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, main = trainer.run_dir, trainer.ranks.is_main
     before_path = run_dir / "eval_before.json"
-    if before_path.is_file():
+    resumed_before = before_path.is_file()
+    barrier()  # every rank has looked before rank 0 writes
+    if resumed_before:
         before = json.loads(before_path.read_text())
     else:
         before = trainer.evaluate()
-        write_json(before, before_path)
+        if main:
+            write_json(before, before_path)
         trainer.save_grid("before.png")
     start = time.perf_counter()
     history = trainer.fit(progress=progress)
     seconds = time.perf_counter() - start
     after = trainer.evaluate()
     trainer.save_grid("after.png")
+    if not main:
+        return {"before": before, "after": after}
     if trainer.problem.export is not None:
-        exported = trainer.problem.export(run_dir / "final")
-        print("trained weights: " + ", ".join(str(p) for p in exported))
+        if trainer.ranks.distributed and config.train.parallel == "fsdp":
+            print(f"train.parallel=fsdp: the full trained weights are in {latest_checkpoint(run_dir)}/model.safetensors")
+        else:
+            exported = trainer.problem.export(run_dir / "final")
+            print("trained weights: " + ", ".join(str(p) for p in exported))
     plot_reward_curve(history, run_dir / "reward_curve.png", {"before": before, "after": after},
                       title=f"{config.loss.algorithm} on {config.model.kind}")
     training = {
@@ -471,7 +611,7 @@ def build_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
                               transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
                               rewards=config.model.rewards, guidance_scale=s.guidance_scale,
                               weights=config.model.path or None, eval_rewards=config.eval.rewards,
-                              eval_num_steps=config.eval.num_steps)
+                              eval_num_steps=config.eval.num_steps, device=local_device(config.train.device))
     if kind == "toy2d":
         if config.sampling.transition != "flow_sde":
             raise ConfigError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")

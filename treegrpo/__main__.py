@@ -1,0 +1,7 @@
+"""``python -m treegrpo`` is the ``treegrpo`` command; ``torchrun ... -m treegrpo train`` launches it on every rank."""
+
+import sys
+
+from treegrpo.algos.cli import main
+
+sys.exit(main())
