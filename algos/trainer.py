@@ -389,8 +389,8 @@ class Trainer:
             for key, value in terms.items():
                 if value.dim() == 0:
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
-            log_ratio = terms["log_ratio"]
-            for step in torch.unique(minibatch["step"]).tolist():
+            log_ratio = terms.get("log_ratio", None)  # [M, K], for per-timestep ratio statistics
+            for step in torch.unique(minibatch["step"]).tolist() if log_ratio is not None else ():
                 rows_at = minibatch["step"] == step
                 per_step.setdefault(step, []).append(log_ratio[rows_at][minibatch["mask"][rows_at]])
             if steps_optimiser:
@@ -475,7 +475,7 @@ class Trainer:
                 self._log(metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3g}",
-                                clip=f"{metrics.get('clip_fraction', 0.0):.2f}", kl=f"{metrics['approx_kl']:.2g}",
+                                clip=f"{metrics.get('clip_fraction', 0.0):.2f}", kl=f"{metrics.get('approx_kl', 0.0):.2g}",
                                 img_s=f"{metrics['images_per_second']:.1f}")
                 if self.iteration % train.sample_every == 0:
                     self.save_grid()
