@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+"""The shipped weights: ``base/`` (text encoder and transformer), ``classifier/`` and ``MANIFEST.json``."""
 
 
 class MissingWeightsError(FileNotFoundError):

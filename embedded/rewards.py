@@ -144,6 +144,7 @@ REWARDS: dict[str, Scorer] = {
     "jpeg_incompressibility": jpeg_incompressibility,
     "aesthetic": aesthetic_proxy,
 }
+"""The offline rewards by name, each ``(images [B, 1, H, W] in [0, 1], digit labels [B]) -> [B]``."""
 
 
 def get_reward(name: str) -> Scorer:

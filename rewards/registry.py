@@ -19,6 +19,7 @@ REWARDS: dict[str, Callable[..., RewardModel]] = {
     "jpeg_compressibility": lambda **_: JpegSize(-1.0),
     "jpeg_incompressibility": lambda **_: JpegSize(1.0),
 }
+"""Reward name to factory (``root``: the reward-weights folder, ``device``); :func:`build_reward` builds from it."""
 
 
 def build_reward(name: str, **options: Any) -> RewardModel:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 ENV_VAR = "TREEGRPO_REWARD_DIR"
+"""Environment variable naming the reward-weights folder when ``model.reward_dir`` is empty."""
 DEFAULT_DIR = Path("~/.cache/treegrpo/rewards")
 
 SOURCES = {

@@ -36,7 +36,8 @@ def test_treeadv_imports_only_torch_and_tensordict(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("module", ["treeadv", "treegrpo.envs", "treegrpo.algos", "treegrpo.embedded", "treegrpo.rewards"])
+@pytest.mark.parametrize("module", ["treeadv", "treeadv.testing", "treeadv.interop", "treegrpo.envs", "treegrpo.algos",
+                                    "treegrpo.embedded", "treegrpo.rewards"])
 def test_every_public_name_has_a_docstring(module):
     package = importlib.import_module(module)
     missing = [name for name in package.__all__ if not (getattr(package, name).__doc__ or "").strip()]

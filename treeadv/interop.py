@@ -15,6 +15,8 @@ from tensordict import TensorDict, TensorDictBase
 
 from treeadv.tree import Tree
 
+__all__ = ["from_torchrl", "to_torchrl"]
+
 _STRUCTURE_KEYS = ("log_prob", "depth", "group")
 
 

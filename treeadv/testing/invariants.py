@@ -23,6 +23,8 @@ class InvariantViolation(AssertionError):
 
 Check = Callable[[BackupEstimator, Tree, Tensor, torch.Generator], None]
 INVARIANTS: dict[str, Check] = {}
+"""Every invariant the kit knows, by name: ``check(estimator, tree, leaf_adv, generator)`` raising
+:class:`InvariantViolation`; :func:`check_estimator` runs the ones an estimator claims."""
 #: float64 tolerance, relative to 1 + max |leaf advantage|.
 _RTOL64 = 1e-9
 #: float32-vs-float64 tolerance, same scale.

@@ -61,7 +61,10 @@ def forests(
 
     Args:
         regular: force regular (True) or irregular (False) trees; drawn when None.
-        max_trees, max_depth, max_branching, max_nodes: size limits.
+        max_trees: most trees in the forest.
+        max_depth: deepest level (edges from a root).
+        max_branching: most children of one node.
+        max_nodes: most nodes in the forest.
         shuffle: store nodes in a random order rather than level by level.
         dtype: dtype of ``log_prob`` and of ``payload["reward"]``.
 

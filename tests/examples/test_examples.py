@@ -1,0 +1,98 @@
+"""The tutorial scripts under examples/ run on a CPU with small settings and print numbers that show they worked.
+
+Each script runs as a subprocess, the way a reader runs it; the test parses what it prints. The
+``tree_advantages.py`` example is tested in ``tests/test_packaging.py``; ``distributed_training.py``
+has its own test with the multi-GPU code.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from treegrpo.envs import tree_nfe
+
+REPO = Path(__file__).resolve().parents[2]
+NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+
+
+def run_example(script: str, *args: str, cwd: Path) -> str:
+    """Run ``examples/<script>`` and return its stdout; a failure shows the end of its stderr."""
+    result = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def improved(first: float, last: float, by: float) -> bool:
+    return last > first + by
+
+
+def test_compose_treegrpo_trains_and_counts_the_tree(tmp_path):
+    out = run_example("compose_treegrpo.py", "--iterations", "16", cwd=tmp_path)
+    pattern = (rf"iteration +(\d+)  reward ({NUMBER})  window \(([\d, ]+)\)  parents (\d+)  edges (\d+)  nfe (\d+)  "
+               rf"last-pass ratio ({NUMBER}) clipped ({NUMBER})")
+    rows = re.findall(pattern, out)
+    assert len(rows) == 16, out
+    prompts, k, d, steps = 4, 3, 3, 8
+    for _, _, window, parents, edges, nfe, ratio, _ in rows:
+        start, *rest = (int(s) for s in window.split(","))
+        assert rest == [start + 1, start + 2]
+        assert int(parents) == prompts * (1 + k + k**2)  # one row per internal window node
+        assert int(edges) == prompts * (k + k**2 + k**3)
+        assert int(nfe) == prompts * tree_nfe(steps, k, d, start)
+        assert abs(float(ratio) - 1) < 0.2  # the second pass moved the policy a little, within the clip
+    rewards = [float(row[1]) for row in rows]
+    assert improved(sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4, by=0.3), rewards
+
+
+def test_swap_loss_same_gradient_at_the_behaviour_policy_and_every_loss_trains(tmp_path):
+    out = run_example("swap_loss.py", "--iterations", "8", cwd=tmp_path)
+    norms = [float(n) for n in re.findall(rf"at the behaviour policy .* gradient norm ({NUMBER})", out)]
+    assert len(norms) == 5 and max(norms) > 0, out
+    assert max(norms) - min(norms) <= 1e-5 * max(norms), norms  # at ratio 1 every gradient is -A grad log pi
+    trained = re.findall(rf"trained  (.+?) +reward ({NUMBER}) -> ({NUMBER})", out)
+    assert [name for name, _, _ in trained] == ["ppo-clip (TreeGRPO)", "ppo-clip + KL (GRPO)", "ddpo-ppo", "reinforce",
+                                                "clip-higher (custom)"], out
+    for name, first, last in trained:
+        assert improved(float(first), float(last), by=0.3), (name, first, last)
+
+
+def test_new_estimator_passes_the_kit_catches_a_false_claim_and_trains(tmp_path):
+    out = run_example("new_estimator.py", "--examples", "25", "--iterations", "8", cwd=tmp_path)
+    claimed = re.search(r"1\. claimed invariants hold on 25 forests: (.+)", out)
+    assert claimed, out
+    assert set(claimed[1].split(", ")) >= {"affine", "convex", "ess_bounds", "leaf_identity", "logprob_shift",
+                                           "permutation", "single_child", "tree_locality", "dtype"}
+    assert "2. equals logprob_softmax on 25 regular forests" in out
+    assert "3. the kit rejects a false claim: equal_logprob_mean:" in out
+    trained = re.search(rf"4\. trained with loss.estimator=logprob_leaf_softmax: reward ({NUMBER}) -> ({NUMBER})", out)
+    assert trained and improved(float(trained[1]), float(trained[2]), by=0.3), out
+
+
+def test_train_sd35_lora_from_local_weights_exports_what_diffusers_loads(tmp_path):
+    from treegrpo.envs.tiny_pipelines import save_tiny_sd3_pipeline
+
+    from tests.rewards.tiny_rewards import save_tiny_rewards
+
+    pipeline = save_tiny_sd3_pipeline(tmp_path / "sd3")
+    rewards = save_tiny_rewards(tmp_path / "rewards")
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "train.txt").write_text("a red cat\na blue dog\ntwo small birds\na green house\n")
+    (prompts / "test.txt").write_text("sunset over the sea\na bowl of fruit\n")
+    shrink = ["model.image_size=16", "model.max_sequence_length=16", "model.eval_count=2", "model.embedding_cache=",
+              "sampling.num_steps=4", "sampling.branching=2", "sampling.depth=2", "sampling.prompts_per_iteration=2",
+              "train.iterations=1", "train.device=cpu", "train.precision=fp32", "train.minibatch_parents=4",
+              "optim.lr=1e-3", "loss.clip_range=0.2", "eval.samples_per_prompt=2"]
+    out = run_example("train_sd35_lora.py", str(pipeline), "--prompts", str(prompts), "--reward-dir", str(rewards),
+                      "--out", str(tmp_path / "run"), "--verify", *[arg for s in shrink for arg in ("--set", s)],
+                      cwd=tmp_path)
+    assert re.search(r"trainable parameters \(LoRA rank 32\): [\d,]+", out), out
+    iteration = re.search(rf"iteration 0: reward {NUMBER}  images (\d+)  nfe \d+  edges (\d+)", out)
+    assert iteration and int(iteration[1]) == 2 * 2**2 and int(iteration[2]) == 2 * (2 + 4), out
+    assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+    check = re.search(rf"max \|difference\| ({NUMBER}); training moved the output by up to ({NUMBER})", out)
+    assert check and float(check[1]) <= 1e-5 < float(check[2]), out
