@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,7 @@ def build_api_layout(root: Path = API_SRC) -> None:
                 shutil.copyfile(entry, copy)
 
 
+@event_priority(100)  # before mkdocstrings' on_config, which drops search paths that do not exist yet
 def on_config(config: Any) -> Any:
     build_api_layout()
     _LOADER.clear()
