@@ -2,7 +2,8 @@
 
 Installed as ``treegrpo.algos`` (the folder is ``algos/`` at the repository root). Losses read a
 parent batch (:func:`parent_batch`) carrying per-edge advantages from :mod:`treeadv`; they never
-walk a tree. :class:`Trainer` runs any of them; :mod:`treegrpo.algos.cli` is the ``treegrpo`` command.
+walk a tree. :class:`Trainer` runs any of them, on one process or under ``torchrun``
+(:mod:`treegrpo.algos.distributed`); :mod:`treegrpo.algos.cli` is the ``treegrpo`` command.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from treegrpo.algos.advantages import GroupAdvantage, PerPromptStatTracker, clip
 from treegrpo.algos.batch import count_edges, parent_batch, select_steps
 from treegrpo.algos.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from treegrpo.algos.config import Config, ConfigError
+from treegrpo.algos.distributed import Ranks, gather_rows, init_distributed, wrap_for_training
 from treegrpo.algos.losses import (
     DDPOLoss,
     EdgeLoss,
@@ -38,6 +40,7 @@ __all__ = [
     "PPOClipLoss",
     "PerPromptStatTracker",
     "Problem",
+    "Ranks",
     "ReinforceLoss",
     "Trainer",
     "TreeGRPOLoss",
@@ -52,6 +55,8 @@ __all__ = [
     "compile_model",
     "count_edges",
     "enable_gradient_checkpointing",
+    "gather_rows",
+    "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",
     "parent_batch",
@@ -60,4 +65,5 @@ __all__ = [
     "select_steps",
     "total_loss",
     "toy2d_problem",
+    "wrap_for_training",
 ]

@@ -238,12 +238,12 @@ class Trainer:
         start = time.perf_counter()
         all_cond, all_prompt_ids = self.problem.prompts(it, self.generators["prompts"])
         by_rank = self.pieces(int(all_prompt_ids.shape[0]))
-        mine, first_piece = by_rank[rank], sum(len(p) for p in by_rank[:rank])
+        mine, first_piece, num_pieces = by_rank[rank], sum(map(len, by_rank[:rank])), sum(map(len, by_rank))
         lo, hi = mine[0][0], mine[-1][1]
         cond = all_cond if (lo, hi) == (0, int(all_prompt_ids.shape[0])) else gather_cond(all_cond, torch.arange(lo, hi))
         prompt_ids = all_prompt_ids[lo:hi]
         local_pieces = [(a - lo, b - lo) for a, b in mine]
-        sample_seed = self._piece_seed("sample", sum(len(p) for p in by_rank))
+        sample_seed = self._piece_seed("sample", num_pieces)
         was_training = self.model.training
         self.model.eval()
 
@@ -275,7 +275,7 @@ class Trainer:
             check_on_policy(rollout, self.model, self.problem.transition, cond, max_batch=cfg.sampling.max_batch or None)
             counters["forward_rows_check"] = float((~tree.is_leaf).sum())
         advantaged = time.perf_counter()
-        minibatches = self._minibatch_rows(batch, local_pieces, first_piece, sum(len(p) for p in by_rank))
+        minibatches = self._minibatch_rows(batch, local_pieces, first_piece, num_pieces)
         terms = self._optimise(batch, minibatches, cond, counters)
         if self.ranks.distributed:  # loss terms averaged, counters summed over ranks
             terms = mean_over_ranks(terms, self.device)
