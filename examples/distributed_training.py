@@ -10,7 +10,7 @@ alone prints, logs and writes checkpoints.
 
 The embedded digits model keeps it self-contained; for SD3.5 pass the overrides of
 ``docs/pipelines.md`` (``model.kind=sd3``, ``model.path=...``) or use ``treegrpo train`` itself:
-``torchrun --nproc-per-node 8 -m treegrpo train --config sd35.toml``.
+``torchrun --nproc-per-node 8 -m treegrpo train --config configs/sd35_medium.yaml``.
 """
 
 from __future__ import annotations
