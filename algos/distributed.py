@@ -27,8 +27,30 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+__all__ = [
+    "BACKENDS",
+    "PARALLEL_MODES",
+    "Ranks",
+    "all_true",
+    "barrier",
+    "full_tensor",
+    "gather_rows",
+    "gradient_sync",
+    "init_distributed",
+    "is_distributed",
+    "local_device",
+    "mean_over_ranks",
+    "optimizer_state_full",
+    "optimizer_state_sharded",
+    "ranks_from_env",
+    "shard_like",
+    "wrap_for_training",
+]
+
 PARALLEL_MODES = ("ddp", "fsdp")
+"""Values of ``train.parallel``: how ranks share the trained weights."""
 BACKENDS = ("auto", "nccl", "gloo")
+"""Values of ``train.dist_backend`` (``auto``: NCCL on CUDA, gloo on CPU)."""
 
 
 @dataclass(frozen=True)

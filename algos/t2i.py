@@ -23,6 +23,12 @@ from treegrpo.envs.pipelines import TextToImageModel, load_pipeline
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
 from treegrpo.rewards import REWARDS, RewardModel, build_reward
 
+__all__ = [
+    "build_pipeline_problem",
+    "pipeline_problem",
+    "resolve_device",
+]
+
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 

@@ -28,6 +28,17 @@ from treegrpo.envs.models import Denoiser, SD3Denoiser, UNetDenoiser
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, Transition, flow_transition
 
+__all__ = [
+    "LAYOUTS",
+    "Layout",
+    "PipelineLayoutError",
+    "TextToImageModel",
+    "check_layout",
+    "detect_kind",
+    "load_pipeline",
+    "resolve_model_path",
+]
+
 
 class PipelineLayoutError(FileNotFoundError):
     """A model folder is missing or does not hold the expected diffusers pipeline."""
@@ -54,6 +65,7 @@ LAYOUTS: dict[str, Layout] = {
                   ("text_encoder_3", "tokenizer_3"), "transformer"),
     "sd15": Layout("StableDiffusionPipeline", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), (), "unet"),
 }
+"""Pipeline kind (``model.kind``: ``sd3``, ``sd15``) to the folder layout it loads."""
 
 
 def resolve_model_path(path: str | Path) -> Path:

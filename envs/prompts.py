@@ -25,7 +25,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tensordict import TensorDict
 
+__all__ = [
+    "SPLITS",
+    "PromptEmbeddings",
+    "load_prompts",
+]
+
 SPLITS = ("train", "test")
+"""The splits :func:`load_prompts` reads from a folder (``train.json``, ``test.json``)."""
 
 
 def _records(data: object, source: str) -> list[str]:
