@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from treegrpo.algos.config import ConfigError
 
 __all__ = [
     "BACKENDS",
@@ -83,10 +84,13 @@ def ranks_from_env() -> Ranks:
 
 
 def local_device(name: str) -> torch.device:
-    """``cuda`` (or ``auto`` with CUDA present) becomes this process's GPU, ``cuda:LOCAL_RANK``."""
+    """``train.device`` for this process: ``auto`` is CUDA when available, and ``cuda`` (no index)
+    is this rank's GPU, ``cuda:LOCAL_RANK``. A CUDA device without CUDA is a :class:`ConfigError`."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use cpu or auto")
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", ranks_from_env().local_rank)
     return device

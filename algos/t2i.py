@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from treegrpo.algos.config import Config, ConfigError, check_reward_names
+from treegrpo.algos.distributed import local_device
 from treegrpo.algos.export import export_trained, fuse_lora
 from treegrpo.algos.problem import Problem
 from treegrpo.envs import GuidedDenoiser
@@ -26,7 +27,6 @@ from treegrpo.rewards import REWARDS, RewardModel, build_reward
 __all__ = [
     "build_pipeline_problem",
     "pipeline_problem",
-    "resolve_device",
 ]
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -101,16 +101,6 @@ def pipeline_problem(
                    eval_transition=eval_step, apply_lora=apply_lora, device=device, export=export)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``train.device``: ``auto`` is CUDA when available; under torchrun ``cuda`` is this rank's GPU."""
-    from treegrpo.algos.distributed import local_device
-
-    device = local_device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use cpu or auto")
-    return device
-
-
 def _eval_prompts(config: Config, train: list[str]) -> list[str]:
     """``model.eval_prompts``, else the test split of ``model.prompts``, else (with a warning) training prompts."""
     m = config.model
@@ -136,7 +126,7 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
         raise ConfigError(f"model.path: model.kind={m.kind} needs the local pipeline folder (diffusers layout)")
     if not m.prompts:
         raise ConfigError(f"model.prompts: model.kind={m.kind} needs a prompt file (.txt, .json) or HPDv2 folder")
-    device = resolve_device(t.device)
+    device = local_device(t.device)
     lora_base_in_bf16 = t.lora_rank > 0 and t.precision == "bf16"
     model = load_pipeline(m.path, m.kind, t5=m.t5, frozen_dtype=DTYPES[m.frozen_precision],
                           denoiser_dtype=torch.bfloat16 if lora_base_in_bf16 else torch.float32, device=device,

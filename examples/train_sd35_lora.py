@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 from treegrpo.algos import Config, Trainer
-from treegrpo.algos.t2i import pipeline_problem, resolve_device
+from treegrpo.algos.distributed import local_device
+from treegrpo.algos.t2i import pipeline_problem
 from treegrpo.envs.pipelines import load_pipeline
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
 from treegrpo.rewards import build_reward
@@ -46,7 +47,7 @@ def main() -> None:
     args = parse_args()
     config = Config.from_yaml(CONFIG).override([f"train.out_dir={args.out}", *args.set])
     m, s, t = config.model, config.sampling, config.train
-    device = resolve_device(t.device)
+    device = local_device(t.device)
 
     # 1. The pipeline. Only the transformer trains; under bf16 LoRA its frozen base weights are bf16 too.
     #    VAE and text encoders are frozen in model.frozen_precision.

@@ -125,9 +125,9 @@ def test_flow_transitions_by_name_share_one_table(pipelines):
 
 def test_cuda_device_without_cuda_is_a_config_error(monkeypatch):
     from treegrpo.algos.config import ConfigError
-    from treegrpo.algos.t2i import resolve_device
+    from treegrpo.algos.distributed import local_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
+    assert local_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="train.device: 'cuda:1' requested but CUDA is not available"):
-        resolve_device("cuda:1")
+        local_device("cuda:1")
