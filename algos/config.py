@@ -267,6 +267,10 @@ TRANSITIONS = ("flow_sde", "dance_sde", "cps", "ddim")
 WINDOWS = ("fixed", "geometric", "shifting", "adaptive")
 ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce")
 MODELS = ("digits", "sd3", "sd15", "toy2d")
+PARALLEL_MODES = ("ddp", "fsdp")
+"""Values of ``train.parallel``: how ranks share the trained weights (:mod:`treegrpo.algos.distributed`)."""
+BACKENDS = ("auto", "nccl", "gloo")
+"""Values of ``train.dist_backend`` (``auto``: NCCL on CUDA, gloo on CPU)."""
 
 
 @dataclass
@@ -411,9 +415,9 @@ class TrainConfig(_Section):
     resume: bool = _opt(False, "continue from the latest checkpoint in out_dir")
     device: str = _opt("cpu", "device of the model and sampling: cpu, cuda, cuda:N, or auto (cuda if available); under torchrun cuda is cuda:LOCAL_RANK")
     parallel: str = _opt("ddp", "under torchrun: ddp (weights replicated, gradients averaged) or fsdp (FSDP2: sharded)",
-                         choices=("ddp", "fsdp"))
+                         choices=PARALLEL_MODES)
     dist_backend: str = _opt("auto", "torch.distributed backend under torchrun: auto (nccl on CUDA, else gloo)",
-                             choices=("auto", "nccl", "gloo"))
+                             choices=BACKENDS)
 
     def _check_fields(self) -> None:
         """``device`` must name a torch device."""

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from treegrpo.algos.config import ConfigError
+from treegrpo.algos.config import BACKENDS, PARALLEL_MODES, ConfigError
 
 __all__ = [
     "BACKENDS",
@@ -47,11 +47,6 @@ __all__ = [
     "shard_like",
     "wrap_for_training",
 ]
-
-PARALLEL_MODES = ("ddp", "fsdp")
-"""Values of ``train.parallel``: how ranks share the trained weights."""
-BACKENDS = ("auto", "nccl", "gloo")
-"""Values of ``train.dist_backend`` (``auto``: NCCL on CUDA, gloo on CPU)."""
 
 
 @dataclass(frozen=True)
