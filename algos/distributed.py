@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -214,20 +214,17 @@ def _outermost_blocks(model: nn.Module) -> list[nn.Module]:
 def gradient_sync(policy: nn.Module, enabled: bool) -> Iterator[None]:
     """Skip (``enabled=False``) or allow the gradient communication of the next backward passes;
     accumulation steps skip it and the step that ends an accumulation performs it."""
-    if enabled:
-        yield
-    elif hasattr(policy, "no_sync"):  # DDP
+    if not enabled and hasattr(policy, "no_sync"):  # DDP
         with policy.no_sync():
             yield
-    elif hasattr(policy, "set_requires_gradient_sync"):  # FSDP2
+    elif not enabled and hasattr(policy, "set_requires_gradient_sync"):  # FSDP2
         policy.set_requires_gradient_sync(False)
         try:
             yield
         finally:
             policy.set_requires_gradient_sync(True)
-    else:
-        with nullcontext():
-            yield
+    else:  # syncing, or a single process: nothing to switch
+        yield
 
 
 def full_tensor(tensor: Tensor) -> Tensor:

@@ -240,7 +240,7 @@ class Trainer:
         by_rank = self.pieces(int(all_prompt_ids.shape[0]))
         mine, first_piece, num_pieces = by_rank[rank], sum(map(len, by_rank[:rank])), sum(map(len, by_rank))
         lo, hi = mine[0][0], mine[-1][1]
-        cond = all_cond if (lo, hi) == (0, int(all_prompt_ids.shape[0])) else gather_cond(all_cond, torch.arange(lo, hi))
+        cond = _prompt_rows(all_cond, lo, hi, int(all_prompt_ids.shape[0]))
         prompt_ids = all_prompt_ids[lo:hi]
         local_pieces = [(a - lo, b - lo) for a, b in mine]
         sample_seed = self._piece_seed("sample", num_pieces)
@@ -248,7 +248,7 @@ class Trainer:
         self.model.eval()
 
         def sample_chunk(a: int, b: int) -> Rollout:
-            chunk_cond = cond if (a, b) == (0, hi - lo) else gather_cond(cond, torch.arange(a, b))
+            chunk_cond = _prompt_rows(cond, a, b, hi - lo)
             generator = self.generators["sample"]
             if sample_seed is not None:  # several pieces: each draws from its own stream
                 generator = torch.Generator(self.device).manual_seed(sample_seed + first_piece + local_pieces.index((a, b)))
@@ -344,19 +344,15 @@ class Trainer:
         ``ceil(minibatch_parents / pieces)`` parents from each piece, so a minibatch is the union of
         what the ranks train on together.
         """
-        size, epochs = self.config.train.minibatch_parents, self.config.train.inner_epochs
-        total = batch.batch_size[0]
+        size, epochs, total = self.config.train.minibatch_parents, self.config.train.inner_epochs, batch.batch_size[0]
         seed = self._piece_seed("shuffle", num_pieces)
-        if seed is None:
-            out = []
-            for _ in range(epochs):
-                order = torch.randperm(total, generator=self.generators["shuffle"])
-                out += [order[lo: lo + size] for lo in range(0, total, size)]
-            return out
-        starts = torch.tensor([a for a, _ in pieces])
-        piece = torch.bucketize(batch["cond_index"].cpu(), starts, right=True) - 1
-        rows = [torch.nonzero(piece == j).squeeze(-1) for j in range(len(pieces))]
-        generators = [torch.Generator().manual_seed(seed + first_piece + j) for j in range(len(pieces))]
+        if seed is None:  # one piece: every parent, shuffled by the run's own stream
+            rows, generators = [torch.arange(total)], [self.generators["shuffle"]]
+        else:
+            starts = torch.tensor([a for a, _ in pieces])
+            piece = torch.bucketize(batch["cond_index"].cpu(), starts, right=True) - 1
+            rows = [torch.nonzero(piece == j).squeeze(-1) for j in range(len(pieces))]
+            generators = [torch.Generator().manual_seed(seed + first_piece + j) for j in range(len(pieces))]
         per_piece = -(-size // num_pieces)
         out = []
         for _ in range(epochs):
@@ -534,6 +530,11 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(images, path, nrow=8)
         return path
+
+
+def _prompt_rows(cond: Any, lo: int, hi: int, total: int) -> Any:
+    """Rows ``lo:hi`` of a conditioning table of ``total`` rows (the table itself when that is all of it)."""
+    return cond if (lo, hi) == (0, total) else gather_cond(cond, torch.arange(lo, hi))
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
