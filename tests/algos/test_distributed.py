@@ -55,9 +55,9 @@ def _torchrun(nproc: int, out_dir: Path, iterations: int, **extra: object) -> su
              {**SETTINGS, "train.out_dir": out_dir, "train.iterations": iterations, **extra}.items()]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "treegrpo", "train", *flags]
-    log = open(out_dir.parent / f"{out_dir.name}.log", "w")  # noqa: SIM115 - closed by the caller via _finish
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(out_dir.parent / f"{out_dir.name}.log", "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _finish(process: subprocess.Popen, out_dir: Path, timeout: float = 600) -> None:
