@@ -33,7 +33,7 @@ SETTINGS = {
     "train.checkpoint_every": 1, "train.sample_every": 1000, "train.keep_checkpoints": 20,
     "optim.lr": 2e-4, "eval.samples_per_prompt": 1,
 }
-LORA = {"train.lora_rank": 4, "optim.lr": 2e-3}
+LORA = {"train.lora_rank": 4, "optim.lr": 2e-3, "optim.grad_accumulation": 2}  # DDP's no_sync on every other step
 
 
 def _overrides(**extra: object) -> list[str]:
@@ -183,3 +183,21 @@ def test_fsdp_units_are_the_outermost_blocks_with_trained_parameters():
     model.blocks[2].requires_grad_(False)  # frozen: nothing to shard for the optimiser
     model.head = nn.Linear(2, 2)
     assert _outermost_blocks(model) == [model.blocks[0], model.blocks[1]]
+
+
+def test_cuda_means_this_ranks_gpu(monkeypatch):
+    from treegrpo.algos.distributed import local_device, ranks_from_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert ranks_from_env() == Ranks(rank=3, world_size=4, local_rank=1)
+    assert local_device("cuda") == torch.device("cuda", 1)
+    assert local_device("auto") == torch.device("cuda", 1)
+    assert local_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    assert local_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match=r"^RANK/WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE, got RANK=4, WORLD_SIZE=4"):
+        ranks_from_env()
+
