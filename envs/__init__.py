@@ -24,9 +24,11 @@ from treegrpo.envs.gaussian import (
     flow_euler_step,
     flow_sde_mean_std,
     flow_sde_step,
+    gaussian_kl,
     gaussian_log_prob,
 )
 from treegrpo.envs.models import CallableDenoiser, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
+from treegrpo.envs.precision import model_precision
 from treegrpo.envs.sampler import Rollout, TrajectorySampler, TreeSampler, concat_rollouts, sample_forest, tree_nfe
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition, flow_transition
@@ -76,8 +78,10 @@ __all__ = [
     "flow_sde_mean_std",
     "flow_sde_step",
     "flow_transition",
+    "gaussian_kl",
     "gaussian_log_prob",
     "importance_ratios",
+    "model_precision",
     "reward_progress_rule",
     "sample_forest",
     "tree_edges",

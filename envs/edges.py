@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 from torch import Tensor
-from treegrpo.envs import gaussian
 from treegrpo.envs.models import Cond, Denoiser
+from treegrpo.envs.precision import model_precision
 from treegrpo.envs.sampler import Rollout, evaluate, sample_forest
 from treegrpo.envs.transitions import Transition
 
@@ -66,7 +66,7 @@ def edge_log_probs(
     mean, std = transition.mean_std(latent, prediction, step)
     parent_slot = slot[tree.parent[child]]
     std = std[parent_slot] if std.dim() > 0 and std.shape[0] == internal.numel() else std
-    scored = gaussian.gaussian_log_prob(payload["sample"][child], mean[parent_slot], std, transition.reduce)
+    scored = transition.score(payload["sample"][child], mean[parent_slot], std)
     out = torch.zeros(tree.num_nodes, dtype=scored.dtype, device=scored.device)
     return out.index_copy(0, child, scored)
 
@@ -89,13 +89,18 @@ def check_on_policy(
     *,
     atol: float = 1e-5,
     max_batch: int | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Assert that re-scoring the stored edges with unchanged parameters gives ratio 1.
 
-    Returns the largest ``|ratio - 1|``; raises :class:`OnPolicyError` above ``atol``. Cheap enough
-    (one forward per internal node, no grad) for the trainer to run before its first update.
+    Re-scores under ``precision`` (:func:`~treegrpo.envs.precision.model_precision`): it must be
+    the one the rollout was sampled under and the loss will score under, or the ratios are off 1
+    before any update. Returns the largest ``|ratio - 1|``; raises :class:`OnPolicyError` above
+    ``atol``. Cheap enough (one forward per internal node, no grad) to run before every update.
     """
-    ratios = importance_ratios(model, transition, rollout.tree, cond, max_batch=max_batch)
+    device = rollout.tree.parent.device
+    with model_precision(precision, device):
+        ratios = importance_ratios(model, transition, rollout.tree, cond, max_batch=max_batch)
     if ratios.numel() == 0:
         return 0.0
     worst = float((ratios - 1).abs().max())
@@ -103,7 +108,8 @@ def check_on_policy(
         edge = int((ratios - 1).abs().argmax())
         raise OnPolicyError(
             f"importance ratio: max |ratio - 1| = {worst:.3g} > {atol:g} at edge {edge} before any update; "
-            "the stored log-probs do not match the sampler's Gaussian"
+            f"the stored log-probs do not match the sampler's Gaussian re-scored under precision={precision} "
+            "(was the rollout sampled under another precision or model?)"
         )
     return worst
 

@@ -34,14 +34,15 @@ def per_sample(value: Tensor | float, like: Tensor) -> Tensor:
     return value.view(-1, *([1] * (like.dim() - 1)))
 
 
-def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduction = "mean") -> Tensor:
-    """Log-density of ``x`` under ``N(mean, std^2)``, reduced over all non-batch dimensions.
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduction = "mean", batch_dims: int = 1) -> Tensor:
+    """Log-density of ``x`` under ``N(mean, std^2)``, reduced over all but the first ``batch_dims``
+    dimensions (``mean`` and ``std`` broadcast against ``x``).
 
     ``reduce="mean"`` (the peers' convention, and the default) averages the per-dimension
     log-density; ``"sum"`` gives the true joint log-density; ``"none"`` keeps every dimension.
     The mean keeps log-probs on a per-dimension scale so a softmax over siblings stays soft.
-    A zero ``std`` is a point mass: log-prob 0 where ``x == mean`` and ``-inf`` elsewhere, so a
-    noiseless step (noise level 0) stores finite log-probs and exact ratios.
+    A zero ``std`` is a point mass: log-prob 0 where ``x == mean`` and ``-inf`` elsewhere (the
+    samplers never train such an edge: see :meth:`~treegrpo.envs.transitions.Transition.noisy_steps`).
     """
     dtype = step_dtype(x, mean, std)
     x, mean, std = x.to(dtype), mean.to(dtype), torch.as_tensor(std, dtype=dtype, device=x.device)
@@ -52,15 +53,44 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduction = 
     per_dim = -((x - mean) ** 2) / (2 * safe_std**2) - torch.log(safe_std) - _HALF_LOG_2PI
     point_mass = torch.where(x == mean, 0.0, -torch.inf).to(dtype)
     per_dim = torch.where(zero, point_mass, per_dim)
-    per_dim = per_dim.expand_as(x)
+    return reduce_dims(per_dim.expand_as(x), reduce, batch_dims)
+
+
+def reduce_dims(per_dim: Tensor, reduce: Reduction, batch_dims: int = 1) -> Tensor:
+    """Reduce per-dimension values over all but the first ``batch_dims`` dimensions by ``mean`` or
+    ``sum`` (``none`` keeps them): ``[B, ...] -> [B]``, or ``[M, K, ...] -> [M, K]``."""
     if reduce == "none":
         return per_dim
-    dims = tuple(range(1, x.dim()))
+    dims = tuple(range(batch_dims, per_dim.dim()))
     if reduce == "mean":
         return per_dim.mean(dim=dims)
     if reduce == "sum":
         return per_dim.sum(dim=dims)
     raise ValueError(f"reduce: expected 'mean', 'sum' or 'none', got {reduce!r}")
+
+
+def gaussian_kl(mean: Tensor, ref_mean: Tensor, std: Tensor, reduce: Reduction = "mean") -> Tensor:
+    """``KL(N(mean, std^2) || N(ref_mean, std^2))`` per dimension, ``(mean - ref_mean)^2 / (2 std^2)``,
+    reduced over the non-batch dimensions like :func:`gaussian_log_prob` (``mean`` by default).
+
+    Both Gaussians share the transition's std, so the KL is a scaled squared distance of the means.
+    Where ``std`` is 0 (a point mass, no trained edge) the KL is taken as 0 rather than infinite.
+    """
+    dtype = step_dtype(mean, ref_mean, torch.as_tensor(std))
+    mean, ref_mean = mean.to(dtype), ref_mean.to(dtype)
+    std = torch.as_tensor(std, dtype=dtype, device=mean.device)
+    zero = std == 0
+    safe_std = torch.where(zero, torch.ones_like(std), std)
+    per_dim = torch.where(zero, 0.0, (mean - ref_mean) ** 2 / (2 * safe_std**2)).to(dtype)
+    return reduce_dims(per_dim.expand_as(mean), reduce)
+
+
+def squared_error_score(x: Tensor, mean: Tensor, reduce: Reduction = "mean", batch_dims: int = 1) -> Tensor:
+    """Flow-GRPO's CPS score, ``-(x - mean)^2`` reduced over dimensions: the Gaussian log-density
+    without its ``1 / (2 std^2)`` scale and normaliser (so its log-ratios are ``2 std^2`` times the
+    density's)."""
+    dtype = step_dtype(x, mean)
+    return reduce_dims(-((x.to(dtype) - mean.to(dtype)) ** 2).expand_as(x), reduce, batch_dims)
 
 
 def flow_euler_step(x: Tensor, v: Tensor, t: Tensor | float, t_next: Tensor | float) -> Tensor:

@@ -201,13 +201,16 @@ class TextToImageModel:
                   for chunk in latents.split(self.vae_batch)]
         return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
 
-    def transition(self, name: str, num_steps: int, noise_level: float, shift: float = 3.0) -> Transition:
-        """The stochastic step ``name`` on this pipeline's schedule (flow: with ``shift``)."""
+    def transition(self, name: str, num_steps: int, noise_level: float, shift: float = 3.0, *,
+                   schedule: str = "scheduler", cps_scoring: str = "flow_grpo") -> Transition:
+        """The stochastic step ``name`` on this pipeline's schedule (flow: with ``shift``; ``schedule``
+        ``dancegrpo`` for DanceGRPO's, ``cps_scoring`` for how ``cps`` scores, see :class:`FlowCPS`)."""
         if self.kind == "sd3":
             from diffusers import FlowMatchEulerDiscreteScheduler
 
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config, shift=shift)
-            return flow_transition(name, FlowTimesteps.from_scheduler(scheduler, num_steps), noise_level)
+            timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift, scheduler=scheduler)
+            return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
         from diffusers import DDIMScheduler
 
         if name != "ddim":

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from treegrpo.envs import gaussian
 from treegrpo.envs._checks import check_int
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.transitions import Transition
@@ -192,12 +191,13 @@ def sample_forest(
         levels.append({"latent": x, "sample": sample, "step": step, "cond_index": cond_index, "log_prob": log_prob})
         k = branch_at[i]
         mean, std = transition.mean_std(x, prediction, step)
-        mean = mean.repeat_interleave(k, dim=0)
-        std = std.repeat_interleave(k, dim=0) if std.dim() > 0 and std.shape[0] > 1 else std
-        drawn = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
-        sample = (mean + std * drawn).to(x.dtype)
-        log_prob = gaussian.gaussian_log_prob(sample, mean, std, transition.reduce).to(x.dtype)
-        x, cond_index = sample, cond_index.repeat_interleave(k)
+        children = (mean.shape[0], k, *mean.shape[1:])  # [N, k, ...]: each node's k children, node-major
+        drawn = torch.randn(children, generator=generator, device=device, dtype=mean.dtype)
+        spread = std.unsqueeze(1) if std.dim() > 0 else std
+        children_sample = (mean.unsqueeze(1) + spread * drawn).to(x.dtype)
+        log_prob = transition.score_children(children_sample, mean, std).to(x.dtype).flatten()
+        sample = x = children_sample.flatten(0, 1)
+        cond_index = cond_index.repeat_interleave(k)
     final_step = torch.full((x.shape[0],), num_steps, dtype=torch.long, device=device)
     levels.append({"latent": x, "sample": sample, "step": final_step, "cond_index": cond_index, "log_prob": log_prob})
 
@@ -274,11 +274,13 @@ class TreeSampler:
         self.branching = check_int("k", branching, minimum=1)
         self.depth = check_int("d", depth, minimum=1, maximum=transition.num_steps)
         self.trees_per_prompt = check_int("trees_per_prompt", trees_per_prompt, minimum=1)
-        self.window = window or FixedWindow(transition.num_steps, depth, 0)
-        if self.window.depth != depth or self.window.num_steps != transition.num_steps:
+        horizon = transition.trainable_horizon()
+        self.window = window or FixedWindow(horizon, depth, 0)
+        if self.window.depth != depth or self.window.num_steps > horizon:
             raise ValueError(
-                f"window: built for T={self.window.num_steps}, d={self.window.depth}; "
-                f"the sampler has T={transition.num_steps}, d={depth}"
+                f"window: built for {self.window.num_steps} steps and d={self.window.depth}; the sampler has d={depth} "
+                f"and {horizon} of its {transition.num_steps} steps have noise (build the window on those: "
+                "transition.trainable_horizon())"
             )
         self.max_batch, self.static_shapes = max_batch, static_shapes
 
@@ -296,6 +298,7 @@ class TreeSampler:
     ) -> Rollout:
         """Sample one forest; the window starts at ``window_start`` or at the schedule's pick for ``epoch``."""
         start = self.window.start(epoch) if window_start is None else self.window.check_start(window_start)
+        self.transition.check_noisy(range(start, start + self.depth))
         return sample_forest(
             self.model,
             self.transition,
@@ -316,10 +319,12 @@ class TreeSampler:
 class TrajectorySampler:
     """``group_size`` trajectories per prompt with SDE on chosen steps (GRPO, DDPO, MixGRPO).
 
-    ``sde_steps`` is ``"all"`` (Flow-GRPO, DanceGRPO, DDPO), an explicit step list, or a
-    :class:`WindowSchedule` (MixGRPO's sliding window). Each trajectory is a tree with one child
-    per node; with ``shared_noise`` the group starts from one noise and splits at the first SDE step
-    (a root with ``group_size`` children), so the shared ODE prefix is computed once.
+    ``sde_steps`` is ``"all"`` (Flow-GRPO, DanceGRPO, DDPO: every step with noise; a zero-std step,
+    such as CPS into ``t = 0``, is an ODE step, counted in :attr:`skipped_steps`), an explicit step
+    list, or a :class:`WindowSchedule` (MixGRPO's sliding window, over the noisy steps). Each
+    trajectory is a tree with one child per node; with ``shared_noise`` the group starts from one
+    noise and splits at the first SDE step (a root with ``group_size`` children), so the shared ODE
+    prefix is computed once.
     """
 
     def __init__(
@@ -335,11 +340,20 @@ class TrajectorySampler:
     ) -> None:
         self.model, self.transition = model, transition
         self.group_size = check_int("group_size", group_size, minimum=1)
+        self.skipped_steps: tuple[int, ...] = ()
         if isinstance(sde_steps, str):
             if sde_steps != "all":
                 raise ValueError(f"sde_steps: expected 'all', a list of steps or a WindowSchedule, got {sde_steps!r}")
-            sde_steps = range(transition.num_steps)
-        self.sde_steps = sde_steps if isinstance(sde_steps, WindowSchedule) else _check_sde_steps(sde_steps, transition.num_steps)
+            sde_steps = transition.noisy_steps()
+            self.skipped_steps = tuple(i for i in range(transition.num_steps) if i not in set(sde_steps))
+        if isinstance(sde_steps, WindowSchedule):
+            if sde_steps.num_steps > transition.trainable_horizon():
+                raise ValueError(f"sde_steps: the window spans {sde_steps.num_steps} steps but only the first "
+                                 f"{transition.trainable_horizon()} of {transition.num_steps} have noise")
+            self.sde_steps = sde_steps
+        else:
+            self.sde_steps = _check_sde_steps(sde_steps, transition.num_steps)
+            transition.check_noisy(self.sde_steps)
         self.shared_noise = shared_noise
         self.max_batch, self.static_shapes = max_batch, static_shapes
 

@@ -3,8 +3,11 @@
 A sampler walks steps ``i = 0 .. T-1``; step ``i`` maps the state at ``i`` to the state at
 ``i + 1``. These classes hold, per step, what the transitions need (``t`` and ``t_next`` for flow
 matching, ``alpha_bar`` and ``alpha_bar_prev`` for DDIM) and the timestep value the diffusers
-pipeline passes to the denoiser. Schedules come from the schedulers themselves, so shifted
-schedules (SD3's ``shift=3``, DanceGRPO's ``t' = 3t / (1 + 2t)``) need no code here.
+pipeline passes to the denoiser. Schedules come from the schedulers themselves (SD3's ``shift=3``
+is :meth:`FlowTimesteps.from_scheduler` of the pipeline's scheduler), except DanceGRPO's, which
+shifts a plain ``linspace(1, 0)`` and so differs from diffusers' shifted schedule: at 10 steps
+and shift 3, diffusers gives ``[1, .960, ..., .278, .0089, 0]`` and DanceGRPO
+``[1, .964, ..., .429, .25, 0]`` (:meth:`FlowTimesteps.dancegrpo`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from treegrpo.envs._checks import check_int
 def _fresh(scheduler):
     """A private copy, so ``set_timesteps`` leaves the caller's scheduler untouched."""
     return type(scheduler).from_config(scheduler.config) if hasattr(scheduler, "from_config") else copy.deepcopy(scheduler)
+
+
+FLOW_SCHEDULES = ("scheduler", "dancegrpo")
+"""Values of ``sampling.schedule``: the pipeline scheduler's (shifted) schedule, or DanceGRPO's."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,29 @@ class FlowTimesteps:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+        return cls.from_scheduler(scheduler, num_steps)
+
+    @classmethod
+    def dancegrpo(cls, num_steps: int, *, shift: float = 3.0, num_train_timesteps: int = 1000) -> FlowTimesteps:
+        """DanceGRPO's schedule: ``t = linspace(1, 0, T + 1)`` shifted by ``t' = s t / (1 + (s - 1) t)``
+        (``s = 3``: ``3t / (1 + 2t)``); the denoiser receives ``1000 t'``."""
+        check_int("num_steps", num_steps, minimum=1)
+        if not shift > 0:
+            raise ValueError(f"shift: expected a number > 0, got {shift!r}")
+        t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+        sigmas = shift * t / (1 + (shift - 1) * t)
+        return cls(sigmas=sigmas, model_times=sigmas[:num_steps] * num_train_timesteps)
+
+    @classmethod
+    def named(cls, schedule: str, num_steps: int, *, shift: float, scheduler=None) -> FlowTimesteps:
+        """The schedule named by ``sampling.schedule``: ``scheduler`` (the pipeline's own scheduler,
+        or a default ``FlowMatchEulerDiscreteScheduler(shift)`` when none is given) or ``dancegrpo``."""
+        if schedule == "dancegrpo":
+            return cls.dancegrpo(num_steps, shift=shift)
+        if schedule != "scheduler":
+            raise ValueError(f"sampling.schedule: expected one of {', '.join(FLOW_SCHEDULES)}, got {schedule!r}")
+        if scheduler is None:
+            return cls.linear(num_steps, shift=shift)
         return cls.from_scheduler(scheduler, num_steps)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import torch
@@ -67,6 +68,48 @@ class Transition(ABC):
         setattr(twin, self.noise_attribute, 0.0)
         return twin
 
+    def score(self, sample: Tensor, mean: Tensor, std: Tensor, batch_dims: int = 1) -> Tensor:
+        """The log-prob of ``sample`` under the step's Gaussian ``(mean, std)``, reduced over all but
+        the first ``batch_dims`` dimensions by ``reduce``: every sampler, check and loss scores
+        through this one method (a transition may score differently from the density, as
+        :class:`FlowCPS` does by default)."""
+        return gaussian.gaussian_log_prob(sample, mean, std, self.reduce, batch_dims)
+
+    def score_children(self, sample: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """``[M, K]`` log-probs of ``K`` children ``sample [M, K, ...]`` of ``M`` parents whose
+        Gaussians are ``mean [M, ...]`` and ``std`` (a scalar or ``[M, 1, ...]``): one model row
+        per parent serves its ``K`` edges."""
+        std = std.unsqueeze(1) if std.dim() > 0 else std
+        return self.score(sample, mean.unsqueeze(1), std, batch_dims=2)
+
+    def step_std(self, step: Tensor) -> Tensor:
+        """``[B]`` std of the SDE step at each of ``[B]`` steps (it depends on the step alone)."""
+        probe = torch.zeros(step.shape[0], 1, dtype=torch.float64, device=step.device)
+        _, std = self.mean_std(probe, probe, step)
+        return torch.as_tensor(std, dtype=torch.float64, device=step.device).reshape(-1).expand(step.shape[0])
+
+    def noisy_steps(self) -> tuple[int, ...]:
+        """Steps whose SDE std is positive: the only ones whose edges can be trained. A zero-std
+        step (CPS into ``t = 0``, DDIM onto a final alpha of 1, any step at noise level 0) is a
+        point mass: its ``k`` children would be one image and its log-prob carries no gradient."""
+        std = self.step_std(torch.arange(self.num_steps))
+        return tuple(int(i) for i in torch.nonzero(std > 0).flatten())
+
+    def trainable_horizon(self) -> int:
+        """The number of leading noisy steps: windows of SDE steps must lie in ``[0, horizon)``."""
+        noisy = set(self.noisy_steps())
+        return next((i for i in range(self.num_steps) if i not in noisy), self.num_steps)
+
+    def check_noisy(self, steps: Sequence[int]) -> None:
+        """Refuse SDE steps whose std is zero (their children would be identical)."""
+        noisy = set(self.noisy_steps())
+        silent = [int(step) for step in steps if int(step) not in noisy]
+        if silent:
+            raise ValueError(
+                f"sde_steps: step(s) {silent} of {type(self).__name__} have zero noise ({self.noise_attribute}="
+                f"{getattr(self, self.noise_attribute)}), so their children are one image; SDE steps must lie in "
+                f"{list(self.noisy_steps())}")
+
     def sde_step(
         self,
         x: Tensor,
@@ -78,12 +121,12 @@ class Transition(ABC):
         """Sample the next latent; returns ``(x_next, log_prob)`` with ``log_prob`` ``[B]``."""
         mean, std = self.mean_std(x, model_output, as_steps(step, x.shape[0], x.device))
         x_next, _ = gaussian.sample_gaussian(mean, std, noise, generator)
-        return x_next, gaussian.gaussian_log_prob(x_next, mean, std, self.reduce)
+        return x_next, self.score(x_next, mean, std)
 
     def log_prob(self, x_next: Tensor, x: Tensor, model_output: Tensor, step: Tensor | int) -> Tensor:
         """Log-prob ``[B]`` of a stored ``x_next`` given ``x`` and a (possibly new) model output."""
         mean, std = self.mean_std(x, model_output, as_steps(step, x.shape[0], x.device))
-        return gaussian.gaussian_log_prob(x_next, mean, std, self.reduce)
+        return self.score(x_next, mean, std)
 
 
 class _FlowTransition(Transition):
@@ -138,14 +181,33 @@ class DanceSDE(_FlowTransition):
         return gaussian.dance_sde_mean_std(x, model_output, t, t_next, self.eta)
 
 
+CPS_SCORINGS = ("flow_grpo", "density")
+
+
 class FlowCPS(_FlowTransition):
-    """Flow-GRPO's coefficient-preserving sampler, ``std = t_next sin(a pi / 2)``."""
+    """Flow-GRPO's coefficient-preserving sampler, ``std = t_next sin(a pi / 2)``.
+
+    ``scoring="flow_grpo"`` (the default) scores a sample as Flow-GRPO does, ``-(x - mean)^2``
+    averaged over dimensions, with no ``1 / (2 std^2)`` and no normaliser, so a clip range ported
+    from Flow-GRPO means the same here; ``scoring="density"`` uses the true Gaussian log-density,
+    whose log-ratios are ``1 / (2 std^2)`` times larger (about 8,000x at the last noisy step of
+    SD3's schedule) and need a clip range that much wider.
+    """
 
     noise_attribute = "noise_level"
 
-    def __init__(self, timesteps: FlowTimesteps, noise_level: float = 0.7, reduce: Reduction = "mean") -> None:
+    def __init__(self, timesteps: FlowTimesteps, noise_level: float = 0.7, reduce: Reduction = "mean",
+                 scoring: str = "flow_grpo") -> None:
         super().__init__(timesteps, reduce)
         self.noise_level = check_float("noise_level", noise_level, low=0.0, high=1.0)
+        if scoring not in CPS_SCORINGS:
+            raise ValueError(f"scoring: expected one of {', '.join(CPS_SCORINGS)}, got {scoring!r}")
+        self.scoring = scoring
+
+    def score(self, sample: Tensor, mean: Tensor, std: Tensor, batch_dims: int = 1) -> Tensor:
+        if self.scoring == "density":
+            return super().score(sample, mean, std, batch_dims)
+        return gaussian.squared_error_score(sample, mean, self.reduce, batch_dims)
 
     def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         t, t_next = self.timesteps.times(step)
@@ -189,8 +251,11 @@ class DDIM(Transition):
 FLOW_TRANSITIONS: dict[str, type[_FlowTransition]] = {"flow_sde": FlowSDE, "dance_sde": DanceSDE, "cps": FlowCPS}
 
 
-def flow_transition(name: str, timesteps: FlowTimesteps, noise_level: float) -> Transition:
-    """The stochastic flow step named ``name`` (``flow_sde``, ``dance_sde`` or ``cps``) on ``timesteps``."""
+def flow_transition(name: str, timesteps: FlowTimesteps, noise_level: float, *, cps_scoring: str = "flow_grpo") -> Transition:
+    """The stochastic flow step named ``name`` (``flow_sde``, ``dance_sde`` or ``cps``) on ``timesteps``
+    (``cps_scoring``: how ``cps`` scores its samples, see :class:`FlowCPS`)."""
     if name not in FLOW_TRANSITIONS:
         raise ValueError(f"sampling.transition: a flow model takes one of {list(FLOW_TRANSITIONS)}, got {name!r}")
+    if name == "cps":
+        return FlowCPS(timesteps, noise_level, scoring=cps_scoring)
     return FLOW_TRANSITIONS[name](timesteps, noise_level)
