@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
+import torch
 from torch import Tensor
 
 from treeadv.errors import EstimatorError
@@ -111,23 +112,39 @@ def _check_positive(name: str, value: float) -> None:
         raise EstimatorError(f"{name}: expected a finite number > 0, got {value!r}")
 
 
+AUTO = "auto"
+
+
 @register_estimator("logprob_softmax")
 @dataclass(frozen=True)
 class LogProbSoftmax(BackupEstimator):
     """The paper's backup: ``w_e = softmax_e(l_e / temperature)`` over the children's stored log-probs.
 
-    With mean-reduced log-probs the weights stay soft; a sum over latent dimensions makes them
-    nearly one-hot, which a larger ``temperature`` undoes. ``temperature`` -> inf gives ``mean``.
+    The spread of sibling log-probs depends on the latent size: mean-reduced log-probs of ``D``
+    dimensions differ by about ``1 / sqrt(2 D)`` (0.003 at SD3.5's 16x64x64, so the weights are
+    uniform to 0.3%), sum-reduced ones by about ``sqrt(D / 2)`` (one-hot). ``temperature="auto"``
+    divides each parent's children's log-probs by their own spread, ``(l_e - mean) / std``, so the
+    weights are the same at any latent size and for either reduction (a parent whose children
+    share one log-prob gets uniform weights). ``temperature`` -> inf gives ``mean``.
     """
 
-    temperature: float = 1.0
-    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
+    temperature: float | str = 1.0
 
     def __post_init__(self) -> None:
-        _check_positive("temperature", self.temperature)
+        if self.temperature != AUTO:
+            _check_positive("temperature", self.temperature)
+
+    @property
+    def invariants(self) -> frozenset[str]:  # type: ignore[override]
+        claims = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
+        return claims | {"logprob_scale"} if self.temperature == AUTO else claims
 
     def weights(self, siblings: Siblings) -> Tensor:
-        return siblings.softmax(siblings.log_prob / self.temperature)
+        if self.temperature != AUTO:
+            return siblings.softmax(siblings.log_prob / self.temperature)
+        centred = siblings.log_prob - siblings.broadcast(siblings.mean(siblings.log_prob))
+        spread = siblings.broadcast(siblings.mean(centred**2)).sqrt()
+        return siblings.softmax(torch.where(spread > 0, centred / torch.where(spread > 0, spread, 1.0), 0.0))
 
 
 @register_estimator("mean")

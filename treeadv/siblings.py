@@ -41,6 +41,10 @@ class Siblings:
         out = values.new_full((self.num_parents,), float("-inf"))
         return out.scatter_reduce_(0, self.index, values, reduce="amax", include_self=True)
 
+    def mean(self, values: Tensor) -> Tensor:
+        """``[P]`` per-parent mean of ``[E]`` edge values (0 for parents without children)."""
+        return self.sum(values) / self.sum(torch.ones_like(values)).clamp(min=1)
+
     def broadcast(self, per_parent: Tensor) -> Tensor:
         """``[E]`` copy of a ``[P]`` per-parent value onto each of its edges."""
         return per_parent[self.index]

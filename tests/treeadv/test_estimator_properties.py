@@ -9,16 +9,35 @@ import torch
 from hypothesis import given
 
 from treeadv import BackupEstimator, Tree, make_estimator, registered_estimators
+from treeadv import backup as treeadv_backup
 from treeadv.testing import INVARIANTS, InvariantViolation, check_estimator, forest_cases
 
-CLAIMS = [(name, invariant) for name in registered_estimators() for invariant in sorted(make_estimator(name).invariants)]
+ESTIMATORS = {**{name: {} for name in registered_estimators()}, "logprob_softmax(auto)": {"temperature": "auto"}}
+CLAIMS = [(label, invariant) for label, options in ESTIMATORS.items()
+          for invariant in sorted(make_estimator(label.split("(")[0], **options).invariants)]
 
 
 @pytest.mark.parametrize(("estimator", "invariant"), CLAIMS)
 @given(case=forest_cases())
 def test_estimator_keeps_its_invariants(estimator, invariant, case):
-    report = check_estimator(make_estimator(estimator), case.tree, case.leaf_adv, invariants={invariant})
+    chosen = make_estimator(estimator.split("(")[0], **ESTIMATORS[estimator])
+    report = check_estimator(chosen, case.tree, case.leaf_adv, invariants={invariant})
     assert report[invariant] == "passed" or report[invariant].startswith("skipped: no CUDA")
+
+
+def test_a_fixed_temperature_is_not_scale_invariant_and_auto_is():
+    tree = Tree.regular(1, 3, 1, log_prob=torch.tensor([0.0, -1.0, 0.0, 2.0], dtype=torch.float64))
+    leaf_adv = torch.tensor([0.0, 1.0, -1.0, 0.5], dtype=torch.float64)
+    with pytest.raises(InvariantViolation, match="^logprob_scale: "):
+        check_estimator(make_estimator("logprob_softmax"), tree, leaf_adv, invariants={"logprob_scale"})
+    auto = make_estimator("logprob_softmax", temperature="auto")
+    assert check_estimator(auto, tree, leaf_adv, invariants={"logprob_scale"}) == {"logprob_scale": "passed"}
+    # z-scores of (-1, 0, 2): the weights of a tree with these log-probs at any scale
+    z = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
+    z = (z - z.mean()) / z.std(unbiased=False)
+    weights = torch.softmax(z, 0)
+    root = treeadv_backup(tree, leaf_adv, auto)[0]
+    torch.testing.assert_close(root, (weights * leaf_adv[1:]).sum())
 
 
 def test_shipped_estimators_claim_what_the_paper_needs():

@@ -191,6 +191,20 @@ def check_logprob_shift(estimator, tree, leaf_adv, generator) -> None:
     _expect_close("logprob_shift", moved.advantage, result.advantage, atol, "the advantage after a log-prob shift")
 
 
+@_invariant("logprob_scale")
+def check_logprob_scale(estimator, tree, leaf_adv, generator) -> None:
+    """Multiplying every log-prob by one positive constant (a larger or smaller latent, mean- or
+    sum-reduced log-probs) changes nothing."""
+    result = _run(estimator, tree, leaf_adv)
+    scaled = tree.clone()
+    for factor in (1e-3, 1e3):
+        scaled.log_prob = tree.log_prob.to(leaf_adv.dtype) * factor
+        moved = _run(estimator, scaled, leaf_adv)
+        atol = 1e-7 * _scale(tree, leaf_adv)
+        _expect_close("logprob_scale", moved.advantage, result.advantage, atol,
+                      f"the advantage after scaling log-probs by {factor:g}")
+
+
 @_invariant("equal_logprob_mean")
 def check_equal_logprob_mean(estimator, tree, leaf_adv, generator) -> None:
     """When siblings share one log-prob, each parent gets the arithmetic mean of its children."""
