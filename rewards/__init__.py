@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from treegrpo.rewards.base import RewardModel
 from treegrpo.rewards.clip_models import Aesthetic, OpenClipCosine, PickScore
+from treegrpo.rewards.diversity import ClipDiversity, embedding_diversity, pixel_diversity
 from treegrpo.rewards.imagereward import ImageReward
 from treegrpo.rewards.offline import JpegSize
 from treegrpo.rewards.preprocess import clip_preprocess
@@ -20,6 +21,7 @@ __all__ = [
     "ENV_VAR",
     "REWARDS",
     "Aesthetic",
+    "ClipDiversity",
     "ImageReward",
     "JpegSize",
     "MissingRewardWeightsError",
@@ -28,5 +30,7 @@ __all__ = [
     "RewardModel",
     "build_reward",
     "clip_preprocess",
+    "embedding_diversity",
+    "pixel_diversity",
     "reward_dir",
 ]

@@ -66,12 +66,17 @@ class OpenClipCosine(nn.Module):
                               else model.visual.image_size)
 
     @torch.no_grad()
-    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        check_batch(images, prompts, self.name)
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        """``[B, D]`` unit-norm image embeddings (on the model's device) of images ``[B, 3, H, W]`` in ``[0, 1]``."""
         device = next(self.model.parameters()).device
         pixels = clip_preprocess(images.to(device), self.image_size, OPENAI_MEAN, OPENAI_STD)
-        image = self.model.encode_image(pixels, normalize=True)
-        text = self.model.encode_text(self.tokenizer(list(prompts)).to(device), normalize=True)
+        return self.model.encode_image(pixels, normalize=True)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        check_batch(images, prompts, self.name)
+        image = self.image_embeddings(images)
+        text = self.model.encode_text(self.tokenizer(list(prompts)).to(image.device), normalize=True)
         return (image * text).sum(-1).float().to(images.device)
 
 
