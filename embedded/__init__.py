@@ -8,16 +8,19 @@
 from treegrpo.embedded._files import WEIGHTS_DIR, MissingWeightsError
 from treegrpo.embedded.classifier import DigitClassifier, load_classifier
 from treegrpo.embedded.data import digits_prompts, load_digit_images
+from treegrpo.embedded.judge import DigitJudge, load_judge
 from treegrpo.embedded.model import DigitsBase, load_base, sample_images
 from treegrpo.embedded.problem import digits_problem
-from treegrpo.embedded.rewards import REWARDS, ClassifierReward, get_reward
+from treegrpo.embedded.rewards import REWARDS, ClassifierReward, JudgeReward, get_reward
 
 __all__ = [
     "REWARDS",
     "WEIGHTS_DIR",
     "ClassifierReward",
     "DigitClassifier",
+    "DigitJudge",
     "DigitsBase",
+    "JudgeReward",
     "MissingWeightsError",
     "digits_problem",
     "digits_prompts",
@@ -25,5 +28,6 @@ __all__ = [
     "load_base",
     "load_classifier",
     "load_digit_images",
+    "load_judge",
     "sample_images",
 ]

@@ -1,4 +1,4 @@
-"""Make the embedded default's shipped weights: the digit classifier and the base flow model.
+"""Make the embedded default's shipped weights: the digit classifier, the unseen judge and the base flow model.
 
     python -m treegrpo.embedded.pretrain --what all --out embedded/weights --seed 0
 
@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from treegrpo.embedded._files import WEIGHTS_DIR, sha256
 from treegrpo.embedded.classifier import DigitClassifier, accuracy, save_classifier
 from treegrpo.embedded.data import all_prompts, digits_prompts, image_split, load_digit_images
+from treegrpo.embedded.judge import DigitJudge, save_judge
 from treegrpo.embedded.model import DEFAULT_NUM_STEPS, DigitsBase, build_transformer, sample_images, save_base
 from treegrpo.embedded.text import TextEncoderConfig, TinyTextEncoder, WordTokenizer
 
 THREADS = 2
 BASE_STEPS = 800
 CLASSIFIER_STEPS = 1500
+JUDGE_STEPS = 3000
 
 
 @contextmanager
@@ -74,11 +76,41 @@ def _fit_classifier(seed: int, steps: int, batch_size: int) -> tuple[DigitClassi
     train, heldout = image_split(labels, seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     model = DigitClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    _fit_augmented(model, images[train], labels[train], generator, steps, batch_size, weight_decay=1e-4)
+    metrics = {"heldout_accuracy": accuracy(model, images[heldout], labels[heldout]),
+               "train_accuracy": accuracy(model, images[train], labels[train]),
+               "heldout_images": float(heldout.numel())}
+    return model, metrics
+
+
+def pretrain_judge(seed: int = 0, steps: int = JUDGE_STEPS, batch_size: int = 128,
+                   threads: int = THREADS) -> tuple[DigitJudge, dict[str, float]]:
+    """Train the MLP judge on the *held-out* images only (the classifier's train split is its test set)."""
+    with _deterministic(seed, threads):
+        return _fit_judge(seed, steps, batch_size)
+
+
+def _fit_judge(seed: int, steps: int, batch_size: int) -> tuple[DigitJudge, dict[str, float]]:
+    images, labels = load_digit_images(16)
+    images = (images + 1) / 2
+    classifier_train, judge_train = image_split(labels, seed=seed)  # the judge learns from what the CNN never saw
+    generator = torch.Generator().manual_seed(seed + 3)
+    model = DigitJudge()
+    _fit_augmented(model, images[judge_train], labels[judge_train], generator, steps, batch_size, weight_decay=1e-2)
+    metrics = {"unseen_accuracy": accuracy(model, images[classifier_train], labels[classifier_train]),
+               "train_accuracy": accuracy(model, images[judge_train], labels[judge_train]),
+               "train_images": float(judge_train.numel())}
+    return model, metrics
+
+
+def _fit_augmented(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                   steps: int, batch_size: int, weight_decay: float) -> None:
+    """Cross-entropy training with one-pixel shifts and light pixel noise, AdamW with a cosine schedule."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     model.train()
     for _ in range(steps):
-        rows = train[torch.randint(train.numel(), (batch_size,), generator=generator)]
+        rows = torch.randint(images.shape[0], (batch_size,), generator=generator)
         batch = _shift(images[rows], generator)
         batch = (batch + 0.05 * torch.randn(batch.shape, generator=generator)).clamp(0, 1)
         loss = F.cross_entropy(model(batch), labels[rows])
@@ -87,10 +119,6 @@ def _fit_classifier(seed: int, steps: int, batch_size: int) -> tuple[DigitClassi
         optimizer.step()
         schedule.step()
     model.eval()
-    metrics = {"heldout_accuracy": accuracy(model, images[heldout], labels[heldout]),
-               "train_accuracy": accuracy(model, images[train], labels[train]),
-               "heldout_images": float(heldout.numel())}
-    return model, metrics
 
 
 def build_base(seed: int = 0, width: int = 64, num_layers: int = 2, num_heads: int = 2) -> DigitsBase:
@@ -174,11 +202,12 @@ def evaluate_base(base: DigitsBase, classifier: DigitClassifier, num_steps: int 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m treegrpo.embedded.pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--what", choices=("classifier", "base", "all"), default="all")
+    parser.add_argument("--what", choices=("classifier", "judge", "base", "all"), default="all")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"weights root (default: {WEIGHTS_DIR})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base-steps", type=int, default=BASE_STEPS)
     parser.add_argument("--classifier-steps", type=int, default=CLASSIFIER_STEPS)
+    parser.add_argument("--judge-steps", type=int, default=JUDGE_STEPS)
     parser.add_argument("--eval-samples", type=int, default=8, help="ODE samples per held-out prompt in the base's report")
     parser.add_argument("--threads", type=int, default=THREADS, help="CPU threads (part of what makes it bit-exact)")
     args = parser.parse_args(argv)
@@ -190,8 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         classifier, metrics = pretrain_classifier(args.seed, args.classifier_steps, threads=args.threads)
         save_classifier(classifier, out / "classifier")
-        manifest["classifier"] = {**metrics, "seconds": time.perf_counter() - start, "steps": args.classifier_steps}
+        manifest["classifier"] = {**metrics, "seconds": time.perf_counter() - start, "steps": args.classifier_steps,
+                                  "command": command}
         print(f"classifier: held-out accuracy {metrics['heldout_accuracy']:.4f}", flush=True)
+    if args.what in ("judge", "all"):
+        start = time.perf_counter()
+        judge, metrics = pretrain_judge(args.seed, args.judge_steps, threads=args.threads)
+        save_judge(judge, out / "judge")
+        manifest["judge"] = {**metrics, "seconds": time.perf_counter() - start, "steps": args.judge_steps,
+                             "command": command}
+        print(f"judge: accuracy {metrics['unseen_accuracy']:.4f} on the classifier's training images, which it never saw",
+              flush=True)
     if args.what in ("base", "all"):
         from treegrpo.embedded.classifier import load_classifier
 
@@ -202,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         quality = evaluate_base(base, load_classifier(out / "classifier"), samples_per_prompt=args.eval_samples)
         manifest["base"] = {**quality, "seconds": seconds, "steps": args.base_steps,
                             "parameters": sum(p.numel() for p in base.transformer.parameters()),
-                            "text_encoder_parameters": sum(p.numel() for p in base.text_encoder.parameters())}
+                            "text_encoder_parameters": sum(p.numel() for p in base.text_encoder.parameters()),
+                            "command": command}
         print(f"base: held-out classifier probability at NFE 10 {quality['classifier_prob']:.4f} "
               f"({quality['samples']:.0f} samples)", flush=True)
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "MANIFEST.json")

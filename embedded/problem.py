@@ -11,7 +11,7 @@ every offline reward, so training on one reward shows what it does to the others
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,23 +19,50 @@ from torch import Tensor
 from treegrpo.algos.config import check_reward_names
 from treegrpo.algos.problem import Problem
 from treegrpo.embedded._files import WEIGHTS_DIR
-from treegrpo.embedded.data import digits_prompts
+from treegrpo.embedded.data import DigitPrompts, digits_prompts
+from treegrpo.embedded.judge import load_judge
 from treegrpo.embedded.model import DEFAULT_NUM_STEPS, DEFAULT_SHIFT, load_base, to_image
-from treegrpo.embedded.rewards import REWARDS, ClassifierReward, Scorer
+from treegrpo.embedded.rewards import REWARDS, ClassifierReward, JudgeReward, Scorer
 from treegrpo.envs import FlowTimesteps, GuidedDenoiser, Transition
 from treegrpo.envs.sampler import gather_cond
 from treegrpo.envs.transitions import flow_transition as make_flow_transition
+from treegrpo.rewards.diversity import embedding_diversity, pixel_diversity
 
 
-def flow_transition(name: str, num_steps: int, shift: float, noise_level: float) -> Transition:
-    """The stochastic flow step named ``name`` on ``num_steps`` shifted linear timesteps."""
-    return make_flow_transition(name, FlowTimesteps.linear(num_steps, shift=shift), noise_level)
+def flow_transition(name: str, num_steps: int, shift: float, noise_level: float, *, schedule: str = "scheduler",
+                    cps_scoring: str = "flow_grpo") -> Transition:
+    """The stochastic flow step named ``name`` on ``num_steps`` timesteps of ``schedule`` (``scheduler``:
+    a default ``FlowMatchEulerDiscreteScheduler(shift)``; ``dancegrpo``: DanceGRPO's)."""
+    timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift)
+    return make_flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
+
+
+NETWORK_REWARDS = {"classifier": ClassifierReward, "judge": JudgeReward}
+"""The rewards that are networks, read from ``<weights>/<name>/``."""
 
 
 def reward_scorers(names: Sequence[str], weights: Path, field: str = "model.rewards") -> list[Scorer]:
-    """Scorers for ``names``; the classifier reads ``weights/classifier``. ``field`` names the option in errors."""
+    """Scorers for ``names``; the classifier and the judge read ``weights/<name>``. ``field`` names the
+    option in errors."""
     check_reward_names(names, REWARDS, field, "the digits model")
-    return [ClassifierReward(path=weights / "classifier") if name == "classifier" else REWARDS[name] for name in names]
+    return [NETWORK_REWARDS[name](path=weights / name) if name in NETWORK_REWARDS else REWARDS[name] for name in names]
+
+
+def digits_diversity(judge_weights: Path | None = None) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
+    """Per-prompt diversity of digit samples: ``pixel`` (the per-pixel std across a prompt's samples,
+    averaged) and ``features`` (the mean pairwise distance of the judge's unit-normalised
+    penultimate features)."""
+    judges: dict[torch.device, torch.nn.Module] = {}
+
+    @torch.no_grad()
+    def diversity(final: Tensor, prompt_ids: Tensor) -> dict[str, Tensor]:
+        images = to_image(final)
+        if images.device not in judges:
+            judges[images.device] = load_judge(judge_weights, images.device)
+        features = judges[images.device].features(images.float())
+        return {"pixel": pixel_diversity(images, prompt_ids), "features": embedding_diversity(features, prompt_ids)}
+
+    return diversity
 
 
 def digits_problem(
@@ -51,6 +78,9 @@ def digits_problem(
     device: torch.device | str = "cpu",
     eval_rewards: Sequence[str] = (),
     eval_num_steps: int = 0,
+    eval_count: int = 0,
+    schedule: str = "scheduler",
+    cps_scoring: str = "flow_grpo",
 ) -> Problem:
     """TreeGRPO's embedded default: align the shipped digits base to offline rewards.
 
@@ -67,6 +97,9 @@ def digits_problem(
         device: where the model, conditioning and rewards live.
         eval_rewards: rewards reported on held-out prompts (default: every offline reward).
         eval_num_steps: denoising steps of evaluation samples (0: ``num_steps``).
+        eval_count: held-out prompts evaluated, the first ``eval_count`` of the 40 (0: all).
+        schedule: ``scheduler`` (diffusers' shifted schedule) or ``dancegrpo``.
+        cps_scoring: how the ``cps`` transition scores samples (``flow_grpo`` or ``density``).
     """
     root = Path(weights) if weights is not None else WEIGHTS_DIR
     rewards = tuple(rewards)
@@ -75,8 +108,9 @@ def digits_problem(
     scorers = reward_scorers(rewards, root)
     every_name = tuple(eval_rewards) or tuple(REWARDS)
     every_scorer = reward_scorers(every_name, root, "eval.rewards")
-    step = flow_transition(transition, num_steps, shift, noise_level)
-    eval_step = flow_transition(transition, eval_num_steps, shift, noise_level) if eval_num_steps else None
+    options = {"schedule": schedule, "cps_scoring": cps_scoring}
+    step = flow_transition(transition, num_steps, shift, noise_level, **options)
+    eval_step = flow_transition(transition, eval_num_steps, shift, noise_level, **options) if eval_num_steps else None
 
     base = load_base(root / "base", device)
     base.text_encoder.requires_grad_(False)
@@ -86,6 +120,8 @@ def digits_problem(
         model = GuidedDenoiser(model, guidance_scale, base.encode([""]))
 
     train, heldout = digits_prompts("train"), digits_prompts("heldout")
+    if eval_count:
+        heldout = DigitPrompts(heldout.split, heldout.texts[:eval_count], heldout.labels[:eval_count])
     if not 1 <= prompts_per_iteration <= len(train.texts):
         raise ValueError(f"prompts_per_iteration: expected 1..{len(train.texts)}, got {prompts_per_iteration}")
     train_cond, heldout_cond = base.encode(train.texts), base.encode(heldout.texts)
@@ -110,4 +146,5 @@ def digits_problem(
 
     return Problem(model=model, transition=step, latent_shape=base.latent_shape, prompts=prompts, reward=reward,
                    reward_names=rewards, decode=to_image, eval_prompts=eval_prompts, eval_reward=eval_reward,
-                   eval_reward_names=every_name, eval_transition=eval_step, device=device)
+                   eval_reward_names=every_name, eval_transition=eval_step, eval_diversity=digits_diversity(root / "judge"),
+                   device=device)

@@ -8,20 +8,19 @@ each image the same score whatever batch it arrives in. Scorers that ignore the 
 
 from __future__ import annotations
 
-import io
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from treegrpo.embedded.classifier import DigitClassifier, load_classifier
+from treegrpo.embedded.judge import DigitJudge, load_judge
+from treegrpo.rewards.offline import jpeg_size_kb
 
 Scorer = Callable[[Tensor, Tensor], Tensor]
 
-JPEG_QUALITY = 95  # as in DDPO
 JPEG_UPSCALE = 4  # 16x16 -> 64x64 (nearest) before encoding; at 16x16 the header dominates the file size
 AESTHETIC_INK = 0.3  # mean pixel value of a typical digit in [0, 1] (the dataset's is 0.305 at 16x16)
 AESTHETIC_SPECKLE_WEIGHT = 2.0
@@ -34,79 +33,76 @@ def _check(images: Tensor, labels: Tensor | None) -> None:
         raise ValueError(f"labels: expected shape [{images.shape[0]}] (one per image), got {tuple(labels.shape)}")
 
 
-class ClassifierReward:
-    """Probability the digit classifier gives the prompted digit: the main reward, in ``[0, 1]``.
+class NetworkReward:
+    """Probability a digit network gives the prompted digit, in ``[0, 1]``.
 
-    ``classifier=None`` loads the shipped classifier (from ``path`` if given) at the first call.
-    A copy is kept per device the images arrive on.
+    ``load(path, device)`` builds the network (an ``nn.Module`` mapping images to ``[B, 10]``
+    logits); it is loaded from ``path`` (``None``: the shipped weights) at the first call, and a
+    copy is kept per device the images arrive on.
     """
 
-    def __init__(self, classifier: DigitClassifier | None = None, path: Path | str | None = None) -> None:
-        self._classifier = classifier
+    def __init__(self, load: Callable[[Path | str | None, torch.device | str], nn.Module],
+                 network: nn.Module | None = None, path: Path | str | None = None) -> None:
+        self._load = load
+        self._network = network
         self.path = path
-        self._per_device: dict[torch.device, DigitClassifier] = {}
+        self._per_device: dict[torch.device, nn.Module] = {}
 
     @property
-    def classifier(self) -> DigitClassifier:
-        if self._classifier is None:
-            self._classifier = load_classifier(self.path)
-        return self._classifier
+    def network(self) -> nn.Module:
+        """The network on the device it was loaded on (the CPU unless given)."""
+        if self._network is None:
+            self._network = self._load(self.path, "cpu")
+        return self._network
 
-    def _on(self, device: torch.device) -> DigitClassifier:
+    def on(self, device: torch.device) -> nn.Module:
+        """The network on ``device`` (a copy per device, made once)."""
         if device not in self._per_device:
-            self._per_device[device] = self.classifier if _device_of(self.classifier) == device else (
-                load_classifier(self.path, device) if self._classifier is None else _copy_to(self.classifier, device)
-            )
+            network = self.network
+            self._per_device[device] = network if _device_of(network) == device else copy.deepcopy(network).to(device)
         return self._per_device[device]
 
     @torch.no_grad()
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         _check(images, labels)
-        classifier = self._on(images.device)
-        probs = torch.softmax(classifier(images.float().clamp(0, 1)).double(), dim=-1)
+        probs = torch.softmax(self.on(images.device)(images.float().clamp(0, 1)).double(), dim=-1)
         return probs.gather(1, labels.to(images.device).long().view(-1, 1)).squeeze(1).float()
+
+
+class ClassifierReward(NetworkReward):
+    """Probability the digit classifier (the CNN RL trains on) gives the prompted digit: the main reward."""
+
+    def __init__(self, classifier: DigitClassifier | None = None, path: Path | str | None = None) -> None:
+        super().__init__(load_classifier, classifier, path)
+
+    @property
+    def classifier(self) -> DigitClassifier:
+        return self.network
+
+
+class JudgeReward(NetworkReward):
+    """Probability the unseen judge (:mod:`treegrpo.embedded.judge`, an MLP trained only on images the
+    classifier never saw) gives the prompted digit: reported beside the classifier, never trained on
+    by the presets, so a gap between the two exposes reward hacking."""
+
+    def __init__(self, judge: DigitJudge | None = None, path: Path | str | None = None) -> None:
+        super().__init__(load_judge, judge, path)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _copy_to(classifier: DigitClassifier, device: torch.device) -> DigitClassifier:
-    clone = DigitClassifier(classifier.config)
-    clone.load_state_dict(classifier.state_dict())
-    return clone.eval().to(device)
-
-
-@torch.no_grad()
-def jpeg_size_kb(images: Tensor, quality: int = JPEG_QUALITY, upscale: int = JPEG_UPSCALE) -> Tensor:
-    """JPEG file size in kB (1000 bytes) of each image, encoded in memory by PIL.
-
-    Pixels are rounded to 8 bits, then upsampled ``upscale`` times by pixel repetition (nearest):
-    at 16x16 a JPEG is four 8x8 blocks and its size is mostly header, which leaves little signal.
-    """
-    _check(images, None)
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    if upscale > 1:
-        pixels = pixels.repeat_interleave(upscale, dim=-2).repeat_interleave(upscale, dim=-1)
-    arrays = pixels.permute(0, 2, 3, 1).numpy()
-    sizes = []
-    for array in arrays:
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(array[..., 0] if array.shape[-1] == 1 else array)).save(
-            buffer, format="JPEG", quality=quality
-        )
-        sizes.append(buffer.tell())
-    return (torch.tensor(sizes, dtype=torch.float32) / 1000.0).to(images.device)
-
-
 def jpeg_compressibility(images: Tensor, labels: Tensor | None = None) -> Tensor:
     """DDPO's compressibility reward: minus the JPEG size in kB (quality 95, 4x nearest upsampling)."""
-    return -jpeg_size_kb(images)
+    _check(images, labels)
+    return -jpeg_size_kb(images, upscale=JPEG_UPSCALE)
 
 
 def jpeg_incompressibility(images: Tensor, labels: Tensor | None = None) -> Tensor:
     """DDPO's incompressibility reward: the JPEG size in kB (quality 95, 4x nearest upsampling)."""
-    return jpeg_size_kb(images)
+    _check(images, labels)
+    return jpeg_size_kb(images, upscale=JPEG_UPSCALE)
 
 
 def _median3x3(x: Tensor) -> Tensor:
@@ -140,6 +136,7 @@ def aesthetic_proxy(images: Tensor, labels: Tensor | None = None) -> Tensor:
 
 REWARDS: dict[str, Scorer] = {
     "classifier": ClassifierReward(),
+    "judge": JudgeReward(),
     "jpeg_compressibility": jpeg_compressibility,
     "jpeg_incompressibility": jpeg_incompressibility,
     "aesthetic": aesthetic_proxy,

@@ -11,15 +11,18 @@ import torch
 from PIL import Image
 from treegrpo.embedded.classifier import load_classifier
 from treegrpo.embedded.data import load_digit_images
+from treegrpo.embedded.judge import load_judge
+from treegrpo.embedded.problem import NETWORK_REWARDS
 from treegrpo.embedded.rewards import (
     REWARDS,
     ClassifierReward,
+    JudgeReward,
     aesthetic_proxy,
     get_reward,
     jpeg_compressibility,
     jpeg_incompressibility,
-    jpeg_size_kb,
 )
+from treegrpo.rewards.offline import jpeg_size_kb
 
 
 def _digits(count: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,16 +38,37 @@ def test_classifier_reward_is_the_softmax_probability_of_the_label(tiny_weights:
     assert torch.allclose(reward.double(), reference, atol=1e-6)
 
 
-def test_shipped_classifier_rewards_real_digits_over_wrong_labels() -> None:
+def test_judge_reward_is_the_softmax_probability_of_the_label(tiny_weights: Path) -> None:
+    images, labels = _digits()
+    judge = load_judge(tiny_weights / "judge")
+    reward = JudgeReward(path=tiny_weights / "judge")(images, labels)
+    reference = torch.distributions.Categorical(logits=judge(images).double()).log_prob(labels).exp()
+    assert torch.allclose(reward.double(), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["classifier", "judge"])
+def test_shipped_networks_reward_real_digits_over_wrong_labels(name: str) -> None:
     images, labels = _digits(200)
-    reward = REWARDS["classifier"]
+    reward = REWARDS[name]
     right, wrong = reward(images, labels), reward(images, (labels + 1) % 10)
     assert right.mean() > 0.95 and wrong.mean() < 0.05
 
 
+def test_the_judge_never_saw_the_classifiers_training_images_and_recognises_them() -> None:
+    from treegrpo.embedded.data import image_split
+
+    images, labels = load_digit_images(16)
+    classifier_train, judge_train = image_split(labels, seed=0)
+    assert not set(classifier_train.tolist()) & set(judge_train.tolist())
+    judge = load_judge()
+    unseen = (images[classifier_train] + 1) / 2
+    accuracy = (judge(unseen).argmax(-1) == labels[classifier_train]).double().mean()
+    assert accuracy > 0.95  # the manifest records 0.978 on these 1,438 images
+
+
 @pytest.mark.parametrize("name", sorted(REWARDS))
 def test_scores_do_not_depend_on_the_batch(name: str, tiny_weights: Path) -> None:
-    scorer = ClassifierReward(path=tiny_weights / "classifier") if name == "classifier" else get_reward(name)
+    scorer = NETWORK_REWARDS[name](path=tiny_weights / name) if name in NETWORK_REWARDS else get_reward(name)
     images, labels = _digits(9)
     images = (images + 0.2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     together = scorer(images, labels)
@@ -55,7 +79,7 @@ def test_scores_do_not_depend_on_the_batch(name: str, tiny_weights: Path) -> Non
 
 def test_jpeg_size_matches_pil_directly() -> None:
     images, _ = _digits(3)
-    sizes = jpeg_size_kb(images)
+    sizes = jpeg_size_kb(images, upscale=4)
     for image, size in zip(images, sizes, strict=True):
         pixels = (image[0].numpy() * 255).round().astype(np.uint8).repeat(4, 0).repeat(4, 1)
         buffer = io.BytesIO()

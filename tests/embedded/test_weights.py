@@ -12,6 +12,7 @@ from diffusers import SD3Transformer2DModel
 from treegrpo.embedded import pretrain
 from treegrpo.embedded._files import WEIGHTS_DIR, MissingWeightsError, sha256
 from treegrpo.embedded.classifier import load_classifier
+from treegrpo.embedded.judge import load_judge
 from treegrpo.embedded.model import load_base, sample_images
 
 
@@ -24,9 +25,12 @@ def test_shipped_weights_match_their_manifest() -> None:
     assert manifest["command"].startswith("python -m treegrpo.embedded.pretrain")
     size = sum((WEIGHTS_DIR / name).stat().st_size for name in manifest["sha256"])
     assert size < 4_000_000  # a few MB at most
-    # The base is imperfect in a way RL can fix; the classifier is a trustworthy judge.
+    # The base is imperfect in a way RL can fix; the classifier and the judge are trustworthy.
     assert 0.6 < manifest["base"]["classifier_prob"] < 0.9
     assert manifest["classifier"]["heldout_accuracy"] > 0.98
+    assert manifest["judge"]["unseen_accuracy"] > 0.95 and manifest["judge"]["train_images"] == 359
+    assert all(manifest[part]["command"].startswith("python -m treegrpo.embedded.pretrain")
+               for part in ("base", "classifier", "judge"))
 
 
 def test_shipped_models_load_offline_and_sample() -> None:
@@ -43,13 +47,14 @@ def test_shipped_models_load_offline_and_sample() -> None:
     ("base", "transformer/diffusion_pytorch_model.safetensors"),
     ("base", "text_encoder/vocab.json"),
     ("classifier", "model.safetensors"),
+    ("judge", "config.json"),
 ])
 def test_a_missing_file_names_itself_and_the_command_that_makes_it(tiny_weights: Path, tmp_path: Path, what: str,
                                                                    missing: str) -> None:
     root = tmp_path / "weights"
     shutil.copytree(tiny_weights, root)
     (root / what / missing).unlink()
-    loader = load_base if what == "base" else load_classifier
+    loader = {"base": load_base, "classifier": load_classifier, "judge": load_judge}[what]
     with pytest.raises(MissingWeightsError) as error:
         loader(root / what)
     message = str(error.value)
@@ -67,7 +72,7 @@ def test_loaders_use_from_pretrained_on_the_local_folder(tiny_weights: Path) -> 
 
 def test_pretraining_is_bit_exact_and_seed_dependent(tiny_weights: Path, tmp_path: Path) -> None:
     """The fixture's weights were made by ``pretrain.main``; a second run of the same command matches."""
-    args = ["--base-steps", "3", "--classifier-steps", "3", "--eval-samples", "1"]
+    args = ["--base-steps", "3", "--classifier-steps", "3", "--judge-steps", "3", "--eval-samples", "1"]
     assert pretrain.main(["--what", "all", "--out", str(tmp_path / "again"), *args]) == 0
     first = json.loads((tiny_weights / "MANIFEST.json").read_text())["sha256"]
     second = json.loads((tmp_path / "again" / "MANIFEST.json").read_text())["sha256"]
