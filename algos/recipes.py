@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from treegrpo.algos.advantages import GroupAdvantage, PerPromptStatTracker
-from treegrpo.algos.config import Config
+from treegrpo.algos.config import Config, ConfigError, number_or_word
 from treegrpo.algos.losses import DDPOLoss, EdgeLoss, GRPOLoss, ReinforceLoss, TreeGRPOLoss
 from treegrpo.algos.problem import Problem
 from treegrpo.envs import (
@@ -38,10 +38,34 @@ def build_window(config: Config, num_steps: int) -> WindowSchedule:
     return ShiftingWindow(num_steps, s.depth, s.window_start, s.window_shift, s.window_every)
 
 
+def trainable_horizon(config: Config, problem: Problem) -> int:
+    """The number of leading steps with noise, where windows of SDE steps may lie (one-line errors
+    when there are none, or fewer than the window's depth)."""
+    s, transition = config.sampling, problem.transition
+    horizon = transition.trainable_horizon()
+    if horizon == 0:
+        raise ConfigError(f"sampling.noise_level: {s.noise_level} leaves every step of sampling.transition="
+                          f"{s.transition} deterministic, so no edge can be trained; use a level > 0 (Flow-GRPO: 0.7)")
+    windowed = config.loss.algorithm in TREE_ALGORITHMS or config.loss.algorithm == "mixgrpo" or s.sde_steps == "window"
+    if windowed and s.depth > horizon:
+        raise ConfigError(f"sampling.depth: {s.depth} SDE steps do not fit in the {horizon} of {transition.num_steps} "
+                          f"steps that have noise under sampling.transition={s.transition}; use depth <= {horizon}")
+    starts_fixed = (config.loss.algorithm in TREE_ALGORITHMS and s.window in ("fixed", "shifting")) or (
+        windowed and config.loss.algorithm not in TREE_ALGORITHMS)
+    if starts_fixed and s.window_start + s.depth > horizon:
+        raise ConfigError(f"sampling.window_start: a window of {s.depth} steps from step {s.window_start} reaches a "
+                          f"step without noise (only the first {horizon} of {transition.num_steps} have noise); use "
+                          f"window_start <= {horizon - s.depth}")
+    return horizon
+
+
 def build_sampler(config: Config, problem: Problem) -> TreeSampler | TrajectorySampler:
-    """TreeGRPO's tree sampler, or the baselines' trajectory sampler (all steps or a sliding window)."""
+    """TreeGRPO's tree sampler, or the baselines' trajectory sampler (all steps or a sliding window).
+
+    Windows lie in the steps with noise (:func:`trainable_horizon`): a zero-std step, such as CPS
+    into ``t = 0``, never carries a trained edge."""
     s, algorithm = config.sampling, config.loss.algorithm
-    num_steps = problem.transition.num_steps
+    num_steps = trainable_horizon(config, problem)
     max_batch = s.max_batch or None
     if algorithm in TREE_ALGORITHMS:
         return TreeSampler(problem.model, problem.transition, branching=s.branching, depth=s.depth,
@@ -52,7 +76,7 @@ def build_sampler(config: Config, problem: Problem) -> TreeSampler | TrajectoryS
     else:
         window = "all"
     return TrajectorySampler(problem.model, problem.transition, group_size=s.group_size, sde_steps=window,
-                             max_batch=max_batch, static_shapes=s.static_shapes)
+                             shared_noise=s.shared_noise, max_batch=max_batch, static_shapes=s.static_shapes)
 
 
 def build_advantage(config: Config) -> GroupAdvantage | PerPromptStatTracker:
@@ -62,19 +86,19 @@ def build_advantage(config: Config) -> GroupAdvantage | PerPromptStatTracker:
     if c.algorithm == "ddpo":
         return PerPromptStatTracker(c.tracker_buffer, c.tracker_min_count, reward_weights=weights)
     if c.algorithm in TREE_ALGORITHMS:
-        options = {"temperature": c.temperature} if c.estimator == "logprob_softmax" else {}
+        options = {"temperature": number_or_word(c.temperature)} if c.estimator == "logprob_softmax" else {}
         return GroupAdvantage(c.estimator, reward_weights=weights, aggregate=c.reward_aggregation, **options)
     return GroupAdvantage("leaf", reward_weights=weights, aggregate=c.reward_aggregation)
 
 
 def build_loss(config: Config, problem: Problem, reference: Any = None) -> EdgeLoss:
-    """The objective named by ``loss.algorithm``."""
+    """The objective named by ``loss.algorithm``, with ``loss.kl_coef`` to ``reference`` for every algorithm."""
     c = config.loss
+    kl = {"kl_coef": c.kl_coef, "reference": reference if c.kl_coef > 0 else None}
     if c.algorithm == "treegrpo":
-        return TreeGRPOLoss(problem.model, problem.transition, clip_range=c.clip_range)
+        return TreeGRPOLoss(problem.model, problem.transition, clip_range=c.clip_range, **kl)
     if c.algorithm in ("grpo", "mixgrpo"):
-        return GRPOLoss(problem.model, problem.transition, clip_range=c.clip_range, kl_coef=c.kl_coef,
-                        reference=reference if c.kl_coef > 0 else None)
+        return GRPOLoss(problem.model, problem.transition, clip_range=c.clip_range, **kl)
     if c.algorithm == "ddpo":
-        return DDPOLoss(problem.model, problem.transition, clip_range=c.clip_range)
-    return ReinforceLoss(problem.model, problem.transition)
+        return DDPOLoss(problem.model, problem.transition, clip_range=c.clip_range, **kl)
+    return ReinforceLoss(problem.model, problem.transition, **kl)
