@@ -128,8 +128,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
     model_table = data.get("model", {})
     kind = kinds[-1] if kinds else (model_table.get("kind") if isinstance(model_table, dict) else None)
     base = preset_config(str(kind or ModelConfig().kind)) if str(kind or ModelConfig().kind) in MODELS else None
-    config = Config.from_dict(data, base)
-    return config.override(assignments) if assignments else config
+    config = Config.from_dict(data, base, check_used=False)
+    config = config.override(assignments, check_used=False) if assignments else config
+    # A flag names an option on purpose, even at its default; a file may spell out defaults it does not rely on.
+    config.check_used({a.partition("=")[0].strip() for a in assignments})
+    return config
 
 
 def _trainer() -> Any:

@@ -20,7 +20,7 @@ import json
 import math
 import tomllib
 import typing
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -106,6 +106,8 @@ def _expected(kind: str, meta: Mapping[str, Any]) -> str:
     suffix = f" {bounds}" if bounds else ""
     if "choices" in meta:
         return "one of " + ", ".join(sorted(meta["choices"]))
+    if "or_words" in meta:
+        return f"a number{suffix} or " + ", ".join(meta["or_words"])
     if kind == "int":
         return "an int" + suffix
     if kind == "float":
@@ -141,6 +143,8 @@ def _valid(kind: str, meta: Mapping[str, Any], value: Any) -> bool:
     """Whether ``value`` is of ``kind`` and satisfies the spec (bools never count as numbers)."""
     if kind == "bool":
         return isinstance(value, bool)
+    if kind == "str" and "or_words" in meta:  # a number, or one of a few words ("auto")
+        return isinstance(value, str) and (value in meta["or_words"] or _in_bounds(_as_number(value), meta))
     if kind == "str":
         return isinstance(value, str) and ("choices" not in meta or value in meta["choices"])
     if kind == "int":
@@ -171,10 +175,27 @@ def _parse(kind: str, text: str) -> Any:
     return [float(item) for item in items] if kind == "list[float]" else items
 
 
-def _coerce(kind: str, value: Any) -> Any:
-    """Loosen TOML/JSON values to the field's type: ints for floats, tuples for lists."""
+def _as_number(text: str) -> float:
+    """``float(text)``, or NaN when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def number_or_word(value: str) -> float | str:
+    """The value of a number-or-word field (``loss.temperature``): a float, or the word itself."""
+    number = _as_number(value)
+    return value if math.isnan(number) else number
+
+
+def _coerce(kind: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    """Loosen TOML/JSON values to the field's type: ints for floats, tuples for lists, numbers for
+    number-or-word strings."""
     if kind == "float" and _is_int(value):
         return float(value)
+    if kind == "str" and "or_words" in meta and _is_number(value):
+        return repr(float(value))
     if kind.startswith("list") and isinstance(value, tuple):
         value = list(value)
     if kind == "list[float]" and isinstance(value, list):
@@ -249,8 +270,8 @@ class _Section:
         kinds = cls._kinds()
         kwargs = {}
         for name, value in values.items():
-            cls._field(str(name))
-            kwargs[name] = _coerce(kinds[name], copy.deepcopy(value))
+            meta = cls._field(str(name)).metadata
+            kwargs[name] = _coerce(kinds[name], copy.deepcopy(value), meta)
         return dataclasses.replace(copy.deepcopy(base), **kwargs) if base is not None else cls(**kwargs)
 
 
@@ -314,6 +335,11 @@ class SamplingConfig(_Section):
     transition: str = _opt("flow_sde", "stochastic transition of the SDE steps", choices=TRANSITIONS)
     noise_level: float = _opt(0.7, "SDE noise level a (flow_sde, cps; eta for dance_sde and ddim)", min=0)
     shift: float = _opt(3.0, "flow-matching schedule shift", min=0, min_open=True)
+    schedule: str = _opt("scheduler", "flow models: the pipeline scheduler's shifted schedule, or DanceGRPO's "
+                                      "(linspace(1, 0) shifted by shift t / (1 + (shift - 1) t))",
+                         choices=("scheduler", "dancegrpo"))
+    cps_scoring: str = _opt("flow_grpo", "transition cps: score samples as Flow-GRPO does (-(x - mean)^2, averaged) "
+                                         "or by the Gaussian density", choices=("flow_grpo", "density"))
     window: str = _opt("geometric", "where the SDE window sits, epoch by epoch", choices=WINDOWS)
     window_start: int = _opt(0, "first SDE step of fixed and shifting windows", min=0)
     alpha: float = _opt(0.5, "truncated-geometric parameter of geometric/adaptive windows", min=0, max=1, min_open=True)
@@ -323,6 +349,8 @@ class SamplingConfig(_Section):
         "all", "trajectory algorithms: SDE on all steps, or a sliding window of depth steps (MixGRPO)",
         choices=("all", "window"),
     )
+    shared_noise: bool = _opt(False, "trajectory algorithms: a prompt's trajectories start from one noise and split "
+                                     "at the first SDE step (DanceGRPO's init_same_noise)")
     max_batch: int = _opt(0, "most rows per model call, 0 = unlimited", min=0)
     static_shapes: bool = _opt(False, "pad every sampling call to max_batch rows (one shape for train.compile)")
     chunks: int = _opt(1, "sample each iteration's prompts in this many chunks (scored as they finish)", min=1)
@@ -359,7 +387,10 @@ class LossConfig(_Section):
     adv_clip: float = _opt(5.0, "clip advantages to +-adv_clip, 0 = off", min=0)
     kl_coef: float = _opt(0.0, "weight of the closed-form KL to the reference model", min=0)
     estimator: str = _opt("logprob_softmax", "treeadv backup estimator name")
-    temperature: float = _opt(1.0, "softmax temperature of the logprob_softmax backup", min=0, min_open=True)
+    temperature: str = _opt(
+        "1.0", "softmax temperature of the logprob_softmax backup: a number, or auto (each parent's children's "
+        "log-probs divided by their own spread, the same weights at any latent size)", min=0, min_open=True,
+        or_words=("auto",))
     timestep_fraction: float = _opt(
         1.0, "fraction of SDE steps trained per iteration", min=0, max=1, min_open=True
     )
@@ -411,6 +442,8 @@ class TrainConfig(_Section):
     log_every: int = _opt(1, "iterations between log lines", min=1)
     checkpoint_every: int = _opt(10, "iterations between checkpoints", min=1)
     sample_every: int = _opt(10, "iterations between saved sample grids", min=1)
+    eval_every: int = _opt(0, "iterations between held-out evaluations logged to tensorboard (rewards, diversity); "
+                              "0 = only before and after the run", min=0)
     keep_checkpoints: int = _opt(3, "most recent checkpoints kept", min=1)
     resume: bool = _opt(False, "continue from the latest checkpoint in out_dir")
     device: str = _opt("cpu", "device of the model and sampling: cpu, cuda, cuda:N, or auto (cuda if available); under torchrun cuda is cuda:LOCAL_RANK")
@@ -440,7 +473,85 @@ class EvalConfig(_Section):
     num_steps: int = _opt(0, "denoising steps of evaluation samples, 0 = sampling.num_steps", min=0)
     seed: int = _opt(-1, "seed of the evaluation noise (the same for every policy), -1 = train.seed + 1", min=-1)
     base: bool = _opt(True, "treegrpo eval: also score the starting weights on the same noise (a 'base' row)")
+    diversity: bool = _opt(True, "report per-prompt diversity of the held-out samples (sd3, sd15: needs the CLIP "
+                                 "weights of eval.diversity_model)")
+    diversity_model: str = _opt("clipscore", "sd3, sd15: the open_clip model whose image embeddings measure "
+                                             "diversity (its reward folder)", choices=("clipscore", "hpsv2"))
     out: str = _opt("", "treegrpo eval: JSON path, empty = <train.out_dir>/eval.json")
+
+
+class Use(NamedTuple):
+    """Options that only some algorithms or model kinds read: ``applies(config)`` says whether this
+    run reads them, ``who`` names, for the error, the settings that would."""
+
+    fields: tuple[str, ...]
+    applies: Callable[[Config], bool]
+    who: str
+    by: str = "algorithm"  # what decides: "algorithm" (loss.algorithm), "kind" (model.kind) or "transition"
+
+    def context(self, config: Config) -> str:
+        """The setting that rules the option out, as the error names it."""
+        if self.by == "kind":
+            return f"model.kind={config.model.kind}"
+        if self.by == "transition":
+            return f"sampling.transition={config.sampling.transition}"
+        return f"loss.algorithm={config.loss.algorithm}" + (
+            f" (sampling.window={config.sampling.window})" if config.loss.algorithm in TREE_ALGORITHMS else "")
+
+
+TREE_ALGORITHMS = ("treegrpo",)
+TRAJECTORY_ALGORITHMS = ("grpo", "mixgrpo", "ddpo", "reinforce")
+PPO_ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo")
+PIPELINE_KINDS = ("sd3", "sd15")
+
+
+def _tree(config: Config) -> bool:
+    return config.loss.algorithm in TREE_ALGORITHMS
+
+
+def _sliding(config: Config) -> bool:
+    """A trajectory algorithm whose SDE steps are a sliding window (MixGRPO, or ``sampling.sde_steps=window``)."""
+    return config.loss.algorithm == "mixgrpo" or (not _tree(config) and config.sampling.sde_steps == "window")
+
+
+USES: tuple[Use, ...] = (
+    Use(("sampling.branching", "sampling.trees_per_prompt", "loss.estimator"), _tree, "loss.algorithm=treegrpo"),
+    Use(("loss.temperature",), lambda c: _tree(c) and c.loss.estimator == "logprob_softmax",
+        "loss.algorithm=treegrpo with loss.estimator=logprob_softmax"),
+    Use(("sampling.window",), _tree, "loss.algorithm=treegrpo"),
+    Use(("sampling.alpha",), lambda c: _tree(c) and c.sampling.window in ("geometric", "adaptive"),
+        "loss.algorithm=treegrpo with sampling.window=geometric or adaptive"),
+    Use(("sampling.depth",), lambda c: _tree(c) or _sliding(c),
+        "loss.algorithm=treegrpo, mixgrpo, or a trajectory algorithm with sampling.sde_steps=window"),
+    Use(("sampling.window_start",), lambda c: (_tree(c) and c.sampling.window in ("fixed", "shifting")) or _sliding(c),
+        "sampling.window=fixed or shifting (treegrpo), mixgrpo, or sampling.sde_steps=window"),
+    Use(("sampling.window_shift", "sampling.window_every"),
+        lambda c: (_tree(c) and c.sampling.window == "shifting") or _sliding(c),
+        "sampling.window=shifting (treegrpo), mixgrpo, or sampling.sde_steps=window"),
+    Use(("sampling.group_size",), lambda c: not _tree(c), f"loss.algorithm={', '.join(TRAJECTORY_ALGORITHMS)}"),
+    Use(("sampling.sde_steps", "sampling.shared_noise"), lambda c: not _tree(c),
+        f"loss.algorithm={', '.join(TRAJECTORY_ALGORITHMS)}"),
+    Use(("loss.clip_range",), lambda c: c.loss.algorithm in PPO_ALGORITHMS, f"loss.algorithm={', '.join(PPO_ALGORITHMS)}"),
+    Use(("loss.tracker_buffer", "loss.tracker_min_count"), lambda c: c.loss.algorithm == "ddpo", "loss.algorithm=ddpo"),
+    Use(("loss.reward_aggregation",), lambda c: c.loss.algorithm != "ddpo",
+        "every algorithm but ddpo (its tracker normalises the weighted reward)"),
+    Use(("model.image_size", "model.prompts", "model.eval_prompts", "model.frozen_precision", "model.embedding_cache",
+         "model.embedding_memory", "model.precompute_embeddings", "model.negative_prompt", "model.vae_batch",
+         "model.lora", "model.reward_dir", "eval.diversity_model"),
+        lambda c: c.model.kind in PIPELINE_KINDS, f"model.kind={', '.join(PIPELINE_KINDS)}", "kind"),
+    Use(("model.t5", "model.max_sequence_length"), lambda c: c.model.kind == "sd3", "model.kind=sd3", "kind"),
+    Use(("sampling.schedule",), lambda c: c.model.kind != "sd15", "model.kind=digits, sd3, toy2d (flow models)",
+        "kind"),
+    Use(("sampling.cps_scoring",), lambda c: c.sampling.transition == "cps", "sampling.transition=cps", "transition"),
+    Use(("model.path", "model.rewards", "model.eval_count", "sampling.guidance_scale"),
+        lambda c: c.model.kind != "toy2d", "model.kind=digits, sd3, sd15 (toy2d has one reward, 'target')", "kind"),
+)
+"""Which runs read which options; :meth:`Config.check_used` refuses a set option that this run would ignore."""
+
+
+def _default(cls: type, name: str) -> Any:
+    field_ = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
+    return field_.default_factory() if field_.default is dataclasses.MISSING else field_.default  # type: ignore[misc]
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -464,8 +575,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation"})
 
-    def validate(self) -> Config:
-        """Validate every section and the cross-section rules; return ``self``."""
+    def validate(self, *, check_used: bool = True) -> Config:
+        """Validate every section and the cross-section rules (with ``check_used``, also that no set
+        option goes unused, see :meth:`check_used`); return ``self``."""
         for name, cls in SECTIONS.items():
             section = getattr(self, name)
             if not isinstance(section, cls):
@@ -477,7 +589,23 @@ class Config:
                 f"loss.reward_weights: expected one weight per reward in model.rewards ({len(rewards)}), "
                 f"got {len(weights)}: {weights!r}"
             )
+        if check_used:
+            self.check_used()
         return self
+
+    def check_used(self, given: Collection[str] = ()) -> None:
+        """Refuse, in one line, an option the run would ignore: one that differs from its default, or
+        is named in ``given`` (``section.field`` keys a user wrote), while the chosen algorithm or
+        model kind does not use it (:data:`USES`)."""
+        for use in USES:
+            if use.applies(self):
+                continue
+            for key in use.fields:
+                section, name = key.split(".")
+                value = getattr(getattr(self, section), name)
+                if key in given or value != _default(SECTIONS[section], name):
+                    raise ConfigError(f"{key}: {value!r} is not used with {use.context(self)}; it applies "
+                                      f"to {use.who}. Remove it, or choose {use.who}")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """A nested plain dict (section -> field -> value), JSON and TOML friendly."""
@@ -488,8 +616,9 @@ class Config:
         return to_toml(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base: Config | None = None) -> Config:
-        """Build and validate a Config from nested mappings; missing keys come from ``base`` (or the defaults)."""
+    def from_dict(cls, data: Mapping[str, Any], base: Config | None = None, *, check_used: bool = True) -> Config:
+        """Build and validate a Config from nested mappings; missing keys come from ``base`` (or the
+        defaults). ``check_used=False`` defers :meth:`check_used` to a caller that applies more overrides."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a table of sections, got {data!r}")
         sections = {}
@@ -498,8 +627,8 @@ class Config:
                 raise ConfigError(f"{name}: unknown section; {_suggest(str(name), list(SECTIONS))}")
             sections[name] = SECTIONS[name]._from_mapping(values, getattr(base, name) if base else None)
         if base is None:
-            return cls(**sections).validate()
-        return dataclasses.replace(copy.deepcopy(base), **sections).validate()
+            return cls(**sections).validate(check_used=check_used)
+        return dataclasses.replace(copy.deepcopy(base), **sections).validate(check_used=check_used)
 
     @classmethod
     def from_file(cls, path: str | Path, base: Config | None = None) -> Config:
@@ -520,8 +649,9 @@ class Config:
             raise ConfigError(f"{path}: expected a .yaml or .yml file")
         return cls.from_file(path)
 
-    def override(self, assignments: list[str]) -> Config:
-        """A new validated Config with ``section.field=value`` assignments applied in order."""
+    def override(self, assignments: list[str], *, check_used: bool = True) -> Config:
+        """A new validated Config with ``section.field=value`` assignments applied in order
+        (``check_used``: as in :meth:`from_dict`)."""
         changes: dict[str, dict[str, Any]] = {}
         for assignment in assignments:
             key, sep, text = assignment.partition("=")
@@ -533,7 +663,7 @@ class Config:
             changes.setdefault(section, {})[name] = SECTIONS[section]._parse_text(name, text)
         fresh = copy.deepcopy(self)
         replaced = {name: dataclasses.replace(getattr(fresh, name), **values) for name, values in changes.items()}
-        return dataclasses.replace(fresh, **replaced).validate()
+        return dataclasses.replace(fresh, **replaced).validate(check_used=check_used)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -566,7 +696,7 @@ def options() -> Iterator[Option]:
     for section, cls in SECTIONS.items():
         kinds = _kinds_of(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            default = _default(cls, f.name)
             choices = tuple(f.metadata["choices"]) if "choices" in f.metadata else None
             yield Option(section, f.name, kinds[f.name], default, f.metadata["help"], choices)
 

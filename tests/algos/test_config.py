@@ -21,11 +21,11 @@ from treegrpo.algos.config import (
     options,
 )
 
-NON_DEFAULT = {
-    "model": {"kind": "toy2d", "path": "weights/x", "rewards": ["a", "b"], "image_size": 8},
+NON_DEFAULT = {  # every section off its defaults, and still a consistent run (no option it would ignore)
+    "model": {"kind": "sd3", "path": "weights/x", "rewards": ["a", "b"], "image_size": 8},
     "sampling": {"num_steps": 20, "branching": 2, "depth": 4, "window": "fixed", "window_start": 16,
-                 "alpha": 0.25, "noise_level": 0.3, "transition": "cps", "sde_steps": "window"},
-    "loss": {"algorithm": "grpo", "clip_range": 2e-4, "reward_weights": [0.8], "temperature": 0.5},
+                 "noise_level": 0.3, "transition": "cps", "cps_scoring": "density"},
+    "loss": {"clip_range": 2e-4, "reward_weights": [0.8], "temperature": 0.5, "kl_coef": 0.04},
     "optim": {"lr": 3e-5, "beta2": 0.99, "grad_accumulation": 4, "warmup_iterations": 5},
     "train": {"iterations": 7, "precision": "bf16", "resume": True, "check_on_policy": False, "out_dir": "r/x"},
     "eval": {"rewards": ["hpsv2", "clipscore"], "samples_per_prompt": 2, "num_steps": 40, "seed": 5, "base": False},
@@ -346,3 +346,74 @@ def test_pretrain_subcommand_forwards_its_arguments(monkeypatch) -> None:
     monkeypatch.setattr(pretrain, "main", lambda argv: seen.append(argv) or 0)
     assert cli.main(["pretrain", "--", "--what", "classifier", "--seed", "3"]) == 0
     assert seen == [["--what", "classifier", "--seed", "3"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Options the chosen algorithm or model kind would ignore are refused in one line.
+
+REFUSED = [
+    # (assignments, the refused option, the setting that rules it out, what would use it)
+    (["sampling.group_size=27"], "sampling.group_size", "loss.algorithm=treegrpo", "grpo"),
+    (["loss.algorithm=grpo", "sampling.branching=2"], "sampling.branching", "loss.algorithm=grpo", "treegrpo"),
+    (["loss.algorithm=grpo", "sampling.trees_per_prompt=2"], "sampling.trees_per_prompt", "loss.algorithm=grpo",
+     "treegrpo"),
+    (["loss.algorithm=ddpo", "loss.estimator=mean"], "loss.estimator", "loss.algorithm=ddpo", "treegrpo"),
+    (["loss.estimator=mean", "loss.temperature=2"], "loss.temperature", "loss.algorithm=treegrpo",
+     "logprob_softmax"),
+    (["loss.algorithm=grpo", "sampling.window=fixed"], "sampling.window", "loss.algorithm=grpo", "treegrpo"),
+    (["sampling.window=fixed", "sampling.alpha=0.3"], "sampling.alpha", "sampling.window=fixed", "geometric"),
+    (["sampling.window_start=2"], "sampling.window_start", "sampling.window=geometric", "fixed or shifting"),
+    (["sampling.window_every=3"], "sampling.window_every", "sampling.window=geometric", "shifting"),
+    (["loss.algorithm=grpo", "sampling.depth=2"], "sampling.depth", "loss.algorithm=grpo", "mixgrpo"),
+    (["sampling.sde_steps=window"], "sampling.sde_steps", "loss.algorithm=treegrpo", "grpo"),
+    (["loss.algorithm=reinforce", "loss.clip_range=0.2"], "loss.clip_range", "loss.algorithm=reinforce", "ddpo"),
+    (["loss.tracker_buffer=8"], "loss.tracker_buffer", "loss.algorithm=treegrpo", "loss.algorithm=ddpo"),
+    (["loss.algorithm=ddpo", "loss.reward_aggregation=reward"], "loss.reward_aggregation", "loss.algorithm=ddpo",
+     "but ddpo"),
+    (["model.image_size=64"], "model.image_size", "model.kind=digits", "sd3, sd15"),
+    (["model.prompts=p.txt"], "model.prompts", "model.kind=digits", "sd3, sd15"),
+    (["model.kind=sd15", "model.t5=false"], "model.t5", "model.kind=sd15", "model.kind=sd3"),
+    (["model.kind=toy2d", "sampling.guidance_scale=3"], "sampling.guidance_scale", "model.kind=toy2d", "digits"),
+    (["model.kind=toy2d", "model.rewards=aesthetic"], "model.rewards", "model.kind=toy2d", "digits"),
+]
+
+
+@pytest.mark.parametrize(("assignments", "option", "context", "who"), REFUSED,
+                         ids=[case[1] + "-" + case[2] for case in REFUSED])
+def test_an_option_the_run_ignores_is_refused_in_one_line(assignments, option, context, who) -> None:
+    with pytest.raises(ConfigError) as error:
+        Config().override(assignments)
+    message = str(error.value)
+    assert message.startswith(f"{option}: ") and "\n" not in message
+    assert context in message and who in message
+
+
+@pytest.mark.parametrize(("assignments", "option", "context", "who"), REFUSED[:3],
+                         ids=[case[1] for case in REFUSED[:3]])
+def test_the_cli_refuses_an_ignored_option_even_at_its_default(assignments, option, context, who, capsys) -> None:
+    section_field, _, _value = assignments[-1].partition("=")
+    default = next(o.default for o in options() if f"{o.section}.{o.name}" == section_field)
+    flags = [f"--{a.partition('=')[0]}={a.partition('=')[2]}" for a in assignments[:-1]]
+    text = str(default).lower() if isinstance(default, bool) else str(default)
+    assert cli.main(["train", *flags, f"--{section_field}", text, "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"treegrpo: error: {option}: ") and len(err.splitlines()) == 1
+
+
+def test_options_every_algorithm_reads_are_accepted_and_order_does_not_matter(tmp_path) -> None:
+    cases = [
+        ["loss.algorithm=grpo", "sampling.group_size=27", "loss.kl_coef=0.04"],
+        ["sampling.group_size=27", "loss.algorithm=ddpo", "loss.tracker_buffer=8"],
+        ["loss.algorithm=mixgrpo", "sampling.depth=2", "sampling.window_start=1"],
+        ["loss.algorithm=grpo", "sampling.sde_steps=window", "sampling.depth=2"],
+        ["sampling.window=shifting", "sampling.window_start=2", "sampling.window_every=3"],
+        ["loss.estimator=mean", "loss.kl_coef=0.1"],
+        ["model.kind=sd3", "model.image_size=64", "model.t5=false"],
+    ]
+    for assignments in cases:
+        Config().override(assignments)
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[sampling]\ngroup_size = 27\n')
+    resolved = cli.resolve_config(cli.build_parser().parse_args(["train", "--config", str(config_file),
+                                                                 "--loss.algorithm", "grpo"]))
+    assert resolved.sampling.group_size == 27
