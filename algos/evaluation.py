@@ -10,7 +10,7 @@ far smaller than either row's own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +20,25 @@ from treegrpo.algos.config import Config, ConfigError
 from treegrpo.algos.problem import Problem
 from treegrpo.envs.models import Cond
 from treegrpo.envs.pipelines import LAYOUTS
+from treegrpo.envs.precision import model_precision
 
 # The paper's evaluation columns, in its order, and how the table titles them.
 PAPER_COLUMNS = {"hpsv2": "HPSv2.1", "imagereward": "ImageReward", "aesthetic": "Aesthetic", "clipscore": "CLIPScore"}
 OTHER_TITLES = {"pickscore": "PickScore"}
+DIVERSITY_PREFIX = "diversity/"  # per-prompt diversity columns, after the rewards
 
 
 @dataclass
 class HeldOutScores:
-    """Scores of held-out samples: ``scores [L, m]`` (one column per ``names``) for prompts ``prompt_ids [L]``."""
+    """Scores of held-out samples: ``scores [L, m]`` (one column per ``names``) for prompts ``prompt_ids [L]``,
+    and per-prompt ``diversity`` measures (name to ``[Q]``, prompts in ascending id)."""
 
     names: tuple[str, ...]
     scores: Tensor
     prompt_ids: Tensor
     samples_per_prompt: int
     seed: int
+    diversity: dict[str, Tensor] = field(default_factory=dict)
 
     def per_prompt(self) -> Tensor:
         """``[Q, m]`` mean score of each prompt (rows in ascending prompt id)."""
@@ -45,23 +49,35 @@ class HeldOutScores:
         counts.index_add_(0, index, torch.ones_like(self.scores[:, :1]))
         return sums / counts
 
+    def columns(self) -> dict[str, Tensor]:
+        """Every reported quantity per prompt: each reward's prompt mean, then ``diversity/<name>``."""
+        prompts = self.per_prompt()
+        out = {name: prompts[:, j] for j, name in enumerate(self.names)}
+        out.update({f"{DIVERSITY_PREFIX}{name}": values.double().cpu() for name, values in self.diversity.items()})
+        return out
+
     def means(self) -> dict[str, float]:
-        """Mean of each reward over every sample."""
-        return {name: float(self.scores[:, j].mean()) for j, name in enumerate(self.names)}
+        """Mean of each reward over every sample, and of each diversity measure over prompts."""
+        out = {name: float(self.scores[:, j].mean()) for j, name in enumerate(self.names)}
+        out.update({f"{DIVERSITY_PREFIX}{name}": float(values.double().mean()) for name, values in self.diversity.items()})
+        return out
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per reward: mean, std over samples, and the standard error over prompts (``sem``)."""
-        prompts = self.per_prompt()
-        return {name: {"mean": float(self.scores[:, j].mean()), "std": float(self.scores[:, j].std(unbiased=False)),
-                       "sem": _sem(prompts[:, j])} for j, name in enumerate(self.names)}
+        """Per reward and diversity measure: the mean, the std (over samples for rewards, over prompts
+        for diversity), and the standard error over prompts (``sem``)."""
+        out = {}
+        for name, values in self.columns().items():
+            spread = self.scores[:, self.names.index(name)] if name in self.names else values
+            out[name] = {"mean": float(spread.mean()), "std": float(spread.std(unbiased=False)), "sem": _sem(values)}
+        return out
 
     def paired_difference(self, base: HeldOutScores) -> dict[str, dict[str, float]]:
-        """Per reward: mean of ``self - base`` over prompts and its standard error (same noise, so paired)."""
+        """Per column: mean of ``self - base`` over prompts and its standard error (same noise, so paired)."""
         if self.names != base.names or not torch.equal(self.prompt_ids, base.prompt_ids):
             raise ValueError("base: scores of other rewards or prompts cannot be paired")
-        difference = self.per_prompt() - base.per_prompt()
-        return {name: {"mean": float(difference[:, j].mean()), "sem": _sem(difference[:, j])}
-                for j, name in enumerate(self.names)}
+        mine, theirs = self.columns(), base.columns()
+        return {name: {"mean": float((mine[name] - theirs[name]).mean()), "sem": _sem(mine[name] - theirs[name])}
+                for name in mine if name in theirs}
 
 
 def held_out_prompts(problem: Problem, seed: int) -> tuple[Cond, Tensor]:
@@ -95,10 +111,11 @@ def held_out_scores(problem: Problem, config: Config, samples_per_prompt: int | 
     was_training = model.training
     model.eval()
     try:
-        rollout = sample_forest(model, problem.eval_transition or problem.transition, cond, sde_steps=(), branching=(),
-                                trees_per_prompt=samples_per_prompt, latent_shape=problem.latent_shape,
-                                num_prompts=int(prompt_ids.shape[0]), generator=generator,
-                                max_batch=config.sampling.max_batch or None, device=device)
+        with model_precision(config.train.precision, device):  # the policy as training runs it
+            rollout = sample_forest(model, problem.eval_transition or problem.transition, cond, sde_steps=(),
+                                    branching=(), trees_per_prompt=samples_per_prompt, latent_shape=problem.latent_shape,
+                                    num_prompts=int(prompt_ids.shape[0]), generator=generator,
+                                    max_batch=config.sampling.max_batch or None, device=device)
     finally:
         model.train(was_training)
     score = problem.eval_reward or problem.reward
@@ -106,7 +123,10 @@ def held_out_scores(problem: Problem, config: Config, samples_per_prompt: int | 
     leaf_prompts = prompt_ids[rollout.leaf_cond_index]
     columns = score(rollout.final, leaf_prompts).reshape(rollout.final.shape[0], -1).double().cpu()
     names += [f"reward_{j}" for j in range(len(names), columns.shape[1])]
-    return HeldOutScores(tuple(names), columns, leaf_prompts.cpu(), samples_per_prompt, seed)
+    measured = problem.eval_diversity is not None and samples_per_prompt > 1  # diversity needs two samples a prompt
+    diversity = problem.eval_diversity(rollout.final, leaf_prompts) if measured else {}
+    return HeldOutScores(tuple(names), columns, leaf_prompts.cpu(), samples_per_prompt, seed,
+                         {name: values.double().cpu() for name, values in diversity.items()})
 
 
 def _sem(values: Tensor) -> float:
@@ -114,8 +134,11 @@ def _sem(values: Tensor) -> float:
 
 
 def column_order(names: Sequence[str]) -> list[str]:
-    """The paper's four columns first (those present), then the others in their given order."""
-    return [name for name in PAPER_COLUMNS if name in names] + [name for name in names if name not in PAPER_COLUMNS]
+    """The paper's four columns first (those present), then the other rewards in their given order,
+    then the diversity measures."""
+    rest = [name for name in names if name not in PAPER_COLUMNS]
+    return ([name for name in PAPER_COLUMNS if name in names] + [name for name in rest if not name.startswith(DIVERSITY_PREFIX)]
+            + [name for name in rest if name.startswith(DIVERSITY_PREFIX)])
 
 
 def paper_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], titles: Mapping[str, str]) -> str:
@@ -181,7 +204,8 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
         rows.append(entry)
     pipeline = model.kind in LAYOUTS  # the digits rewards are offline stand-ins: keep their own names
     titles = {**PAPER_COLUMNS, **OTHER_TITLES} if pipeline else {}
-    columns = column_order(first.names) if pipeline else list(first.names)
+    names = list(first.columns())
+    columns = column_order(names) if pipeline else names
     result = {
         "rows": rows, "rewards": columns, "prompts": int(torch.unique(first.prompt_ids).numel()),
         "samples_per_prompt": first.samples_per_prompt, "num_steps": config.eval.num_steps or config.sampling.num_steps,

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from treegrpo.envs import Denoiser, FlowSDE, FlowTimesteps, GaussianData, Transition
+from treegrpo.envs import Denoiser, FlowTimesteps, GaussianData, Transition, flow_transition
 from treegrpo.envs.models import Cond
+from treegrpo.rewards.diversity import pixel_diversity
 
 PromptFn = Callable[[int, torch.Generator], tuple[Cond, Tensor]]
 RewardFn = Callable[[Tensor, Tensor], Tensor]
@@ -38,6 +39,9 @@ class Problem:
             of interest (``[L, m]``, one column per ``eval_reward_names``); defaults to ``reward``.
         eval_transition: optional transition of evaluation samples (e.g. more steps than training's);
             defaults to ``transition``.
+        eval_diversity: optional ``(final latents [L, ...], prompt_ids [L]) -> {name: [Q]}``, per-prompt
+            diversity measures of the held-out samples (prompts in ascending id), reported beside
+            the rewards (see :mod:`treegrpo.rewards.diversity`).
         apply_lora: optional ``path -> None`` fusing a diffusers LoRA into ``model`` (``treegrpo eval``
             scores the weights before and after).
         device: where the model lives and latents are sampled.
@@ -56,6 +60,7 @@ class Problem:
     eval_reward: RewardFn | None = None
     eval_reward_names: Sequence[str] = ()
     eval_transition: Transition | None = None
+    eval_diversity: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None
     apply_lora: Callable[[str], None] | None = None
     device: torch.device | str = "cpu"
     export: Callable[[Path], list[Path]] | None = None
@@ -108,17 +113,20 @@ def render_points(points: Tensor, targets: Tensor, size: int = 32, extent: float
 
 
 def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequence[Sequence[float]] = ((2.0, 0.0), (-2.0, 0.0)),
-                  prompts_per_iteration: int = 2, seed: int = 0, eval_num_steps: int = 0) -> Problem:
+                  prompts_per_iteration: int = 2, seed: int = 0, eval_num_steps: int = 0, shift: float = 1.0,
+                  transition: str = "flow_sde", schedule: str = "scheduler") -> Problem:
     """Two prompts, each rewarded by ``-|x - target|^2 / 4``; the base samples ``N(0, I)``.
 
     The reward's optimum is known (all mass on the target), so a working loss must raise the mean
-    reward within a few iterations and a flipped gradient sign must lower it. Evaluation samples
-    take ``eval_num_steps`` steps (0: ``num_steps``).
+    reward within a few iterations and a flipped gradient sign must lower it; it is also where the
+    policy collapses, which the held-out ``latent_std`` (the per-prompt std of the samples) shows.
+    Evaluation samples take ``eval_num_steps`` steps (0: ``num_steps``); ``transition`` is a flow
+    transition's name (``flow_sde``, ``dance_sde``, ``cps``) on the ``schedule`` with ``shift``.
     """
     torch.manual_seed(seed)
     goals = torch.tensor(targets, dtype=torch.float32)
     model = ResidualVelocity(GaussianData(torch.zeros(2), torch.eye(2)), num_prompts=goals.shape[0])
-    transition = FlowSDE(FlowTimesteps.linear(num_steps), noise_level)
+    step = flow_transition(transition, FlowTimesteps.named(schedule, num_steps, shift=shift), noise_level)
 
     def prompts(iteration: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         ids = torch.randint(goals.shape[0], (prompts_per_iteration,), generator=generator)
@@ -134,6 +142,13 @@ def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequen
         ids = torch.arange(goals.shape[0])
         return ids, ids
 
-    eval_transition = FlowSDE(FlowTimesteps.linear(eval_num_steps), noise_level) if eval_num_steps else None
-    return Problem(model=model, transition=transition, latent_shape=(2,), prompts=prompts, reward=reward,
-                   reward_names=("target",), decode=decode, eval_prompts=every_prompt, eval_transition=eval_transition)
+    def spread(final: Tensor, prompt_ids: Tensor) -> dict[str, Tensor]:
+        return {"latent_std": pixel_diversity(final, prompt_ids)}
+
+    eval_transition = None
+    if eval_num_steps:
+        eval_transition = flow_transition(transition, FlowTimesteps.named(schedule, eval_num_steps, shift=shift),
+                                          noise_level)
+    return Problem(model=model, transition=step, latent_shape=(2,), prompts=prompts, reward=reward,
+                   reward_names=("target",), decode=decode, eval_prompts=every_prompt, eval_transition=eval_transition,
+                   eval_diversity=spread)

@@ -55,14 +55,28 @@ def write_json(data: object, path: str | Path) -> Path:
     return path
 
 
+DIVERSITY_KEY = "eval/diversity/"
+
+
+def diversity_kept(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """``after / before`` of every held-out diversity measure (1: the policy's samples are as varied
+    as the base's; near 0: each prompt's samples collapsed to one image)."""
+    return {key[len(DIVERSITY_KEY):]: after[key] / before[key] for key in after
+            if key.startswith(DIVERSITY_KEY) and before.get(key, 0) > 0}
+
+
 def summary_table(before: Mapping[str, float], after: Mapping[str, float], training: Mapping[str, float]) -> str:
-    """A plain-text table: held-out rewards before and after, then the run's totals."""
+    """A plain-text table: held-out rewards and per-prompt diversity before and after (with the share
+    of the base's diversity kept), then the run's totals."""
     names = [key for key in after if key.startswith("eval/")]
+    kept = diversity_kept(before, after)
     width = max([len("held-out reward")] + [len(key) - 5 for key in names] + [len(key) for key in training])
     lines = [f"{'held-out reward':<{width}}  {'before':>9}  {'after':>9}  {'change':>9}"]
     for key in names:
         old, new = before.get(key, float("nan")), after[key]
-        lines.append(f"{key[5:]:<{width}}  {old:>9.4f}  {new:>9.4f}  {new - old:>+9.4f}")
+        share = kept.get(key[len(DIVERSITY_KEY):]) if key.startswith(DIVERSITY_KEY) else None
+        note = f"  ({share:.0%} of the base's kept)" if share is not None else ""
+        lines.append(f"{key[5:]:<{width}}  {old:>9.4f}  {new:>9.4f}  {new - old:>+9.4f}{note}")
     lines.append("")
     lines += [f"{key:<{width}}  {value:>9.4g}" for key, value in training.items()]
     return "\n".join(lines)

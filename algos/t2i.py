@@ -23,6 +23,7 @@ from treegrpo.envs import GuidedDenoiser
 from treegrpo.envs.pipelines import TextToImageModel, load_pipeline
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
 from treegrpo.rewards import REWARDS, RewardModel, build_reward
+from treegrpo.rewards.diversity import ClipDiversity
 
 __all__ = [
     "build_pipeline_problem",
@@ -49,6 +50,9 @@ def pipeline_problem(
     negative_prompt: str = "",
     eval_rewards: Sequence[RewardModel] = (),
     eval_num_steps: int = 0,
+    diversity: ClipDiversity | None = None,
+    schedule: str = "scheduler",
+    cps_scoring: str = "flow_grpo",
 ) -> Problem:
     """Train ``model``'s denoiser on ``train_prompts``, scored by ``rewards``.
 
@@ -56,7 +60,8 @@ def pipeline_problem(
     (evaluation); rewards receive the prompt texts. With ``guidance_scale != 1`` sampling uses
     classifier-free guidance against ``negative_prompt`` (two model evaluations per row).
     Held-out prompts are scored by ``eval_rewards`` (default: ``rewards``), sampled with
-    ``eval_num_steps`` steps (0: ``num_steps``).
+    ``eval_num_steps`` steps (0: ``num_steps``); ``diversity`` (if given) measures how far apart each
+    held-out prompt's images are in CLIP space.
     """
     train_prompts, eval_prompts = list(train_prompts), list(eval_prompts)
     if not rewards:
@@ -68,8 +73,9 @@ def pipeline_problem(
     denoiser = model.denoiser
     if guidance_scale != 1.0:
         denoiser = GuidedDenoiser(denoiser, guidance_scale, embeddings([negative_prompt]))
-    step = model.transition(transition, num_steps, noise_level, shift)
-    eval_step = model.transition(transition, eval_num_steps, noise_level, shift) if eval_num_steps else None
+    options = {"schedule": schedule, "cps_scoring": cps_scoring} if model.kind == "sd3" else {}
+    step = model.transition(transition, num_steps, noise_level, shift, **options)
+    eval_step = model.transition(transition, eval_num_steps, noise_level, shift, **options) if eval_num_steps else None
     eval_rewards = list(eval_rewards) or list(rewards)
 
     def score(final: Tensor, texts: list[str], scorers: Sequence[RewardModel] = rewards) -> Tensor:
@@ -89,6 +95,9 @@ def pipeline_problem(
     def eval_reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
         return score(final, [eval_prompts[i] for i in prompt_ids.tolist()], eval_rewards)
 
+    def eval_diversity(final: Tensor, prompt_ids: Tensor) -> dict[str, Tensor]:
+        return {diversity.name: diversity(model.decode(final), prompt_ids)}
+
     def export(directory: Path) -> list[Path]:
         return export_trained(model, directory)
 
@@ -98,7 +107,8 @@ def pipeline_problem(
     return Problem(model=denoiser, transition=step, latent_shape=model.latent_shape(image_size), prompts=prompts,
                    reward=reward, reward_names=tuple(r.name for r in rewards), decode=model.decode,
                    eval_prompts=held_out, eval_reward=eval_reward, eval_reward_names=tuple(r.name for r in eval_rewards),
-                   eval_transition=eval_step, apply_lora=apply_lora, device=device, export=export)
+                   eval_transition=eval_step, eval_diversity=eval_diversity if diversity is not None else None,
+                   apply_lora=apply_lora, device=device, export=export)
 
 
 def _eval_prompts(config: Config, train: list[str]) -> list[str]:
@@ -151,9 +161,14 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
         return [built[name] for name in names]
 
     rewards = reward_models(m.rewards, "model.rewards")
+    diversity = None
+    if config.eval.diversity:
+        clip = reward_models([config.eval.diversity_model], "eval.diversity_model")[0]
+        diversity = ClipDiversity(clip.image_embeddings, batch=m.vae_batch)
     return pipeline_problem(
         model, train_prompts=train_prompts, eval_prompts=eval_prompts, rewards=rewards,
         embeddings=embeddings, image_size=m.image_size, transition=s.transition, num_steps=s.num_steps,
         noise_level=s.noise_level, shift=s.shift, prompts_per_iteration=s.prompts_per_iteration,
         guidance_scale=s.guidance_scale, negative_prompt=m.negative_prompt,
-        eval_rewards=reward_models(config.eval.rewards, "eval.rewards"), eval_num_steps=config.eval.num_steps)
+        eval_rewards=reward_models(config.eval.rewards, "eval.rewards"), eval_num_steps=config.eval.num_steps,
+        diversity=diversity, schedule=s.schedule, cps_scoring=s.cps_scoring)

@@ -17,8 +17,6 @@ import copy
 import json
 import math
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from treegrpo.algos.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from treegrpo.algos.config import Config, ConfigError
+from treegrpo.algos.config import Config, ConfigError, check_reward_names
 from treegrpo.algos.distributed import (
     Ranks,
     all_true,
@@ -57,8 +55,9 @@ from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
 from treegrpo.algos.scoring import chunk_bounds, sample_and_score
-from treegrpo.envs import Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
+from treegrpo.envs import OnPolicyError, Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
 from treegrpo.envs.pipelines import LAYOUTS
+from treegrpo.envs.precision import model_precision
 from treegrpo.envs.sampler import gather_cond
 
 import treeadv
@@ -91,14 +90,7 @@ class EMA:
 
 
 GRID_MIN_SIDE = 64  # sample grids show each image at least this many pixels wide
-
-
-@dataclass
-class IterationStats:
-    """Per-iteration accounting and diagnostics, the counters benchmarks read."""
-
-    iteration: int
-    values: dict[str, float] = field(default_factory=dict)
+ON_POLICY_ATOL = 1e-5  # largest |ratio - 1| the on-policy check accepts before an update
 
 
 class Trainer:
@@ -162,6 +154,7 @@ class Trainer:
         self.run_dir = Path(train.out_dir)
         self.iteration = 0
         self.history: list[dict[str, float]] = []
+        self.evaluations: list[dict[str, float]] = []  # held-out results logged during the run (train.eval_every)
         self._writer = None
         if train.resume:
             self.resume()
@@ -185,6 +178,7 @@ class Trainer:
             "window": window.state_dict() if window else {},
             "advantage": self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {},
             "history": self.history,
+            "evaluations": self.evaluations,
             "config": self.config.to_dict(),
         }
 
@@ -221,6 +215,7 @@ class Trainer:
         if hasattr(self.advantage, "load_state_dict"):
             self.advantage.load_state_dict(state["advantage"])
         self.iteration, self.history = state["iteration"], list(state["history"])
+        self.evaluations = list(state.get("evaluations", []))
         return True
 
     # ------------------------------------------------------------------ one iteration
@@ -252,8 +247,9 @@ class Trainer:
             generator = self.generators["sample"]
             if sample_seed is not None:  # several pieces: each draws from its own stream
                 generator = torch.Generator(self.device).manual_seed(sample_seed + first_piece + local_pieces.index((a, b)))
-            return self.sampler.sample(chunk_cond, epoch=it, latent_shape=self.problem.latent_shape,
-                                       num_prompts=b - a, generator=generator, device=self.device)
+            with self.precision_context():
+                return self.sampler.sample(chunk_cond, epoch=it, latent_shape=self.problem.latent_shape,
+                                           num_prompts=b - a, generator=generator, device=self.device)
 
         try:
             rollout, rewards = sample_and_score(sample_chunk, self.problem.reward, prompt_ids, chunks=local_pieces,
@@ -271,12 +267,13 @@ class Trainer:
         batch = select_steps(parent_batch(tree, advantage[first_node:first_node + tree.num_nodes]),
                              cfg.loss.timestep_fraction, self.generators["shuffle"])
         counters = {"nfe_sampled": float(rollout.nfe), "images": float(rollout.final.shape[0])}
+        epochs = self._minibatch_rows(batch, local_pieces, first_piece, num_pieces)
+        checked = {}
         if cfg.train.check_on_policy:
-            check_on_policy(rollout, self.model, self.problem.transition, cond, max_batch=cfg.sampling.max_batch or None)
-            counters["forward_rows_check"] = float((~tree.is_leaf).sum())
+            checked = self.check_on_policy(batch, epochs[0], cond, rollout)
+            counters["forward_rows_check"] = float(batch.batch_size[0])
         advantaged = time.perf_counter()
-        minibatches = self._minibatch_rows(batch, local_pieces, first_piece, num_pieces)
-        terms = self._optimise(batch, minibatches, cond, counters)
+        terms = self._optimise(batch, [rows for epoch in epochs for rows in epoch], cond, counters)
         if self.ranks.distributed:  # loss terms averaged, counters summed over ranks
             terms = mean_over_ranks(terms, self.device)
             counters = {k: v * self.ranks.world_size for k, v in mean_over_ranks(counters, self.device).items()}
@@ -291,6 +288,7 @@ class Trainer:
             "reward_std": float(rewards.std(unbiased=False)),
             **self._reward_columns(rewards),
             **terms,
+            **checked,
             **counters,
             **self._advantage_by_depth(forest, result),
             "window_start": float(rollout.sde_steps[0]) if rollout.sde_steps else -1.0,
@@ -358,8 +356,44 @@ class Trainer:
         for _ in range(epochs):
             orders = [r[torch.randperm(r.numel(), generator=g)] for r, g in zip(rows, generators)]
             count = max(-(-o.numel() // per_piece) for o in orders)
-            out += [torch.cat([o[i * per_piece:(i + 1) * per_piece] for o in orders]) for i in range(count)]
+            out.append([torch.cat([o[i * per_piece:(i + 1) * per_piece] for o in orders]) for i in range(count)])
         return out
+
+    @torch.no_grad()
+    def check_on_policy(self, batch: TensorDictBase, minibatches: list[Tensor], cond: Any,
+                        rollout: Rollout) -> dict[str, float]:
+        """Before any update, re-score every edge the way the update will: the loss's own
+        ``log_probs``, in its minibatches and under the run's precision. Raises
+        :class:`~treegrpo.envs.OnPolicyError` if an importance ratio is off 1 by more than
+        ``ON_POLICY_ATOL`` (sampling and the loss disagree on the model, its precision or its
+        inputs); returns the ratio statistics (``onpolicy/*``). A loss without ``log_probs`` is
+        checked by :func:`treegrpo.envs.check_on_policy` on the rollout instead."""
+        log_probs = getattr(self.loss, "log_probs", None)
+        if log_probs is None:
+            with self.precision_context():
+                worst = check_on_policy(rollout, self.model, self.problem.transition, cond, atol=ON_POLICY_ATOL,
+                                        max_batch=self.config.sampling.max_batch or None)
+            return {"onpolicy/max_deviation": worst}
+        log_ratios = []
+        with self.precision_context():
+            for rows in minibatches:
+                minibatch = self._minibatch(batch, rows, cond)
+                new = log_probs(minibatch)[0].double()
+                log_ratios.append((new - minibatch["log_prob"].double())[minibatch["mask"]])
+        deviation = (torch.cat(log_ratios).exp() - 1).abs() if log_ratios else torch.zeros(1, dtype=torch.float64)
+        worst = float(deviation.max()) if deviation.numel() else 0.0
+        clip = getattr(self.loss, "clip_range", None)
+        stats = {"onpolicy/max_deviation": worst, "onpolicy/ratio_std": float(deviation.std(unbiased=False))
+                 if deviation.numel() > 1 else 0.0}
+        if clip is not None:
+            stats["onpolicy/clipped_fraction"] = float((deviation > clip).double().mean())
+        if not worst <= ON_POLICY_ATOL:
+            raise OnPolicyError(
+                f"importance ratio: max |ratio - 1| = {worst:.3g} > {ON_POLICY_ATOL:g} before any update "
+                f"({stats.get('onpolicy/clipped_fraction', 0.0):.0%} of edges outside the clip range); sampling and "
+                f"the loss score the edges differently (train.precision={self.config.train.precision}; a model in "
+                "train mode with dropout, or inputs the loss does not see, also do this)")
+        return stats
 
     def _optimise(self, batch: TensorDictBase, minibatches: list[Tensor], cond: Any,
                   counters: dict[str, float]) -> dict[str, float]:
@@ -373,7 +407,7 @@ class Trainer:
             minibatch = self._minibatch(batch, rows, cond)
             steps_optimiser = micro % accumulation == 0 or micro == len(minibatches)
             with gradient_sync(self.policy, steps_optimiser):  # accumulation steps skip the all-reduce
-                with self._autocast():
+                with self.precision_context():
                     terms = self.loss(minibatch)
                 loss = total_loss(terms)
                 self._guard(loss.detach(), "loss")
@@ -420,11 +454,9 @@ class Trainer:
             minibatch.set("cond", gather_cond(cond, minibatch["cond_index"]))
         return minibatch
 
-    def _autocast(self):
-        if self.config.train.precision != "bf16":
-            return nullcontext()
-        device = next(iter(self.named_params.values())).device.type
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    def precision_context(self):
+        """The one precision context of every policy forward: sampling, the on-policy check, the loss."""
+        return model_precision(self.config.train.precision, self.device)
 
     def _guard(self, value: Tensor, name: str) -> None:
         """Save and stop, on every rank together, when ``value`` is not finite on any rank."""
@@ -475,6 +507,8 @@ class Trainer:
                                 img_s=f"{metrics['images_per_second']:.1f}")
                 if self.iteration % train.sample_every == 0:
                     self.save_grid()
+                if train.eval_every and self.iteration % train.eval_every == 0 and self.iteration < stop:
+                    self.evaluate(log=True)
                 if self.iteration % train.checkpoint_every == 0 or self.iteration == stop:
                     self.save()
         finally:
@@ -484,24 +518,35 @@ class Trainer:
         return self.history
 
     def _log(self, metrics: dict[str, float]) -> None:
-        if self.iteration % self.config.train.log_every or not self.ranks.is_main:
+        if self.iteration % self.config.train.log_every:
+            return
+        self._write_scalars({k: v for k, v in metrics.items() if k != "iteration"}, int(metrics["iteration"]))
+
+    def _write_scalars(self, values: dict[str, float], step: int) -> None:
+        """Tensorboard scalars under ``out_dir/tensorboard`` (rank 0 only)."""
+        if not self.ranks.is_main:
             return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        for key, value in metrics.items():
-            if key != "iteration":
-                self._writer.add_scalar(key, value, int(metrics["iteration"]))
+        for key, value in values.items():
+            self._writer.add_scalar(key, value, step)
 
-    def evaluate(self, samples_per_prompt: int | None = None, seed: int | None = None) -> dict[str, float]:
-        """Mean of every evaluation reward over held-out ODE samples of the current policy (see
-        :func:`~treegrpo.algos.evaluation.held_out_scores`), as ``{"eval/<reward>": mean,
-        "eval_samples": n, "iteration": i}``."""
+    def evaluate(self, samples_per_prompt: int | None = None, seed: int | None = None, *,
+                 log: bool = False) -> dict[str, float]:
+        """Every evaluation reward (mean over held-out ODE samples of the current policy) and every
+        per-prompt diversity measure (mean over prompts), see
+        :func:`~treegrpo.algos.evaluation.held_out_scores`, as ``{"eval/<reward>": mean,
+        "eval/diversity/<name>": mean, "eval_samples": n, "iteration": i}``. With ``log`` the values
+        also go to tensorboard at the current iteration and to :attr:`evaluations`."""
         scores = held_out_scores(self.problem, self.config, samples_per_prompt, seed)
         result = {f"eval/{name}": value for name, value in scores.means().items()}
         result["eval_samples"] = float(scores.scores.shape[0])
         result["iteration"] = float(self.iteration)
+        if log:
+            self.evaluations.append(result)
+            self._write_scalars({k: v for k, v in result.items() if k.startswith("eval/")}, self.iteration)
         return result
 
     @torch.no_grad()
@@ -517,10 +562,11 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(self.config.train.seed)
         cond, _ = held_out_prompts(self.problem, self.config.train.seed)
         prompts = min(num_prompts, int(cond.shape[0]))
-        rollout = sample_forest(self.model, self.problem.transition, gather_cond(cond, torch.arange(prompts)),
-                                sde_steps=(), branching=(), trees_per_prompt=8, latent_shape=self.problem.latent_shape,
-                                num_prompts=prompts, generator=generator, device=self.device,
-                                max_batch=self.config.sampling.max_batch or None)
+        with self.precision_context():
+            rollout = sample_forest(self.model, self.problem.transition, gather_cond(cond, torch.arange(prompts)),
+                                    sde_steps=(), branching=(), trees_per_prompt=8,
+                                    latent_shape=self.problem.latent_shape, num_prompts=prompts, generator=generator,
+                                    device=self.device, max_batch=self.config.sampling.max_batch or None)
         images = self.problem.decode(rollout.final).clamp(0, 1)
         if images.shape[-1] < GRID_MIN_SIDE:  # tiny images (16 px digits): enlarge pixels so the grid is legible
             images = torch.nn.functional.interpolate(images, scale_factor=-(-GRID_MIN_SIDE // images.shape[-1]))
@@ -551,7 +597,7 @@ def run(config: Config, *, problem: Problem | None = None, progress: bool = True
     numbers go to ``summary.json``. Returns the summary. Under ``torchrun`` every rank trains and
     evaluates (the same held-out samples); rank 0 prints and writes.
     """
-    from treegrpo.algos.report import plot_reward_curve, summary_table, write_json
+    from treegrpo.algos.report import diversity_kept, plot_reward_curve, summary_table, write_json
 
     trainer = Trainer(problem or build_problem(config), config)
     run_dir, main = trainer.run_dir, trainer.ranks.is_main
@@ -561,14 +607,14 @@ def run(config: Config, *, problem: Problem | None = None, progress: bool = True
     if resumed_before:
         before = json.loads(before_path.read_text())
     else:
-        before = trainer.evaluate()
+        before = trainer.evaluate(log=True)
         if main:
             write_json(before, before_path)
         trainer.save_grid("before.png")
     start = time.perf_counter()
     history = trainer.fit(progress=progress)
     seconds = time.perf_counter() - start
-    after = trainer.evaluate()
+    after = trainer.evaluate(log=True)
     trainer.save_grid("after.png")
     if not main:
         return {"before": before, "after": after}
@@ -588,7 +634,8 @@ def run(config: Config, *, problem: Problem | None = None, progress: bool = True
         "edges_trained": sum(h.get("edges_trained", 0.0) for h in history),
         "final_training_reward": history[-1]["reward_mean"] if history else float("nan"),
     }
-    summary = {"before": before, "after": after, "training": training, "config": config.to_dict()}
+    summary = {"before": before, "after": after, "diversity_kept": diversity_kept(before, after),
+               "evaluations": trainer.evaluations, "training": training, "config": config.to_dict()}
     write_json(summary, run_dir / "summary.json")
     print(summary_table(before, after, training))
     print(f"run directory: {run_dir} (samples/, reward_curve.png, summary.json, tensorboard/, checkpoints/)")
@@ -612,15 +659,20 @@ def build_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
                               transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
                               rewards=config.model.rewards, guidance_scale=s.guidance_scale,
                               weights=config.model.path or None, eval_rewards=config.eval.rewards,
-                              eval_num_steps=config.eval.num_steps, device=local_device(config.train.device))
+                              eval_num_steps=config.eval.num_steps, eval_count=config.model.eval_count,
+                              schedule=s.schedule, cps_scoring=s.cps_scoring,
+                              device=local_device(config.train.device))
     if kind == "toy2d":
-        if config.sampling.transition != "flow_sde":
-            raise ConfigError(f"sampling.transition: the toy2d problem uses 'flow_sde', got {config.sampling.transition!r}")
-        if set(config.eval.rewards) - {"target"}:
-            raise ConfigError(f"eval.rewards: the toy2d problem has one reward, 'target'; got {config.eval.rewards!r}")
-        return toy2d_problem(config.sampling.num_steps, config.sampling.noise_level,
-                             prompts_per_iteration=config.sampling.prompts_per_iteration, seed=config.train.seed,
-                             eval_num_steps=config.eval.num_steps)
+        from treegrpo.envs.transitions import FLOW_TRANSITIONS
+
+        s = config.sampling
+        if s.transition not in FLOW_TRANSITIONS:
+            raise ConfigError(f"sampling.transition: the toy2d model is a flow model; expected one of "
+                              f"{', '.join(FLOW_TRANSITIONS)}, got {s.transition!r}")
+        check_reward_names(config.eval.rewards, ("target",), "eval.rewards", "the toy2d problem")
+        return toy2d_problem(s.num_steps, s.noise_level, prompts_per_iteration=s.prompts_per_iteration,
+                             seed=config.train.seed, eval_num_steps=config.eval.num_steps, shift=s.shift,
+                             transition=s.transition, schedule=s.schedule)
     if kind in LAYOUTS:  # the diffusers pipelines
         from treegrpo.algos.t2i import build_pipeline_problem
 

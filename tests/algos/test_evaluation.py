@@ -55,7 +55,8 @@ def test_treegrpo_eval_on_the_embedded_default(tmp_path, capsys):
     assert "classifier" in out and "vs base" in out
     result = json.loads((tmp_path / "eval.json").read_text())
     assert [row["policy"] for row in result["rows"]] == ["base", "checkpoint 2"]
-    assert result["rewards"] == ["jpeg_compressibility", "classifier"]  # digits keep the given order
+    assert result["rewards"] == ["jpeg_compressibility", "classifier", "diversity/pixel", "diversity/features"]
+    assert result["rows"][0]["rewards"]["diversity/pixel"]["mean"] > 0.05  # digits keep the given order, diversity last
     assert result["prompts"] == 40 and result["samples_per_prompt"] == 2
 
     config = resolve_config(build_parser().parse_args(

@@ -46,9 +46,9 @@ def test_eval_scores_base_lora_and_checkpoint_with_every_paper_reward(pipelines,
     result = json.loads((eval_dir / "lora.json").read_text())
     assert [row["policy"] for row in result["rows"]] == ["base", f"+ lora {LORA_FILE}"]
     assert result["prompts"] == 2 and result["samples_per_prompt"] == 3
-    assert result["rewards"] == [*PAPER, "pickscore"]
+    assert result["rewards"] == [*PAPER, "pickscore", "diversity/clip"]  # diversity after the rewards
     base, tuned = (row["rewards"] for row in result["rows"])
-    assert set(base) == {*PAPER, "pickscore"}
+    assert set(base) == {*PAPER, "pickscore", "diversity/clip"} and base["diversity/clip"]["mean"] > 0
     assert any(abs(tuned[r]["mean"] - base[r]["mean"]) > 1e-6 for r in PAPER)  # the LoRA changes the images
     for name in PAPER:  # same noise: the paired mean is the difference of the row means
         paired = result["rows"][1]["vs_base"][name]["mean"]
@@ -56,9 +56,22 @@ def test_eval_scores_base_lora_and_checkpoint_with_every_paper_reward(pipelines,
 
     # the base row is what the pipeline without the LoRA scores from the same seed
     config = Config.from_yaml(CONFIGS["sd3"]).override([*evaluation[:-1], "model.lora="])
-    reference = held_out_scores(build_problem(config), config)
+    problem = build_problem(config)
+    reference = held_out_scores(problem, config)
     for j, name in enumerate(reference.names):
         assert abs(base[name]["mean"] - float(reference.scores[:, j].mean())) < 1e-6, name
+    # diversity: the mean pairwise distance of the unit CLIP embeddings (clipscore's model) of each prompt's images
+    from treegrpo.envs import sample_forest
+    from treegrpo.rewards import build_reward
+
+    clip = build_reward("clipscore", root=reward_root)
+    generator = torch.Generator().manual_seed(config.train.seed + 1)
+    cond, ids = problem.eval_prompts()
+    rollout = sample_forest(problem.model, problem.transition, cond, sde_steps=(), branching=(), trees_per_prompt=3,
+                            latent_shape=problem.latent_shape, num_prompts=int(ids.shape[0]), generator=generator)
+    units = torch.nn.functional.normalize(clip.image_embeddings(problem.decode(rollout.final)).double(), dim=-1)
+    per_prompt = [torch.pdist(units[3 * q:3 * q + 3]).mean() for q in range(int(ids.shape[0]))]
+    assert abs(base["diversity/clip"]["mean"] - float(torch.stack(per_prompt).mean())) < 1e-5
 
     # a training checkpoint is a row of its own
     ckpt = latest_checkpoint(train_dir)
@@ -66,7 +79,7 @@ def test_eval_scores_base_lora_and_checkpoint_with_every_paper_reward(pipelines,
                  "--eval.rewards", "hpsv2,imagereward", "--eval.num_steps", "3", "--no-eval.base"]) == 0
     result = json.loads((train_dir / "eval.json").read_text())
     assert [row["policy"] for row in result["rows"]] == ["checkpoint 1"] and result["num_steps"] == 3
-    assert set(result["rows"][0]["rewards"]) == {"hpsv2", "imagereward"}
+    assert set(result["rows"][0]["rewards"]) == {"hpsv2", "imagereward", "diversity/clip"}
 
 
 def test_eval_steps_change_the_samples(pipelines, prompt_file, reward_root, tmp_path):

@@ -22,7 +22,8 @@ def tiny_overrides(path: Path, prompts: Path, out: Path, lora: bool, rewards: Pa
     """The paper configs, shrunk to a 16-pixel CPU run: 4 steps, k=2, d=2, 2 prompts, 1 iteration,
     HPSv2 (the configs' reward) from a tiny random-weight checkpoint."""
     return [f"model.reward_dir={rewards}",
-        f"model.path={path}", f"model.prompts={prompts}", "model.image_size=16", "model.max_sequence_length=16",
+        f"model.path={path}", f"model.prompts={prompts}", "model.image_size=16",
+        *(["model.max_sequence_length=16"] if path.name == "sd3" else []),
         f"model.embedding_cache={out / 'embeddings'}", "model.eval_count=2", "sampling.num_steps=4",
         "sampling.branching=2", "sampling.depth=2", "sampling.prompts_per_iteration=2", "sampling.max_batch=0",
         "train.iterations=1", "train.device=cpu", "train.precision=fp32", f"train.out_dir={out}",
