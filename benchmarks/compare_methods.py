@@ -34,11 +34,19 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("treegrpo", "grpo", "mixgrpo", "ddpo")  # grpo: Flow-GRPO/DanceGRPO, SDE on every step
+METHODS = ("treegrpo", "grpo", "dancegrpo", "mixgrpo", "ddpo")
+# grpo: Flow-GRPO (its SDE on every step); dancegrpo: the same algorithm in DanceGRPO's setting (below)
+DANCEGRPO = ("sampling.transition=dance_sde", "sampling.noise_level=0.3", "sampling.schedule=dancegrpo",
+             "loss.timestep_fraction=0.6", "sampling.shared_noise=true")
+"""DanceGRPO's published setting: its constant-noise SDE at eta 0.3, its shifted linspace schedule, 60% of
+the steps trained per iteration, and one initial noise per prompt's group (``init_same_noise``)."""
 # (k, d, trees per prompt): the paper's tree-shape table (leaves 8, 16, 16, 27, 54, 64).
 TREE_SHAPES = ((2, 3, 1), (2, 3, 2), (2, 4, 1), (3, 3, 1), (3, 3, 2), (4, 3, 1))
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 ESTIMATORS = ("logprob_softmax", "mean", "leaf")
+KL_METHODS = ("treegrpo", "grpo")  # the KL ablation: no KL, and three coefficients (the preset's among them)
+KL_COEFS = (0.0, 0.15, 0.5, 1.5)
+DIVERSITY = "eval/diversity/"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -63,9 +71,8 @@ def base_config(args: argparse.Namespace, scratch: Path):
     from treegrpo.algos.presets import preset_config
 
     config = preset_config(args.kind)
-    images = config.sampling.branching ** config.sampling.depth
-    shared = [f"sampling.group_size={images}", "sampling.trees_per_prompt=1", f"train.out_dir={scratch}",
-              "train.checkpoint_every=100000", "train.sample_every=100000", "train.log_every=100000"]
+    shared = [f"train.out_dir={scratch}", "train.checkpoint_every=100000", "train.sample_every=100000",
+              "train.log_every=100000"]
     if args.iterations is not None:
         shared.append(f"train.iterations={args.iterations}")
     elif args.quick:
@@ -81,9 +88,12 @@ def method_overrides(name: str, config) -> list[str]:
     method makes one step per ``train.minibatch_parents`` sampled trajectories or tree nodes rather
     than ``T`` times as many steps on single edges.
     """
-    steps_per_trajectory = {"grpo": config.sampling.num_steps, "ddpo": config.sampling.num_steps,
+    steps = config.sampling.num_steps
+    steps_per_trajectory = {"grpo": steps, "dancegrpo": round(0.6 * steps), "ddpo": steps,
                             "mixgrpo": config.sampling.depth}.get(name, 1)
-    overrides = [f"loss.algorithm={name}"]
+    overrides = ["loss.algorithm=grpo", *DANCEGRPO] if name == "dancegrpo" else [f"loss.algorithm={name}"]
+    if name != "treegrpo":  # as many trajectories per prompt as the tree has leaves
+        overrides.append(f"sampling.group_size={config.sampling.branching ** config.sampling.depth}")
     if steps_per_trajectory > 1:
         overrides.append(f"train.minibatch_parents={config.train.minibatch_parents * steps_per_trajectory}")
     return overrides
@@ -108,6 +118,10 @@ def plan(args: argparse.Namespace, config) -> list[dict[str, Any]]:
         runs.append({"group": "alpha", "name": f"alpha={alpha}", "seed": seed, "overrides": [f"sampling.alpha={alpha}"]})
     for estimator in estimators:
         runs.append({"group": "estimator", "name": estimator, "seed": seed, "overrides": [f"loss.estimator={estimator}"]})
+    for method in (m for m in KL_METHODS if m in args.methods):
+        for coef in (KL_COEFS[:2] if args.quick else KL_COEFS):
+            runs.append({"group": "kl", "name": f"{method},kl={coef:g}", "seed": seed,
+                         "overrides": [*method_overrides(method, config), f"loss.kl_coef={coef}"]})
     return runs
 
 
@@ -171,29 +185,79 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"{meta['prompts_per_iteration']} prompts x {meta['images_per_prompt']} images per iteration; "
              f"held-out: {meta['eval_samples']} ODE samples per held-out prompt. Command: `{meta['command']}`. "
              f"Total {meta['total_seconds']:.0f} s on {meta['device']}."), ""]
-    eval_keys = sorted({k for row in table for k in row if k.startswith("eval/")})
+    eval_keys = table_columns({k for row in table for k in row if k.startswith("eval/")})
     reference = {row["name"]: row["seconds_per_iteration"][0] for row in table if row["group"] == "methods"}
+    baselines = [name for name in ("dancegrpo", "grpo") if name in reference]  # the paper compares with DanceGRPO
     for group in dict.fromkeys(row["group"] for row in table):
         lines += [f"## {group}", ""]
         header = ["run", *[f"held-out {k[5:]}" for k in eval_keys], "train reward (last 3)", "s / iteration",
                   "NFE / iteration", "backward rows / it"]
-        if group == "methods" and "grpo" in reference:
-            header.append("speed vs grpo")
+        if group == "methods":
+            header += [f"speed vs {name}" for name in baselines]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in (r for r in table if r["group"] == group):
             cells = [row["name"]]
             for key in eval_keys:
                 mean, std = row[key]
-                cells.append(f"{mean:.3f} ± {std:.3f} (base {row[f'before_{key}'][0]:.3f})")
+                base = row[f"before_{key}"][0]
+                note = f"{mean / base:.0%} of base" if key.startswith(DIVERSITY) else f"base {base:.3f}"
+                cells.append(f"{mean:.3f} ± {std:.3f} ({note})")
             cells.append(f"{row['final_train_reward'][0]:.3f} ± {row['final_train_reward'][1]:.3f}")
             cells.append(f"{row['seconds_per_iteration'][0]:.2f}")
             cells.append(f"{row['nfe_per_iteration']:.0f}")
             cells.append(f"{row['backward_rows_per_iteration']:.0f}")
-            if group == "methods" and "grpo" in reference:
-                cells.append(f"{reference['grpo'] / row['seconds_per_iteration'][0]:.2f}x")
+            if group == "methods":
+                cells += [f"{reference[name] / row['seconds_per_iteration'][0]:.2f}x" for name in baselines]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def table_columns(keys: set[str]) -> list[str]:
+    """The held-out columns in reading order: rewards (the unseen judge after the trained ones), then
+    diversity; a reward that is another's negative (JPEG incompressibility) is left out."""
+    order = ["eval/classifier", "eval/judge", "eval/aesthetic", "eval/jpeg_compressibility"]
+    rewards = [k for k in order if k in keys] + sorted(k for k in keys - set(order) if not k.startswith(DIVERSITY)
+                                                       and k != "eval/jpeg_incompressibility")
+    return rewards + sorted(k for k in keys if k.startswith(DIVERSITY))
+
+
+def plot_reward_vs_diversity(table: list[dict[str, Any]], path: Path, reward: str = "eval/classifier",
+                             judge: str = "eval/judge", diversity: str = f"{DIVERSITY}pixel") -> Path | None:
+    """Held-out reward (and the unseen judge) against the share of the base's per-prompt diversity kept:
+    one point per method (mean ± std over seeds), the KL ablation as a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table if r["group"] in ("methods", "kl") and diversity in r and reward in r]
+    if not rows:
+        return None
+    panels = [key for key in (reward, judge) if key in rows[0]]
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), constrained_layout=True, squeeze=False)
+    for axis, key in zip(axes[0], panels, strict=True):
+        base_reward = rows[0][f"before_{key}"][0]
+        axis.plot([1.0], [base_reward], "k*", markersize=12, label="base model")
+        for colour, row in enumerate(r for r in rows if r["group"] == "methods"):
+            kept = row[diversity][0] / row[f"before_{diversity}"][0]
+            axis.errorbar([kept], [row[key][0]], yerr=[row[key][1]],
+                          xerr=[row[diversity][1] / row[f"before_{diversity}"][0]], fmt="o", color=f"C{colour}",
+                          label=row["name"], capsize=3)
+        for method in dict.fromkeys(r["name"].split(",")[0] for r in rows if r["group"] == "kl"):
+            ablation = [r for r in rows if r["group"] == "kl" and r["name"].startswith(f"{method},")]
+            kept = [r[diversity][0] / r[f"before_{diversity}"][0] for r in ablation]
+            axis.plot(kept, [r[key][0] for r in ablation], "--", marker="s", alpha=0.7, label=f"{method}: KL ablation")
+            for x, r in zip(kept, ablation, strict=True):
+                axis.annotate(r["name"].split("kl=")[1], (x, r[key][0]), textcoords="offset points", xytext=(4, 4),
+                              fontsize=7)
+        axis.set(xlabel=f"per-prompt {diversity.removeprefix(DIVERSITY)} diversity kept (after / before)",
+                 ylabel=f"held-out {key[5:]}", title=f"{key[5:]} vs diversity")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def plot(runs: list[dict[str, Any]], table: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -242,7 +306,14 @@ def plot(runs: list[dict[str, Any]], table: list[dict[str, Any]], out: Path) -> 
         paths.append(out / "ablations.png")
         figure.savefig(paths[-1], dpi=120)
         plt.close(figure)
-    return paths
+    columns = table_columns({k for row in table for k in row if k.startswith("eval/")})
+    rewards = [k for k in columns if not k.startswith(DIVERSITY)]
+    diversity = [k for k in columns if k.startswith(DIVERSITY)]
+    frontier = None
+    if rewards and diversity:
+        frontier = plot_reward_vs_diversity(table, out / "reward_vs_diversity.png", reward=rewards[0],
+                                            diversity=diversity[0])
+    return [*paths, frontier] if frontier else paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:

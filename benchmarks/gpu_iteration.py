@@ -55,8 +55,10 @@ METHODS: dict[str, list[str]] = {
     "treegrpo k2 d3": ["loss.algorithm=treegrpo", "sampling.branching=2", "sampling.depth=3"],
     "treegrpo k2 d4": ["loss.algorithm=treegrpo", "sampling.branching=2", "sampling.depth=4"],
     "treegrpo k4 d3": ["loss.algorithm=treegrpo", "sampling.branching=4", "sampling.depth=3"],
-    # DanceGRPO: SDE on every step, 60% of the steps trained; Flow-GRPO trains all of them.
-    "grpo (DanceGRPO)": ["loss.algorithm=grpo", "loss.timestep_fraction=0.6"],
+    # DanceGRPO: its SDE (eta 0.3) and shifted-linspace schedule, SDE on every step, 60% of the steps
+    # trained, one initial noise per group; Flow-GRPO: its SDE on the scheduler's schedule, every step trained.
+    "grpo (DanceGRPO)": ["loss.algorithm=grpo", "loss.timestep_fraction=0.6", "sampling.transition=dance_sde",
+                         "sampling.noise_level=0.3", "sampling.schedule=dancegrpo", "sampling.shared_noise=true"],
     "grpo (Flow-GRPO)": ["loss.algorithm=grpo", "loss.timestep_fraction=1.0"],
     "mixgrpo": ["loss.algorithm=mixgrpo", "sampling.depth=3"],
     "ddpo": ["loss.algorithm=ddpo"],
@@ -103,9 +105,11 @@ def build_transformer(args: argparse.Namespace, dtype: torch.dtype):
     return SD3Transformer2DModel(**SIZES[args.size]["transformer"]).to(dtype)
 
 
-def synthetic_problem(args: argparse.Namespace, transformer, device: torch.device):
-    """A Problem around the transformer: random SD3-shaped prompts, a cheap reward, the flow SDE."""
+def synthetic_problem(args: argparse.Namespace, transformer, device: torch.device, sampling=None):
+    """A Problem around the transformer: random SD3-shaped prompts, a cheap reward, the method's flow
+    transition and schedule (``sampling``: a ``SamplingConfig``; default Flow-GRPO's SDE on SD3's schedule)."""
     from tensordict import TensorDict
+    from treegrpo.algos.config import SamplingConfig
     from treegrpo.algos.problem import Problem
     from treegrpo.envs import FlowTimesteps, SD3Denoiser, flow_transition
 
@@ -133,7 +137,9 @@ def synthetic_problem(args: argparse.Namespace, transformer, device: torch.devic
         return -(x.mean(dim=(1, 2, 3)) - 0.1).square()
 
     latent = tuple(size["latent"])
-    return Problem(model=SD3Denoiser(transformer), transition=flow_transition("flow_sde", FlowTimesteps.linear(args.steps, shift=3.0), 0.7),
+    s = sampling or SamplingConfig(num_steps=args.steps)
+    timesteps = FlowTimesteps.named(s.schedule, args.steps, shift=3.0)
+    return Problem(model=SD3Denoiser(transformer), transition=flow_transition(s.transition, timesteps, s.noise_level),
                    latent_shape=latent, prompts=prompts, reward=reward, reward_names=("synthetic",), device=device)
 
 
@@ -142,8 +148,7 @@ def config_for(args: argparse.Namespace, method: str, mode: str, out: Path):
 
     overrides = [
         f"sampling.num_steps={args.steps}", f"sampling.prompts_per_iteration={args.prompts}",
-        "sampling.branching=3", "sampling.depth=3", f"sampling.max_batch={args.max_batch}",
-        "sampling.window=geometric", "sampling.alpha=0.5", "loss.clip_range=1e-4", "optim.lr=1e-5",
+        f"sampling.max_batch={args.max_batch}", "loss.clip_range=1e-4", "optim.lr=1e-5",
         f"train.minibatch_parents={args.minibatch}", f"train.precision={args.precision}", "train.check_on_policy=false",
         f"train.compile={str(args.compile).lower()}", f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         f"train.device={args.device}", f"train.out_dir={out}", "train.log_every=100000",
@@ -152,15 +157,16 @@ def config_for(args: argparse.Namespace, method: str, mode: str, out: Path):
         *(["train.lora_targets=attn.to_q,attn.to_k,attn.to_v,attn.to_out.0"] if mode == "lora" else []),
         f"sampling.static_shapes={str(args.compile).lower()}",
     ]
-    config = Config().override([*overrides, *METHODS[method]])
+    config = Config().override([*overrides, *METHODS[method]], check_used=False)
     # Every method: the same images per prompt. A trajectory method's optimiser step covers every
     # trained step of its trajectories, as in Flow-GRPO and DanceGRPO: gradients accumulate over
     # that many minibatches of the same row count, so every backward pass has the same shape.
     if config.loss.algorithm != "treegrpo":
         steps = config.sampling.depth if config.loss.algorithm == "mixgrpo" else config.sampling.num_steps
         trained = max(1, round(steps * config.loss.timestep_fraction))
-        config = config.override([f"sampling.group_size={args.images_per_prompt}", f"optim.grad_accumulation={trained}"])
-    return config
+        config = config.override([f"sampling.group_size={args.images_per_prompt}", f"optim.grad_accumulation={trained}"],
+                                 check_used=False)
+    return config.validate()
 
 
 def synchronize(device: torch.device) -> None:
@@ -195,13 +201,13 @@ def pass_times(trainer, problem, args: argparse.Namespace, device: torch.device)
     x, t, cond = inputs(args.max_batch)
 
     def forward():
-        with torch.no_grad(), trainer._autocast():
+        with torch.no_grad(), trainer.precision_context():
             model(x, t, cond)
 
     xb, tb, condb = inputs(args.minibatch)
 
     def forward_backward():
-        with trainer._autocast():
+        with trainer.precision_context():
             out = model(xb, tb, condb)
         out.float().square().mean().backward()
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -240,8 +246,8 @@ def run_method(args, method: str, mode: str, device: torch.device, scratch: Path
 
     dtype = torch.bfloat16 if args.precision == "bf16" and mode == "lora" else torch.float32
     transformer = build_transformer(args, dtype).to(device)
-    problem = synthetic_problem(args, transformer, device)
     config = config_for(args, method, mode, scratch / f"{method}-{mode}".replace(" ", "_"))
+    problem = synthetic_problem(args, transformer, device, config.sampling)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
