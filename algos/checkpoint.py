@@ -1,31 +1,116 @@
-"""Checkpoints that are never half-written and resume training exactly.
+"""Checkpoints that hold only data, are never half-written, and resume training exactly.
 
-A checkpoint is a directory ``<run>/checkpoints/iter-XXXXXX/`` with ``model.safetensors`` (the
-trained weights: all parameters, or only the LoRA adapter) and ``state.pt`` (optimiser, LR
-schedule, EMA, RNG states, window and tracker state, iteration, config). It is written into a
-temporary sibling directory and renamed into place, then ``latest`` is replaced atomically, so a
-crash at any moment leaves the previous checkpoint intact.
+A checkpoint is a directory ``<run>/checkpoints/iter-XXXXXX/`` with
+
+- ``model.safetensors``: the trained weights (all parameters, or only the LoRA adapter);
+- ``state.safetensors``: every tensor of the training state (optimiser moments, EMA, RNG states);
+- ``state.json``: the rest of it (iteration, LR schedule, window and tracker state, history, config),
+  with each tensor replaced by a reference into ``state.safetensors``;
+- ``checksums.json``: the sha256 of each of those files, checked before anything is read.
+
+Nothing in it is a pickle, so loading a checkpoint someone handed you cannot run code: tensors come
+from safetensors, the rest from JSON (:func:`encode_state`). It is written into a hidden staging
+sibling, every file and the folder fsynced, then renamed into place, and ``latest`` is replaced
+atomically, so a crash at any moment leaves the previous checkpoint intact. A checkpoint is never
+written over an existing one, and never with a non-finite tensor in it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
+import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-MODEL_FILE, STATE_FILE, LATEST = "model.safetensors", "state.pt", "latest"
+from treegrpo.errors import TreegrpoError
+
+MODEL_FILE, STATE_TENSORS, STATE_JSON, CHECKSUMS, LATEST = (
+    "model.safetensors", "state.safetensors", "state.json", "checksums.json", "latest")
+LEGACY_STATE = "state.pt"  # the pickled state of treegrpo 0.1 checkpoints, never loaded
+CHECKPOINT_NAME = re.compile(r"iter-(\d{6})")
+FORMAT = 2
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing or incomplete."""
+class CheckpointError(TreegrpoError, RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt, or cannot be written; the message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------- the state codec
+
+
+def encode_state(state: Any) -> tuple[Any, dict[str, Tensor]]:
+    """Split a nested state (dicts, lists, tuples, tensors, NumPy arrays, numbers, strings) into a JSON
+    value and the tensors it references: ``{"__tensor__": name}`` stands for a tensor,
+    ``{"__tuple__": [...]}`` for a tuple, ``{"__items__": [[key, value], ...]}`` for a dict whose keys
+    are not all strings, ``{"__ndarray__": name, "dtype": ...}`` for a NumPy array."""
+    tensors: dict[str, Tensor] = {}
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            name = f"t{len(tensors)}"
+            tensors[name] = value.detach().cpu().contiguous()
+            return {"__tensor__": name}
+        if isinstance(value, np.ndarray):
+            name = f"t{len(tensors)}"
+            tensors[name] = torch.from_numpy(value.astype(np.int64) if value.dtype.kind in "ui" else value.copy())
+            return {"__ndarray__": name, "dtype": str(value.dtype)}
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, tuple):
+            return {"__tuple__": [encode(v) for v in value]}
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        if isinstance(value, Mapping):
+            if all(isinstance(k, str) and not k.startswith("__") for k in value):
+                return {k: encode(v) for k, v in value.items()}
+            return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        raise TypeError(f"checkpoint state: cannot store a {type(value).__name__} ({value!r:.60}) as data")
+
+    return encode(state), tensors
+
+
+def decode_state(data: Any, tensors: Mapping[str, Tensor]) -> Any:
+    """Inverse of :func:`encode_state` (a reference to a missing tensor is a :class:`CheckpointError`)."""
+
+    def tensor(name: Any) -> Tensor:
+        if not isinstance(name, str) or name not in tensors:
+            raise CheckpointError(f"checkpoint: {STATE_JSON} refers to a tensor {name!r} that {STATE_TENSORS} lacks")
+        return tensors[name]
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if isinstance(value, dict):
+            if "__tensor__" in value:
+                return tensor(value["__tensor__"])
+            if "__ndarray__" in value:
+                return tensor(value["__ndarray__"]).numpy().astype(np.dtype(str(value.get("dtype", "float64"))))
+            if "__tuple__" in value:
+                return tuple(decode(v) for v in value["__tuple__"])
+            if "__items__" in value:
+                return {decode(k): decode(v) for k, v in value["__items__"]}
+            return {k: decode(v) for k, v in value.items()}
+        return value
+
+    return decode(data)
+
+
+# ---------------------------------------------------------------------------------------------- RNG
 
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
@@ -43,8 +128,9 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[st
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
     """Inverse of :func:`capture_rng`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -52,13 +138,7 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | 
         generator.set_state(state["generators"][name])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+# ---------------------------------------------------------------------------------------------- files
 
 
 def checkpoint_dir(run_dir: str | Path, iteration: int) -> Path:
@@ -66,41 +146,165 @@ def checkpoint_dir(run_dir: str | Path, iteration: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"iter-{iteration:06d}"
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync(path.parent)
+
+
+def non_finite(tensors: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an inf."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def remove_staging(root: Path) -> int:
+    """Delete half-written checkpoints (``.iter-*`` staging folders) and ``.latest.*`` temporaries
+    under ``root`` (a run's ``checkpoints/``), as a crashed write leaves them; returns how many."""
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for leftover in root.iterdir():
+        if leftover.name.startswith((".iter-", f".{LATEST}.")):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _write_error(path: Path, error: OSError) -> CheckpointError:
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    hint = {errno.ENOSPC: "; free some space or lower train.keep_checkpoints",
+            errno.EROFS: "; choose a writable train.out_dir", errno.EACCES: "; choose a writable train.out_dir"}
+    return CheckpointError(f"checkpoint: cannot write {path}: {reason}{hint.get(error.errno, '')}")
+
+
 def save_checkpoint(
     run_dir: str | Path, iteration: int, model_state: dict[str, Tensor], state: dict[str, Any], keep: int = 3
 ) -> Path:
-    """Write checkpoint ``iteration`` atomically and keep the newest ``keep``; returns its directory."""
+    """Write checkpoint ``iteration`` atomically and keep the newest ``keep``; returns its directory.
+
+    Refuses (:class:`CheckpointError`) to write a non-finite tensor or over an existing checkpoint.
+    """
     final = checkpoint_dir(run_dir, iteration)
     root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    weights = {name: t.detach().contiguous().cpu() for name, t in model_state.items()}
+    data, tensors = encode_state(state)
+    bad = non_finite(weights) + [f"state {name}" for name in non_finite(tensors)]
+    if bad:
+        raise CheckpointError(f"checkpoint: refusing to save iteration {iteration}: {len(bad)} tensor(s) hold NaN or "
+                              f"inf (first: {bad[0]}); the last good checkpoint is kept")
+    if final.exists():
+        raise CheckpointError(f"checkpoint: {final} already exists; a checkpoint is never written over another")
+    staging = None
     try:
-        tensors = {name: t.detach().contiguous().cpu() for name, t in model_state.items()}
-        save_file(tensors, str(staging / MODEL_FILE))
-        torch.save(state, staging / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+        save_file(weights, str(staging / MODEL_FILE), metadata={"format": str(FORMAT)})
+        save_file(tensors, str(staging / STATE_TENSORS), metadata={"format": str(FORMAT)})
+        (staging / STATE_JSON).write_text(json.dumps({"format": FORMAT, "state": data}, allow_nan=True) + "\n")
+        files = (MODEL_FILE, STATE_TENSORS, STATE_JSON)
+        checksums = {name: _sha256(staging / name) for name in files}
+        (staging / CHECKSUMS).write_text(json.dumps(checksums, indent=1, sort_keys=True) + "\n")
+        for name in (*files, CHECKSUMS):
+            os.chmod(staging / name, 0o644)
+            _fsync(staging / name)
+        os.chmod(staging, 0o755)
+        _fsync(staging)
         os.replace(staging, final)
+        staging = None
+        _fsync(root)
+        _atomic_write_text(root / LATEST, final.name)
+    except OSError as error:
+        raise _write_error(final, error) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _atomic_write_text(root / LATEST, final.name)
-    for old in sorted(p for p in root.glob("iter-*") if p.is_dir())[:-keep]:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    written = sorted((p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)),
+                     key=lambda p: int(p.name[5:]))
+    for old in [p for p in written if p != final][: max(0, len(written) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The directory ``latest`` points to, or ``None`` if the run has no checkpoint yet."""
+    """The directory ``latest`` points to, or ``None`` if the run has no checkpoint yet.
+
+    ``latest`` must name a checkpoint of this run (``iter-XXXXXX`` inside its ``checkpoints/``);
+    anything else, such as a path into another run, is a :class:`CheckpointError`.
+    """
     pointer = Path(run_dir) / "checkpoints" / LATEST
     if not pointer.exists():
         return None
-    return pointer.parent / pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint: cannot read {pointer} ({type(error).__name__})") from None
+    if not CHECKPOINT_NAME.fullmatch(name):
+        raise CheckpointError(f"checkpoint: {pointer} names {name[:80]!r}; expected a checkpoint of this run "
+                              "(iter-XXXXXX in the same checkpoints/ folder)")
+    return pointer.parent / name
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read ``(model_state, state)`` from a checkpoint directory, naming any missing file."""
+    """Read ``(model_state, state)`` from a checkpoint directory, after checking every file against
+    ``checksums.json``. Only safetensors and JSON are read, never a pickle; every problem is a
+    one-line :class:`CheckpointError`."""
     path = Path(path)
-    for name in (MODEL_FILE, STATE_FILE):
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint: {path} is not a checkpoint folder")
+    if (path / LEGACY_STATE).exists() and not (path / STATE_JSON).exists():
+        raise CheckpointError(f"checkpoint: {path} was written by an older treegrpo ({LEGACY_STATE} is a pickle, which "
+                              "is never loaded because it can run code); retrain or convert it in a trusted session")
+    for name in (MODEL_FILE, STATE_TENSORS, STATE_JSON, CHECKSUMS):
         if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint: {path / name} is missing; expected a directory written by save_checkpoint")
-    return load_file(str(path / MODEL_FILE)), torch.load(path / STATE_FILE, weights_only=False)
+            raise CheckpointError(f"checkpoint: {path / name} is missing; expected a folder written by save_checkpoint")
+    try:
+        checksums = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        checksums = None
+    if not isinstance(checksums, dict):
+        raise CheckpointError(f"checkpoint: {path / CHECKSUMS} is not a JSON object of sha256 sums")
+    for name in (MODEL_FILE, STATE_TENSORS, STATE_JSON):
+        if checksums.get(name) != _sha256(path / name):
+            raise CheckpointError(f"checkpoint: {path / name} does not match its sha256 in {CHECKSUMS} (the file is "
+                                  "corrupt or was changed)")
+    try:
+        weights = load_file(str(path / MODEL_FILE))
+        tensors = load_file(str(path / STATE_TENSORS))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint: cannot read the tensors in {path}: {str(error).splitlines()[0][:120]}") from None
+    try:
+        document = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not valid JSON") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("state"), dict):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not a treegrpo state (format {FORMAT})")
+    return weights, decode_state(document["state"], tensors)
