@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,13 +47,34 @@ def plot_reward_curve(history: Sequence[Mapping[str, float]], path: str | Path,
 
 
 def write_json(data: object, path: str | Path) -> Path:
-    """Write ``data`` as indented JSON, atomically (temporary file + rename)."""
+    """Write ``data`` as indented JSON, atomically (a unique temporary file, fsynced, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
     return path
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object written by :func:`write_json`; anything else is a one-line :class:`ConfigError`."""
+    from treegrpo.algos.config import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"train.out_dir: cannot read {path} ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"train.out_dir: {path} does not hold a JSON object")
+    return data
 
 
 DIVERSITY_KEY = "eval/diversity/"

@@ -14,11 +14,10 @@ are shared by DDP or FSDP2, and rank 0 alone logs and writes files.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from treegrpo.algos.advantages import clip_advantages
 from treegrpo.algos.batch import count_edges, parent_batch, select_steps
 from treegrpo.algos.checkpoint import (
+    CheckpointError,
     capture_rng,
     checkpoint_dir,
     latest_checkpoint,
@@ -33,7 +33,7 @@ from treegrpo.algos.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from treegrpo.algos.config import Config, ConfigError, check_reward_names
+from treegrpo.algos.config import Config, ConfigError, check_reward_names, config_changes
 from treegrpo.algos.distributed import (
     Ranks,
     all_true,
@@ -46,6 +46,7 @@ from treegrpo.algos.distributed import (
     mean_over_ranks,
     optimizer_state_full,
     optimizer_state_sharded,
+    ranks_from_env,
     shard_like,
     wrap_for_training,
 )
@@ -53,7 +54,8 @@ from treegrpo.algos.evaluation import held_out_prompts, held_out_scores
 from treegrpo.algos.losses import EdgeLoss, total_loss
 from treegrpo.algos.model_setup import prepare_model
 from treegrpo.algos.problem import Problem
-from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
+from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler, check_step_numbers
+from treegrpo.algos.run_folder import check_space, claim_run_folder
 from treegrpo.algos.scoring import chunk_bounds, sample_and_score
 from treegrpo.envs import OnPolicyError, Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
 from treegrpo.envs.pipelines import LAYOUTS
@@ -61,9 +63,10 @@ from treegrpo.envs.precision import model_precision
 from treegrpo.envs.sampler import gather_cond
 
 import treeadv
+from treegrpo.errors import TreegrpoError
 
 
-class NonFiniteTrainingError(FloatingPointError):
+class NonFiniteTrainingError(TreegrpoError, FloatingPointError):
     """A reward, advantage, loss or gradient was NaN or inf; the last good state was saved."""
 
 
@@ -112,10 +115,13 @@ class Trainer:
         loss: EdgeLoss | None = None,
         reference: nn.Module | str | None = None,
         ranks: Ranks | None = None,
+        read_only: bool = False,
     ) -> None:
         self.problem, self.config = problem, config.validate()
         train = config.train
         self.ranks = ranks or init_distributed(train.dist_backend, problem.device)
+        # A run claims its folder (checked, locked, tidied); ``read_only`` (treegrpo eval) only reads checkpoints.
+        self.folder = None if read_only else claim_run_folder(train, main=self.ranks.is_main)
         prompts = config.sampling.prompts_per_iteration
         if prompts % self.ranks.world_size:
             raise ConfigError(f"sampling.prompts_per_iteration: {prompts} prompts do not split evenly over "
@@ -156,8 +162,34 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.evaluations: list[dict[str, float]] = []  # held-out results logged during the run (train.eval_every)
         self._writer = None
-        if train.resume:
-            self.resume()
+        self._start_of_iteration: dict[str, Any] | None = None  # RNG and tracker state before this iteration
+        self._stepped = False  # whether an optimiser step changed the weights in this iteration
+        self._saved: int | None = None  # the iteration this trainer last wrote a checkpoint of
+        if self.folder is not None and self.ranks.is_main:
+            check_space(self.folder.path, self.checkpoint_bytes())
+        if train.resume and not self.resume():
+            raise ConfigError(f"train.resume: there is no checkpoint in {self.run_dir / 'checkpoints'} to continue; "
+                              "check train.out_dir, or drop --train.resume to start a new run there")
+
+    def checkpoint_bytes(self) -> int:
+        """About how many bytes one checkpoint takes: the trained weights, AdamW's two moments, the EMA."""
+        weights = sum(p.numel() * p.element_size() for p in self.named_params.values())
+        moments = 2 * sum(p.numel() * 4 for p in self.named_params.values())
+        return weights + moments + (weights if self.ema else 0) + (1 << 20)
+
+    def close(self) -> None:
+        """Flush the logs and release the run folder (the lock also goes when the process ends)."""
+        if self._writer is not None:
+            self._writer.flush()
+        if self.folder is not None:
+            self.folder.release()
+            self.folder = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ state
     def window(self) -> WindowSchedule | None:
@@ -165,47 +197,73 @@ class Trainer:
         schedule = getattr(self.sampler, "window", None) or getattr(self.sampler, "sde_steps", None)
         return schedule if isinstance(schedule, WindowSchedule) else None
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, start_of_iteration: bool = False) -> dict[str, Any]:
         """Everything except the weights that a resumed run needs to continue exactly (sharded
-        optimiser state is gathered whole, a collective under FSDP)."""
+        optimiser state is gathered whole, a collective under FSDP). ``start_of_iteration`` takes the
+        RNG and tracker state from before the current iteration drew anything (the non-finite guard)."""
         window = self.window()
+        start = self._start_of_iteration if start_of_iteration and self._start_of_iteration else {}
         return {
             "iteration": self.iteration,
             "optimizer": optimizer_state_full(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "rng": capture_rng(self.generators),
+            "rng": start.get("rng") or capture_rng(self.generators),
             "window": window.state_dict() if window else {},
-            "advantage": self.advantage.state_dict() if hasattr(self.advantage, "state_dict") else {},
+            "advantage": start.get("advantage") or self._advantage_state(),
             "history": self.history,
             "evaluations": self.evaluations,
             "config": self.config.to_dict(),
         }
 
-    def save(self) -> Path:
+    def _advantage_state(self) -> dict[str, Any]:
+        return copy.deepcopy(self.advantage.state_dict()) if hasattr(self.advantage, "state_dict") else {}
+
+    def save(self, *, start_of_iteration: bool = False) -> Path:
         """Write a checkpoint of the current state (atomically, once: rank 0 writes full tensors that
-        any world size can resume). Every rank must call it."""
+        any world size can resume) and return its folder; every rank must call it. Saving an
+        iteration this trainer has saved already returns that checkpoint (nothing has changed)."""
+        where = checkpoint_dir(self.run_dir, self.iteration)
+        if self._saved == self.iteration:
+            return where
         weights = {name: full_tensor(p) for name, p in self.named_params.items()}
-        state = self.state_dict()
+        state = self.state_dict(start_of_iteration=start_of_iteration)
         if self.ranks.is_main:
             save_checkpoint(self.run_dir, self.iteration, weights, state, keep=self.config.train.keep_checkpoints)
         barrier()
-        return checkpoint_dir(self.run_dir, self.iteration)
+        self._saved = self.iteration
+        return where
 
-    def resume(self, path: str | Path | None = None) -> bool:
-        """Load ``path`` or the run's latest checkpoint; returns ``False`` if there is none."""
+    def resume(self, path: str | Path | None = None, *, check_config: bool = True) -> bool:
+        """Load ``path`` or the run's latest checkpoint; returns ``False`` if there is none.
+
+        With ``check_config`` the checkpoint's configuration must equal this run's except for the
+        options that do not change what is trained (:data:`MAY_CHANGE_ON_RESUME`), unless
+        ``train.allow_config_change``; then the new optimiser settings replace the saved ones.
+        """
         path = Path(path) if path else latest_checkpoint(self.run_dir)
         if path is None:
             return False
         weights, state = load_checkpoint(path)
+        changed = config_changes(state.get("config", {}), self.config) if check_config else []
+        if changed and not self.config.train.allow_config_change:
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            raise ConfigError(f"train.resume: {path} was trained with other settings ({shown}); resume with its settings, "
+                              "or pass --train.allow_config_change to continue with yours")
         missing = sorted(set(self.named_params) - set(weights))
         if missing:
-            raise ValueError(f"checkpoint: {path} lacks trained parameters {missing[:3]}")
+            raise CheckpointError(f"checkpoint: {path} lacks trained parameters {missing[:3]} (another model, or "
+                                  "LoRA against full fine-tuning?)")
         with torch.no_grad():
             for name, p in self.named_params.items():
+                if tuple(weights[name].shape) != tuple(full_tensor(p).shape):
+                    raise CheckpointError(f"checkpoint: {path} holds {name} of shape {tuple(weights[name].shape)}, "
+                                          f"the model {tuple(full_tensor(p).shape)}")
                 p.copy_(shard_like(weights[name], p))
         self.optimizer.load_state_dict(optimizer_state_sharded(state["optimizer"], list(self.named_params.values())))
         self.scheduler.load_state_dict(state["scheduler"])
+        if changed:  # allowed: the user's optimiser settings win over the checkpoint's
+            self._apply_optimizer_config()
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         restore_rng(state["rng"], self.generators)
@@ -216,7 +274,16 @@ class Trainer:
             self.advantage.load_state_dict(state["advantage"])
         self.iteration, self.history = state["iteration"], list(state["history"])
         self.evaluations = list(state.get("evaluations", []))
+        self._saved = self.iteration if path.parent == self.run_dir / "checkpoints" else None
         return True
+
+    def _apply_optimizer_config(self) -> None:
+        """Set the configured lr, betas, eps and weight decay on every parameter group (after a load)."""
+        o = self.config.optim
+        self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(lr=o.lr * factor, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
 
     # ------------------------------------------------------------------ one iteration
     def pieces(self, num_prompts: int) -> list[list[tuple[int, int]]]:
@@ -231,6 +298,8 @@ class Trainer:
         """Run one iteration and return its metrics."""
         it, cfg, rank = self.iteration, self.config, self.ranks.rank
         start = time.perf_counter()
+        self._start_of_iteration = {"rng": capture_rng(self.generators), "advantage": self._advantage_state()}
+        self._stepped = False
         all_cond, all_prompt_ids = self.problem.prompts(it, self.generators["prompts"])
         by_rank = self.pieces(int(all_prompt_ids.shape[0]))
         mine, first_piece, num_pieces = by_rank[rank], sum(map(len, by_rank[:rank])), sum(map(len, by_rank))
@@ -442,7 +511,10 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
         self._guard(full_tensor(norm), "gradient norm")
         self.optimizer.step()
+        self._stepped = True
         self.optimizer.zero_grad(set_to_none=True)
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all()  # one sync per step
+        self._guard(finite, "weights after the optimiser step")
         if self.ema:
             self.ema.update()
 
@@ -459,16 +531,29 @@ class Trainer:
         return model_precision(self.config.train.precision, self.device)
 
     def _guard(self, value: Tensor, name: str) -> None:
-        """Save and stop, on every rank together, when ``value`` is not finite on any rank."""
-        if all_true(bool(torch.isfinite(value).all()), self.device):
+        """Stop, on every rank together, when ``value`` is not finite (or false) on any rank.
+
+        If no optimiser step has changed the weights in this iteration, the state from before the
+        iteration is the last good one and is saved (with the RNG as it was then, so a resume repeats
+        the iteration exactly), unless a checkpoint of this iteration exists already; otherwise
+        nothing is written and the error names the last checkpoint on disk."""
+        ok = bool(value.all()) if value.dtype == torch.bool else bool(torch.isfinite(value).all())
+        if all_true(ok, self.device):
             return
-        bad = int((~torch.isfinite(value)).sum())
+        bad = int((~value).sum()) if value.dtype == torch.bool else int((~torch.isfinite(value)).sum())
         self.optimizer.zero_grad(set_to_none=True)
-        saved = self.save()
+        where = checkpoint_dir(self.run_dir, self.iteration)
+        if not self._stepped and not where.exists() and self.folder is not None:
+            self.save(start_of_iteration=True)
+            last = f"the state before this iteration is saved in {where}"
+        else:
+            latest = latest_checkpoint(self.run_dir) if self.ranks.is_main else None
+            why = "the weights changed in this iteration before the failure, so it is not saved" if self._stepped else (
+                "a checkpoint of this iteration exists already")
+            last = f"{why}; the last good state is {latest or 'not saved (no checkpoint yet)'}"
         raise NonFiniteTrainingError(
             f"iteration {self.iteration}: {name} is not finite ({bad} of {value.numel()} values on rank "
-            f"{self.ranks.rank}); "
-            f"the last good state is in {saved}"
+            f"{self.ranks.rank}); {last}"
         )
 
     def _reward_columns(self, rewards: Tensor) -> dict[str, float]:
@@ -592,20 +677,30 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 def run(config: Config, *, problem: Problem | None = None, progress: bool = True) -> dict[str, Any]:
     """Entry point of ``treegrpo train``: train, then write grids, a reward curve and a summary.
 
-    Held-out rewards of the starting policy are measured once (kept in ``eval_before.json`` so a
-    resumed run still reports them), then again after training; the table is printed and the
-    numbers go to ``summary.json``. Returns the summary. Under ``torchrun`` every rank trains and
-    evaluates (the same held-out samples); rank 0 prints and writes.
+    The run folder is claimed first, before the model loads (:func:`claim_run_folder`: a folder
+    that is unwritable, in use, or holds an earlier run that is neither resumed nor overwritten is
+    a one-line error). Held-out rewards of the starting policy are measured once (kept in
+    ``eval_before.json`` so a resumed run still reports them), then again after training; the
+    table is printed and the numbers go to ``summary.json``. Returns the summary. Under ``torchrun``
+    every rank trains and evaluates (the same held-out samples); rank 0 prints and writes.
     """
-    from treegrpo.algos.report import diversity_kept, plot_reward_curve, summary_table, write_json
+    folder = claim_run_folder(config.validate().train, main=ranks_from_env().is_main)
+    try:
+        with Trainer(problem or build_problem(config), config) as trainer:
+            return _run(trainer, config, progress)
+    finally:
+        folder.release()
 
-    trainer = Trainer(problem or build_problem(config), config)
+
+def _run(trainer: Trainer, config: Config, progress: bool) -> dict[str, Any]:
+    from treegrpo.algos.report import diversity_kept, plot_reward_curve, read_json, summary_table, write_json
+
     run_dir, main = trainer.run_dir, trainer.ranks.is_main
     before_path = run_dir / "eval_before.json"
-    resumed_before = before_path.is_file()
+    resumed_before = config.train.resume and before_path.is_file()  # a fresh run never reads an old file
     barrier()  # every rank has looked before rank 0 writes
     if resumed_before:
-        before = json.loads(before_path.read_text())
+        before = read_json(before_path)
     else:
         before = trainer.evaluate(log=True)
         if main:
@@ -647,6 +742,7 @@ def build_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
     from treegrpo.algos.problem import toy2d_problem
 
     kind = config.model.kind
+    check_step_numbers(config)  # before any weights load
     if kind == "digits":
         from treegrpo.embedded.problem import digits_problem
         from treegrpo.envs.transitions import FLOW_TRANSITIONS

@@ -41,12 +41,20 @@ def _overrides(**extra: object) -> list[str]:
 
 
 def _one_process(out_dir: Path, iterations: int, **extra: object) -> Trainer:
+    """The reference run, on one thread as each torchrun worker is (OMP_NUM_THREADS=1): kernels may
+    round differently with another thread count, and Adam turns such differences in near-zero
+    gradients into visible ones."""
     config = preset_config("digits").override(
         _overrides(**{"train.out_dir": str(out_dir), "train.iterations": iterations, **extra}))
-    trainer = Trainer(build_problem(config), config)
-    if trainer.iteration == 0:
-        trainer.save()  # iter-000000: the starting weights
-    trainer.fit(progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = Trainer(build_problem(config), config)
+        if trainer.iteration == 0:
+            trainer.save()  # iter-000000: the starting weights
+        trainer.fit(progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return trainer
 
 

@@ -61,7 +61,7 @@ def test_treegrpo_eval_on_the_embedded_default(tmp_path, capsys):
 
     config = resolve_config(build_parser().parse_args(
         ["eval", *options, "--eval.samples_per_prompt", "2", "--eval.rewards", "jpeg_compressibility,classifier"]))
-    fresh = Trainer(build_problem(config), config)
+    fresh = Trainer(build_problem(config), config, read_only=True)  # the folder holds the run: read it
     expected_base = fresh.evaluate()
     fresh.resume()
     expected_trained = fresh.evaluate()
