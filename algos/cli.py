@@ -17,12 +17,15 @@ per-field flags. ``--print-config`` prints the resolved configuration as TOML an
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from treegrpo.algos.config import MODELS, Config, ConfigError, ModelConfig, Option, options, read_config_file
+from treegrpo.algos.config import MODELS, Config, ModelConfig, Option, options, read_config_file
+
+from treegrpo.errors import TreegrpoError
 
 __all__ = ["build_parser", "main", "resolve_config"]
 
@@ -68,21 +71,46 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             _add_field(group, option)
 
 
+class _Switch(argparse.BooleanOptionalAction):
+    """``--x`` and ``--no-x``, and also ``--x true`` / ``--x false`` (the value stays text: the config
+    parses it, so a bad one is the config's one-line error)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.nargs = "?"
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string in self.option_strings and values is not None:
+            if option_string.startswith("--no-"):
+                parser.error(f"{option_string} takes no value (use {option_string.replace('--no-', '--', 1)} {values})")
+            setattr(namespace, self.dest, values)
+            return
+        super().__call__(parser, namespace, None, option_string)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other error of the command is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def _add_field(group: Any, option: Option) -> None:
     """One flag for one field; bools get ``--no-`` forms."""
     flag, dest = f"--{option.section}.{option.name}", f"{option.section}.{option.name}"
     text = f"{option.help} (default: {_default_text(option)})".replace("%", "%%")
     if option.kind == "bool":
-        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        group.add_argument(flag, dest=dest, action=_Switch, default=argparse.SUPPRESS, help=text)
     else:
         group.add_argument(flag, dest=dest, metavar=_metavar(option), default=argparse.SUPPRESS, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``treegrpo`` parser; the config options are on it and on every subcommand."""
-    parser = argparse.ArgumentParser(prog=PROG, description="RL post-training of diffusion/flow models (TreeGRPO).")
+    parser = _Parser(prog=PROG, description="RL post-training of diffusion/flow models (TreeGRPO).")
     _add_config_options(parser)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,pretrain}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,pretrain}",
+                                     parser_class=_Parser)
     train = commands.add_parser("train", help="train with the resolved config")
     _add_config_options(train)
     evaluate = commands.add_parser(
@@ -196,8 +224,14 @@ def main(argv: list[str] | None = None) -> int:
             print(config.to_toml(), end="")
             return 0
         return HANDLERS[args.command](config, args)
-    except (ConfigError, FileNotFoundError) as error:  # bad options, missing weights or prompt files
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except (TreegrpoError, FileNotFoundError) as error:  # bad options, files, folders, checkpoints, NaNs
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the disk: full, read-only, permissions
+        if error.errno is None:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"{PROG}: error: {os.strerror(error.errno)}{where}", file=sys.stderr)
         return 2
 
 

@@ -27,6 +27,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 
+from treegrpo.errors import TreegrpoError
+
 __all__ = [
     "SECTIONS",
     "Config",
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(TreegrpoError, ValueError):
     """An invalid configuration value; the message is one line starting with ``section.field: ``."""
 
     def __init__(self, message: str) -> None:
@@ -58,6 +60,19 @@ def check_reward_names(names: Sequence[str], known: Collection[str], field: str,
     if unknown:
         where = f" for {model}" if model else ""
         raise ConfigError(f"{field}: unknown reward {unknown[0]!r}{where}; expected one of {sorted(known)}")
+
+
+def known_rewards(kind: str) -> Collection[str]:
+    """The reward names a model kind can train on (its registry, imported only when asked)."""
+    if kind == "digits":
+        from treegrpo.embedded.rewards import REWARDS as DIGITS
+
+        return DIGITS
+    if kind == "toy2d":
+        return ("target",)
+    from treegrpo.rewards import REWARDS
+
+    return REWARDS
 
 
 def _opt(default: Any, help: str, **spec: Any) -> Any:
@@ -333,7 +348,8 @@ class SamplingConfig(_Section):
     group_size: int = _opt(8, "trajectories per prompt (GRPO, MixGRPO, DDPO, REINFORCE)", min=1)
     prompts_per_iteration: int = _opt(4, "prompts sampled per training iteration", min=1)
     transition: str = _opt("flow_sde", "stochastic transition of the SDE steps", choices=TRANSITIONS)
-    noise_level: float = _opt(0.7, "SDE noise level a (flow_sde, cps; eta for dance_sde and ddim)", min=0)
+    noise_level: float = _opt(0.7, "SDE noise level a (flow_sde, cps; eta for dance_sde and ddim); 0 would leave "
+                                   "nothing to train", min=0, min_open=True)
     shift: float = _opt(3.0, "flow-matching schedule shift", min=0, min_open=True)
     schedule: str = _opt("scheduler", "flow models: the pipeline scheduler's shifted schedule, or DanceGRPO's "
                                       "(linspace(1, 0) shifted by shift t / (1 + (shift - 1) t))",
@@ -408,7 +424,7 @@ class OptimConfig(_Section):
 
     section: ClassVar[str] = "optim"
 
-    lr: float = _opt(1e-5, "AdamW learning rate", min=0, min_open=True)
+    lr: float = _opt(1e-5, "AdamW learning rate", min=0, max=1, min_open=True)
     weight_decay: float = _opt(0.01, "AdamW weight decay", min=0)
     beta1: float = _opt(0.9, "AdamW beta1", min=0, max=1, max_open=True)
     beta2: float = _opt(0.999, "AdamW beta2", min=0, max=1, max_open=True)
@@ -446,6 +462,9 @@ class TrainConfig(_Section):
                               "0 = only before and after the run", min=0)
     keep_checkpoints: int = _opt(3, "most recent checkpoints kept", min=1)
     resume: bool = _opt(False, "continue from the latest checkpoint in out_dir")
+    overwrite: bool = _opt(False, "start a new run in an out_dir that holds an earlier one, deleting what that run wrote")
+    allow_config_change: bool = _opt(False, "with resume: continue although options that change training differ "
+                                            "from the checkpoint's (the new values win)")
     device: str = _opt("cpu", "device of the model and sampling: cpu, cuda, cuda:N, or auto (cuda if available); under torchrun cuda is cuda:LOCAL_RANK")
     parallel: str = _opt("ddp", "under torchrun: ddp (weights replicated, gradients averaged) or fsdp (FSDP2: sharded)",
                          choices=PARALLEL_MODES)
@@ -453,7 +472,9 @@ class TrainConfig(_Section):
                              choices=BACKENDS)
 
     def _check_fields(self) -> None:
-        """``device`` must name a torch device."""
+        """``device`` must name a torch device; ``out_dir`` must be a folder name."""
+        if not self.out_dir.strip():
+            raise ConfigError("train.out_dir: is empty; name a folder for logs, samples and checkpoints (runs/<name>)")
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -549,6 +570,42 @@ USES: tuple[Use, ...] = (
 """Which runs read which options; :meth:`Config.check_used` refuses a set option that this run would ignore."""
 
 
+MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
+    *(f"train.{name}" for name in ("iterations", "log_every", "checkpoint_every", "sample_every", "eval_every",
+                                   "keep_checkpoints", "resume", "overwrite", "allow_config_change", "out_dir",
+                                   "device", "dist_backend", "check_on_policy", "compile", "compile_backend",
+                                   "gradient_checkpointing", "deterministic")),
+    "train.parallel", "sampling.chunks",  # how the work is shared out: any world size resumes any checkpoint
+    *(f"sampling.{name}" for name in ("max_batch", "static_shapes", "background_scoring")),
+    *(f"model.{name}" for name in ("eval_count", "eval_prompts", "embedding_cache", "embedding_memory",
+                                   "precompute_embeddings", "vae_batch", "reward_dir")),
+})
+"""Options a resumed run may change freely: run length, logging, checkpointing, devices, speed, and
+evaluation (the whole ``eval`` section); everything else changes what is trained."""
+
+
+def config_changes(saved: Mapping[str, Any], config: Config) -> list[str]:
+    """``section.field old -> new`` for every option that differs between a checkpoint's saved
+    configuration and ``config``, outside :data:`MAY_CHANGE_ON_RESUME` and ``eval``. An option the
+    checkpoint does not record counts as its default."""
+    changes = []
+    current = config.to_dict()
+    for section, values in current.items():
+        if section == "eval":
+            continue
+        recorded = saved.get(section, {}) if isinstance(saved.get(section, {}), Mapping) else {}
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            if key in MAY_CHANGE_ON_RESUME:
+                continue
+            old = recorded.get(name, _default(SECTIONS[section], name))
+            if isinstance(old, list | tuple) and isinstance(value, list):
+                old = list(old)
+            if old != value:
+                changes.append(f"{key} {old!r} -> {value!r}")
+    return changes
+
+
 def _default(cls: type, name: str) -> Any:
     field_ = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
     return field_.default_factory() if field_.default is dataclasses.MISSING else field_.default  # type: ignore[misc]
@@ -585,13 +642,35 @@ class Config:
             section.validate()
         weights, rewards = self.loss.reward_weights, self.model.rewards
         if weights and len(weights) != len(rewards):
+            check_reward_names(rewards, known_rewards(self.model.kind), "model.rewards", f"model.kind={self.model.kind}")
             raise ConfigError(
                 f"loss.reward_weights: expected one weight per reward in model.rewards ({len(rewards)}), "
                 f"got {len(weights)}: {weights!r}"
             )
         if check_used:
             self.check_used()
+            self.check_learnable()
         return self
+
+    def check_learnable(self) -> None:
+        """Refuse a configuration that would train nothing: no siblings to compare within a prompt's
+        group, all-zero reward weights, or an estimator :mod:`treeadv` does not know."""
+        import treeadv
+
+        s, loss = self.sampling, self.loss
+        if loss.algorithm in TREE_ALGORITHMS:
+            if loss.estimator not in treeadv.registered_estimators():
+                raise ConfigError(f"loss.estimator: unknown estimator {loss.estimator!r}; expected one of "
+                                  f"{', '.join(treeadv.registered_estimators())} (or register your own)")
+            if s.branching == 1 and s.trees_per_prompt == 1:
+                raise ConfigError("sampling.branching: 1 with sampling.trees_per_prompt=1 gives each prompt one image, "
+                                  "so every group-normalised advantage is 0; use branching >= 2 or trees_per_prompt >= 2")
+        elif loss.algorithm != "ddpo" and s.group_size == 1:
+            raise ConfigError(f"sampling.group_size: 1 gives each prompt one trajectory, so every group-normalised "
+                              f"advantage of loss.algorithm={loss.algorithm} is 0; use group_size >= 2")
+        if loss.reward_weights and not any(loss.reward_weights):
+            raise ConfigError(f"loss.reward_weights: all zero ({loss.reward_weights}), so every advantage is 0; give at "
+                              "least one reward a positive weight")
 
     def check_used(self, given: Collection[str] = ()) -> None:
         """Refuse, in one line, an option the run would ignore: one that differs from its default, or

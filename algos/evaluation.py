@@ -173,7 +173,7 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
     run_dir = Path(config.train.out_dir)
     checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if checkpoint is not None and not checkpoint.exists():
-        raise FileNotFoundError(f"--checkpoint: {checkpoint} does not exist")
+        raise ConfigError(f"--checkpoint: {checkpoint} does not exist")
     problem = build_problem(config, fuse_model_lora=False)
     if model.lora and problem.apply_lora is None:
         raise ConfigError(f"model.lora: model.kind={model.kind} does not take a diffusers LoRA; "
@@ -190,9 +190,9 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
     if model.lora:
         problem.apply_lora(model.lora)
         score(f"+ lora {Path(model.lora).name}")
-    if checkpoint is not None:
-        trainer = Trainer(problem, config)
-        trainer.resume(checkpoint)
+    if checkpoint is not None:  # loaded as training would resume it, reading only safetensors and JSON
+        trainer = Trainer(problem, config.override(["train.resume=false"], check_used=False), read_only=True)
+        trainer.resume(checkpoint, check_config=False)
         score(f"{'+ ' if model.lora else ''}checkpoint {trainer.iteration}")
 
     first = next(iter(scores.values()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from treegrpo.algos.config import ConfigError
 from treegrpo.algos.model_setup import has_adapters
 from treegrpo.envs.pipelines import LAYOUTS, TextToImageModel
 
@@ -50,13 +51,23 @@ def export_trained(model: TextToImageModel, directory: str | Path) -> list[Path]
     return [save_network(model, directory)]
 
 
-def fuse_lora(model: TextToImageModel, path: str | Path) -> None:
-    """Load diffusers LoRA weights from ``path`` and fold them into the network's weights."""
+def check_lora_file(path: str | Path) -> tuple[Path, str]:
+    """``(folder, file name)`` of the LoRA at ``path`` (a folder with :data:`LORA_FILE` or a
+    ``.safetensors`` file); anything else is a one-line error, and a pickle is never loaded."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model.lora: {path} does not exist; expected a folder with {LORA_FILE} "
-                                "(what training writes to <out_dir>/final) or the .safetensors file itself")
     folder, weight_name = (path.parent, path.name) if path.is_file() else (path, LORA_FILE)
-    model.pipeline.load_lora_weights(folder, weight_name=weight_name, adapter_name="fused")
+    if not (folder / weight_name).is_file():
+        raise ConfigError(f"model.lora: {folder / weight_name} does not exist; expected a folder with {LORA_FILE} "
+                          "(what training writes to <out_dir>/final) or the .safetensors file itself")
+    if not weight_name.endswith(".safetensors"):
+        raise ConfigError(f"model.lora: {path} is not a .safetensors file; other formats are pickles, which can run "
+                          "code when loaded, and are refused")
+    return folder, weight_name
+
+
+def fuse_lora(model: TextToImageModel, path: str | Path) -> None:
+    """Load diffusers LoRA weights from ``path`` (safetensors only) and fold them into the network's weights."""
+    folder, weight_name = check_lora_file(path)
+    model.pipeline.load_lora_weights(folder, weight_name=weight_name, adapter_name="fused", use_safetensors=True)
     model.pipeline.fuse_lora(adapter_names=["fused"])
     model.pipeline.unload_lora_weights()

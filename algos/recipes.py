@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from treegrpo.algos.advantages import GroupAdvantage, PerPromptStatTracker
 from treegrpo.algos.config import Config, ConfigError, number_or_word
 from treegrpo.algos.losses import DDPOLoss, EdgeLoss, GRPOLoss, ReinforceLoss, TreeGRPOLoss
@@ -19,6 +20,7 @@ from treegrpo.envs import (
     GeometricWindow,
     ShiftingWindow,
     TrajectorySampler,
+    Transition,
     TreeSampler,
     WindowSchedule,
 )
@@ -42,6 +44,7 @@ def trainable_horizon(config: Config, problem: Problem) -> int:
     """The number of leading steps with noise, where windows of SDE steps may lie (one-line errors
     when there are none, or fewer than the window's depth)."""
     s, transition = config.sampling, problem.transition
+    check_step_numbers(config, transition)
     horizon = transition.trainable_horizon()
     if horizon == 0:
         raise ConfigError(f"sampling.noise_level: {s.noise_level} leaves every step of sampling.transition="
@@ -57,6 +60,33 @@ def trainable_horizon(config: Config, problem: Problem) -> int:
                           f"step without noise (only the first {horizon} of {transition.num_steps} have noise); use "
                           f"window_start <= {horizon - s.depth}")
     return horizon
+
+
+def check_step_numbers(config: Config, transition: Transition | None = None) -> None:
+    """Refuse settings whose SDE steps are not finite numbers (a huge noise level, a shift so small
+    that ``t`` underflows), before any model loads: the steps of ``transition``, or of the one the
+    config describes on a default scheduler, are evaluated at ``x = v = 1``."""
+    s = config.sampling
+    if transition is None:
+        from treegrpo.envs import DDIM, DDIMTimesteps, FlowTimesteps, flow_transition
+
+        if s.transition == "ddim":
+            from diffusers import DDIMScheduler
+
+            transition = DDIM(DDIMTimesteps.from_scheduler(DDIMScheduler(), s.num_steps), eta=s.noise_level)
+        else:
+            timesteps = FlowTimesteps.named(s.schedule, s.num_steps, shift=s.shift)
+            transition = flow_transition(s.transition, timesteps, s.noise_level, cps_scoring=s.cps_scoring)
+    step = torch.arange(transition.num_steps)
+    ones = torch.ones(step.shape[0], 4)
+    mean, std = transition.mean_std(ones, ones, step)
+    std = torch.as_tensor(std).expand(step.shape[0], 1) if torch.as_tensor(std).dim() else torch.as_tensor(std)
+    bad = ~(torch.isfinite(mean).all(-1) & torch.isfinite(std).reshape(step.shape[0], -1).all(-1))
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0])
+        raise ConfigError(f"sampling.noise_level: {s.noise_level} with sampling.shift={s.shift} gives a non-finite SDE "
+                          f"step at step {first} of sampling.transition={s.transition} (its std or mean overflows); "
+                          "use a noise level near 1 (Flow-GRPO: 0.7) and a shift near 1-3")
 
 
 def build_sampler(config: Config, problem: Problem) -> TreeSampler | TrajectorySampler:

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 from treegrpo.algos.config import Config, ConfigError, check_reward_names
 from treegrpo.algos.distributed import local_device
-from treegrpo.algos.export import export_trained, fuse_lora
+from treegrpo.algos.export import check_lora_file, export_trained, fuse_lora
 from treegrpo.algos.problem import Problem
 from treegrpo.envs import GuidedDenoiser
-from treegrpo.envs.pipelines import TextToImageModel, load_pipeline
+from treegrpo.envs.pipelines import TextToImageModel, check_image_size, check_layout, load_pipeline, resolve_model_path
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
 from treegrpo.rewards import REWARDS, RewardModel, build_reward
 from treegrpo.rewards.diversity import ClipDiversity
@@ -116,7 +116,7 @@ def _eval_prompts(config: Config, train: list[str]) -> list[str]:
     m = config.model
     try:
         texts = load_prompts(m.eval_prompts or m.prompts, "test")
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError):  # no test split: fall back to the training prompts
         if m.eval_prompts:
             raise
         texts = train
@@ -137,20 +137,17 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
     if not m.prompts:
         raise ConfigError(f"model.prompts: model.kind={m.kind} needs a prompt file (.txt, .json) or HPDv2 folder")
     device = local_device(t.device)
-    lora_base_in_bf16 = t.lora_rank > 0 and t.precision == "bf16"
-    model = load_pipeline(m.path, m.kind, t5=m.t5, frozen_dtype=DTYPES[m.frozen_precision],
-                          denoiser_dtype=torch.bfloat16 if lora_base_in_bf16 else torch.float32, device=device,
-                          max_sequence_length=m.max_sequence_length, vae_batch=m.vae_batch)
-    if m.lora and fuse_model_lora:
-        fuse_lora(model, m.lora)
+    # Everything a user can get wrong is checked before the pipeline loads (minutes at SD3.5 size).
+    root = resolve_model_path(m.path)
+    check_layout(root, m.kind, t5=m.t5)
+    check_image_size(root, m.kind, m.image_size)
     train_prompts = load_prompts(m.prompts, "train")
-    embeddings = PromptEmbeddings(model.encode, model.identity(), cache_dir=m.embedding_cache or None,
-                                  max_in_memory=m.embedding_memory, device=device,
-                                  can_encode=lambda: model.can_encode)
+    if len(train_prompts) < s.prompts_per_iteration:
+        raise ConfigError(f"sampling.prompts_per_iteration: {s.prompts_per_iteration} is more than the "
+                          f"{len(train_prompts)} training prompts in {m.prompts}; use at most {len(train_prompts)}")
     eval_prompts = _eval_prompts(config, train_prompts)
-    if m.precompute_embeddings:
-        embeddings.precompute([*train_prompts, *eval_prompts, m.negative_prompt], progress=True)
-        model.release_text_encoders()
+    if m.lora:
+        check_lora_file(m.lora)
     built: dict[str, RewardModel] = {}  # one instance per name, shared by training and evaluation
 
     def reward_models(names: Sequence[str], field: str) -> list[RewardModel]:
@@ -161,14 +158,27 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
         return [built[name] for name in names]
 
     rewards = reward_models(m.rewards, "model.rewards")
+    eval_rewards = reward_models(config.eval.rewards, "eval.rewards")
     diversity = None
     if config.eval.diversity:
         clip = reward_models([config.eval.diversity_model], "eval.diversity_model")[0]
         diversity = ClipDiversity(clip.image_embeddings, batch=m.vae_batch)
+    lora_base_in_bf16 = t.lora_rank > 0 and t.precision == "bf16"
+    model = load_pipeline(root, m.kind, t5=m.t5, frozen_dtype=DTYPES[m.frozen_precision],
+                          denoiser_dtype=torch.bfloat16 if lora_base_in_bf16 else torch.float32, device=device,
+                          max_sequence_length=m.max_sequence_length, vae_batch=m.vae_batch)
+    if m.lora and fuse_model_lora:
+        fuse_lora(model, m.lora)
+    embeddings = PromptEmbeddings(model.encode, model.identity(), cache_dir=m.embedding_cache or None,
+                                  max_in_memory=m.embedding_memory, device=device,
+                                  can_encode=lambda: model.can_encode)
+    if m.precompute_embeddings:
+        embeddings.precompute([*train_prompts, *eval_prompts, m.negative_prompt], progress=True)
+        model.release_text_encoders()
     return pipeline_problem(
         model, train_prompts=train_prompts, eval_prompts=eval_prompts, rewards=rewards,
         embeddings=embeddings, image_size=m.image_size, transition=s.transition, num_steps=s.num_steps,
         noise_level=s.noise_level, shift=s.shift, prompts_per_iteration=s.prompts_per_iteration,
         guidance_scale=s.guidance_scale, negative_prompt=m.negative_prompt,
-        eval_rewards=reward_models(config.eval.rewards, "eval.rewards"), eval_num_steps=config.eval.num_steps,
+        eval_rewards=eval_rewards, eval_num_steps=config.eval.num_steps,
         diversity=diversity, schedule=s.schedule, cps_scoring=s.cps_scoring)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from treegrpo.errors import TreegrpoError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """The shipped weights: ``base/`` (text encoder and transformer), ``classifier/`` and ``MANIFEST.json``."""
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(TreegrpoError, FileNotFoundError):
     """A weight file is missing; the message names it and the command that makes it."""
 
 

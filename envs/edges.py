@@ -17,9 +17,10 @@ from treegrpo.envs.sampler import Rollout, evaluate, sample_forest
 from treegrpo.envs.transitions import Transition
 
 from treeadv import Tree
+from treegrpo.errors import TreegrpoError
 
 
-class OnPolicyError(AssertionError):
+class OnPolicyError(TreegrpoError, AssertionError):
     """A self-check found sampling and re-scoring out of agreement."""
 
 

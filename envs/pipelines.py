@@ -24,15 +24,19 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 from torch import Tensor
+from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.models import Denoiser, SD3Denoiser, UNetDenoiser
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, Transition, flow_transition
+
+from treegrpo.errors import TreegrpoError
 
 __all__ = [
     "LAYOUTS",
     "Layout",
     "PipelineLayoutError",
     "TextToImageModel",
+    "check_image_size",
     "check_layout",
     "detect_kind",
     "load_pipeline",
@@ -40,7 +44,7 @@ __all__ = [
 ]
 
 
-class PipelineLayoutError(FileNotFoundError):
+class PipelineLayoutError(TreegrpoError, FileNotFoundError):
     """A model folder is missing or does not hold the expected diffusers pipeline."""
 
 
@@ -104,6 +108,29 @@ def check_layout(path: Path, kind: str, *, t5: bool = True) -> None:
             raise PipelineLayoutError(f"model.path: {path / name} is missing; expected {layout.describe()}{extra}")
 
 
+def image_multiple(path: Path, kind: str) -> int:
+    """The side an image size must be a multiple of for the pipeline in ``path``: the VAE's
+    downsampling (``2^(levels - 1)``) times the denoiser's patch size, read from their config files."""
+    def config(name: str) -> dict:
+        file = path / name / "config.json"
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise PipelineLayoutError(f"model.path: cannot read {file} ({type(error).__name__})") from None
+
+    levels = len(config("vae").get("block_out_channels", (0,) * 4))
+    patch = int(config(LAYOUTS[kind].denoiser).get("patch_size") or 1)
+    return 2 ** (levels - 1) * patch
+
+
+def check_image_size(path: Path, kind: str, image_size: int) -> None:
+    """One line if the pipeline in ``path`` cannot make ``image_size``-pixel images (before loading it)."""
+    multiple = image_multiple(path, kind)
+    if image_size % multiple:
+        raise ArgumentError(f"model.image_size: {image_size} is not a multiple of {multiple} (this pipeline's VAE "
+                            f"downsampling times its patch size); use e.g. {max(multiple, image_size // multiple * multiple)}")
+
+
 def detect_kind(path: Path) -> str:
     """``sd3`` or ``sd15`` from ``model_index.json``'s pipeline class."""
     index_file = path / "model_index.json"
@@ -154,7 +181,7 @@ class TextToImageModel:
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         """``(C, H, W)`` of the latents of ``image_size``-pixel square images."""
         if image_size % (self.vae_scale_factor * _patch(self.network)):
-            raise ValueError(f"model.image_size: expected a multiple of "
+            raise ArgumentError(f"model.image_size: expected a multiple of "
                              f"{self.vae_scale_factor * _patch(self.network)} for this pipeline, got {image_size}")
         side = image_size // self.vae_scale_factor
         return (int(self.network.config.in_channels), side, side)
@@ -259,11 +286,12 @@ def load_pipeline(
     check_layout(root, kind, t5=t5)
     if vae_batch < 1:
         raise ValueError(f"model.vae_batch: expected an int >= 1, got {vae_batch!r}")
-    options: dict[str, Any] = {"local_files_only": True, **_dtype_argument(frozen_dtype)}
+    # safetensors only: a pickled .bin can run code when loaded
+    options: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, **_dtype_argument(frozen_dtype)}
     network_name = LAYOUTS[kind].denoiser
     network_class = _network_class(kind)
     options[network_name] = network_class.from_pretrained(root / network_name, local_files_only=True,
-                                                          **_dtype_argument(denoiser_dtype))
+                                                          use_safetensors=True, **_dtype_argument(denoiser_dtype))
     if kind == "sd3":
         if not t5:
             options.update(text_encoder_3=None, tokenizer_3=None)

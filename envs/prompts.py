@@ -25,9 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tensordict import TensorDict
 
+from treegrpo.errors import TreegrpoError
+
 __all__ = [
     "SPLITS",
     "PromptEmbeddings",
+    "PromptFileError",
     "load_prompts",
 ]
 
@@ -35,17 +38,30 @@ SPLITS = ("train", "test")
 """The splits :func:`load_prompts` reads from a folder (``train.json``, ``test.json``)."""
 
 
+class PromptFileError(TreegrpoError, ValueError):
+    """A prompt file or folder that cannot be read as prompts; the message is one line naming it."""
+
+
 def _records(data: object, source: str) -> list[str]:
     if not isinstance(data, list):
-        raise TypeError(f"prompts: {source} must hold a list of prompts, got {type(data).__name__}")
+        raise PromptFileError(f"prompts: {source} must hold a list of prompts, got {type(data).__name__}")
     texts = []
     for i, item in enumerate(data):
         if isinstance(item, dict):
             item = item.get("prompt")
         if not isinstance(item, str):
-            raise TypeError(f"prompts: {source} item {i} is neither a string nor a record with a 'prompt' string")
+            raise PromptFileError(f"prompts: {source} item {i} is neither a string nor a record with a 'prompt' string")
         texts.append(item)
     return texts
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise PromptFileError(f"prompts: {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise PromptFileError(f"prompts: cannot read {path} ({os.strerror(error.errno or 0)})") from None
 
 
 def _clean(texts: Sequence[str]) -> list[str]:
@@ -66,16 +82,19 @@ def load_prompts(path: str | Path, split: str | None = "train") -> list[str]:
         raise FileNotFoundError(f"prompts: {path} does not exist; expected a .txt (one prompt per line), a .json "
                                 "file, or a folder with train.json and test.json")
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(_read_text(path))
+        except json.JSONDecodeError as error:
+            raise PromptFileError(f"prompts: {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
         if isinstance(data, dict):
             if split not in data:
-                raise ValueError(f"prompts: {path} has splits {sorted(data)}, not {split!r}")
+                raise PromptFileError(f"prompts: {path} has splits {sorted(data)}, not {split!r}")
             data = data[split]
         texts = _clean(_records(data, str(path)))
     else:
-        texts = _clean(path.read_text(encoding="utf-8").splitlines())
+        texts = _clean(_read_text(path).splitlines())
     if not texts:
-        raise ValueError(f"prompts: {path} holds no prompts")
+        raise PromptFileError(f"prompts: {path} holds no prompts")
     return texts
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from treegrpo.errors import TreegrpoError
+
 ENV_VAR = "TREEGRPO_REWARD_DIR"
 """Environment variable naming the reward-weights folder when ``model.reward_dir`` is empty."""
 DEFAULT_DIR = Path("~/.cache/treegrpo/rewards")
@@ -26,7 +28,7 @@ SOURCES = {
 }
 
 
-class MissingRewardWeightsError(FileNotFoundError):
+class MissingRewardWeightsError(TreegrpoError, FileNotFoundError):
     """A reward model's file is missing; the message names it, its source and how to point at it."""
 
 

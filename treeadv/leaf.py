@@ -39,13 +39,15 @@ def leaf_advantages(
     NaN or inf rewards raise :class:`NonFiniteError` naming how many and in which groups, since a
     single NaN would otherwise poison its whole group.
 
-    The arithmetic runs in the dtype of ``rewards`` (float64 in gives float64 out).
+    The statistics are computed in float64 (float32 rewards near ``1e30`` would overflow the
+    variance and give all-zero advantages) and the result comes back in the dtype of ``rewards``.
     """
     if not isinstance(rewards, Tensor) or not rewards.dtype.is_floating_point:
         raise TypeError(f"rewards: expected a floating-point tensor [L] or [L, m], got {_describe(rewards)}")
     if rewards.dim() not in (1, 2):
         raise ValueError(f"rewards: expected shape [L] or [L, m], got {tuple(rewards.shape)}")
-    columns = rewards if rewards.dim() == 2 else rewards.unsqueeze(1)  # [L, m]
+    out_dtype = rewards.dtype
+    columns = (rewards if rewards.dim() == 2 else rewards.unsqueeze(1)).to(torch.float64)  # [L, m]
     num_leaves, num_rewards = columns.shape
     group = torch.as_tensor(group, device=rewards.device)
     if group.shape != (num_leaves,) or group.dtype.is_floating_point or group.dtype == torch.bool:
@@ -75,7 +77,8 @@ def leaf_advantages(
     centred = columns - mean[slot]  # [L, m]
     variance = torch.zeros_like(mean).index_add_(0, slot, centred.square()) / count.unsqueeze(1)
     normalised = centred / (variance.sqrt()[slot] + eps)  # [L, m]
-    return normalised @ weight_t
+    # an elementwise sum, not a matmul: BLAS may order the m products differently with the thread count
+    return (normalised * weight_t).sum(-1).to(out_dtype)
 
 
 def _reward_weights(weights: Tensor | Sequence[float] | None, num_rewards: int, like: Tensor) -> Tensor:

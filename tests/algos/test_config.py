@@ -122,7 +122,7 @@ def test_missing_toml_file_names_the_path(tmp_path) -> None:
     [
         ("train.iterations=5", "train", "iterations", 5),
         ("loss.clip_range=2e-4", "loss", "clip_range", 2e-4),
-        ("optim.lr=3", "optim", "lr", 3.0),
+        ("optim.lr=0.5", "optim", "lr", 0.5),
         ("train.resume=true", "train", "resume", True),
         ("train.resume=YES", "train", "resume", True),
         ("train.resume=1", "train", "resume", True),
@@ -183,7 +183,8 @@ def _override(*assignments: str) -> None:
         (lambda: _override("loss.clip_rnge=1"), "loss.clip_rnge: ", "did you mean clip_range?"),
         (lambda: _from_dict({"loss": {"clip_rnge": 1}}), "loss.clip_rnge: ", "did you mean clip_range?"),
         (lambda: _from_dict({"los": {}}), "los: ", "did you mean loss?"),
-        (lambda: _override("optim.lr=0"), "optim.lr: ", "> 0"),
+        (lambda: _override("optim.lr=0"), "optim.lr: ", "(0, 1]"),
+        (lambda: _override("optim.lr=1e39"), "optim.lr: ", "(0, 1]"),
         (lambda: _override("optim.beta2=1"), "optim.beta2: ", "[0, 1)"),
         (lambda: _override("loss.reward_weights=-1"), "loss.reward_weights: ", ">= 0"),
         (lambda: _override("loss.reward_weights=0.5,0.5"), "loss.reward_weights: ", "one weight per reward"),

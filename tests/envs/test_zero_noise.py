@@ -132,9 +132,11 @@ def test_the_last_legal_window_passes_the_check_at_any_micro_batch(name):
 
 
 def test_noise_level_zero_and_a_window_too_deep_are_one_line_config_errors():
-    transition = FlowCPS(FlowTimesteps.linear(10, shift=3.0), 0.0)
-    with pytest.raises(ConfigError, match="^sampling.noise_level: 0.0 leaves every step"):
-        build_sampler(Config().override(["sampling.transition=cps", "sampling.noise_level=0"]), _problem(transition))
+    with pytest.raises(ConfigError, match="^sampling.noise_level: expected a number > 0, got 0"):
+        Config().override(["sampling.noise_level=0"])
+    transition = FlowCPS(FlowTimesteps.linear(10, shift=3.0), 0.0)  # a problem whose own transition has no noise
+    with pytest.raises(ConfigError, match="^sampling.noise_level: 0.7 leaves every step"):
+        build_sampler(Config().override(["sampling.transition=cps"]), _problem(transition))
     transition = FlowCPS(FlowTimesteps.linear(10, shift=3.0), 0.7)
     with pytest.raises(ConfigError, match="^sampling.depth: 10 SDE steps do not fit in the 9 of 10"):
         build_sampler(Config().override(["sampling.depth=10"]), _problem(transition))
