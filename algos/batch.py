@@ -23,17 +23,26 @@ def parent_batch(tree: Tree, advantage: Tensor) -> TensorDict:
         advantage: ``[N]`` advantage of the edge into each node (roots ignored).
 
     Returns a TensorDict ``[M]`` over internal nodes with the keys described in the module doc,
-    plus ``node`` (the parent's row in ``tree``) and ``depth`` (the parent's depth).
+    plus ``node`` (the parent's row in ``tree``) and ``depth`` (the parent's depth). ``K`` is the
+    commonest number of children; a parent with more takes several rows (one forward each).
     """
     if advantage.shape != (tree.num_nodes,):
         raise ValueError(f"advantage: expected shape ({tree.num_nodes},), got {tuple(advantage.shape)}")
     offsets, children = tree.child_index()
     counts = offsets[1:] - offsets[:-1]
-    internal = torch.nonzero(counts > 0).squeeze(-1)
-    width = int(counts.max()) if internal.numel() else 1
+    parents = torch.nonzero(counts > 0).squeeze(-1)
+    # K is the commonest child count (k for a tree, 1 for trajectories); a wider parent, such as the
+    # shared first step of a group that starts from one noise, takes several rows of K instead of
+    # padding every other row to its width.
+    width = int(torch.mode(counts[parents]).values) if parents.numel() else 1
+    rows_per_parent = -(-counts[parents] // width)  # [P]
+    internal = parents.repeat_interleave(rows_per_parent)  # [M]
+    first = torch.cumsum(rows_per_parent, 0) - rows_per_parent
+    part = torch.arange(internal.numel(), device=counts.device) - first.repeat_interleave(rows_per_parent)
     slot = torch.arange(width, device=counts.device)
-    mask = slot < counts[internal].unsqueeze(-1)  # [M, K]
-    child = torch.where(mask, children[(offsets[internal].unsqueeze(-1) + slot).clamp(max=max(children.numel() - 1, 0))], 0)
+    start = offsets[internal] + part * width  # [M] first child of each row
+    mask = (part * width).unsqueeze(-1) + slot < counts[internal].unsqueeze(-1)  # [M, K]
+    child = torch.where(mask, children[(start.unsqueeze(-1) + slot).clamp(max=max(children.numel() - 1, 0))], 0)
     payload = tree.payload
     return TensorDict(
         {

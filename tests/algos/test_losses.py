@@ -50,13 +50,34 @@ def test_parent_batch_groups_every_edge_under_its_parent():
     assert torch.equal(batch["advantage"].flatten()[flat], advantage[edges["node"][order]])
 
 
-def test_trajectory_batch_with_shared_noise_pads_single_children():
+def test_trajectory_batch_with_shared_noise_splits_the_wide_root_instead_of_padding():
     problem = toy2d_problem(num_steps=4)
     sampler = TrajectorySampler(problem.model, problem.transition, group_size=3, shared_noise=True)
     rollout = sampler.sample(torch.tensor([0]), latent_shape=(2,), generator=torch.Generator().manual_seed(0))
-    batch = parent_batch(rollout.tree, torch.zeros(rollout.tree.num_nodes))
-    assert batch["mask"].shape == (1 + 3 * 3, 3)
-    assert batch["mask"].sum(1).tolist() == [3] + [1] * 9
+    advantage = torch.randn(rollout.tree.num_nodes, generator=torch.Generator().manual_seed(2))
+    batch = parent_batch(rollout.tree, advantage)
+    assert batch["mask"].shape == (3 + 3 * 3, 1) and bool(batch["mask"].all())  # K = 1: no padded slots
+    root = int(rollout.tree.roots()[0])
+    assert batch["node"].tolist().count(root) == 3  # the shared root: one row per child
+    edges = tree_edges(rollout.tree)
+    order = torch.argsort(edges["parent"] * 1000 + edges["node"])
+    torch.testing.assert_close(batch["sample"].flatten(0, 1), edges["sample"][order])
+    torch.testing.assert_close(batch["advantage"].flatten(), advantage[edges["node"][order]])
+
+
+def test_a_parent_with_more_children_than_the_rest_takes_several_rows():
+    from treeadv import Tree
+
+    parent = torch.tensor([-1, 0, 0, 0, 0, 0, 1, 1, 2, 2])  # the root has 5 children, two nodes have 2 each
+    tree = Tree.from_parents(parent, torch.zeros(10))
+    tree.payload = tree.payload.__class__({"latent": torch.arange(10.0).unsqueeze(-1),
+                                           "step": torch.zeros(10, dtype=torch.long),
+                                           "sample": torch.arange(10.0).unsqueeze(-1),
+                                           "cond_index": torch.zeros(10, dtype=torch.long)}, batch_size=[10])
+    batch = parent_batch(tree, torch.arange(10.0))
+    assert batch["mask"].shape[1] == 2 and batch["node"].tolist() == [0, 0, 0, 1, 2]
+    assert batch["mask"].sum(1).tolist() == [2, 2, 1, 2, 2]
+    assert sorted(batch["advantage"][batch["mask"]].tolist()) == list(range(1, 10))
 
 
 def test_loss_is_on_policy_before_any_update_and_one_forward_serves_k_edges():
