@@ -1,8 +1,10 @@
 """treegrpo.envs: denoising models, stochastic transitions, window schedules and samplers.
 
 Importable as ``treegrpo.envs`` (the source lives in the top-level ``envs/`` folder).
-Samplers return :class:`treeadv.Tree` forests whose edges are SDE steps, the one format every
-loss in :mod:`treegrpo.algos` reads; :class:`DenoisingEnv` is the TorchRL-native path.
+Denoising is a stateless TorchRL environment (:class:`DenoisingEnv`) driven by a denoiser and its
+transition as the policy (:class:`DenoisingPolicy`); :func:`tree_rollout` is the one sampling
+engine, and the samplers configure it. They return :class:`treeadv.Tree` forests whose edges are
+SDE steps, the one format every loss in :mod:`treegrpo.algos` reads.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from treegrpo.envs.edges import (
     importance_ratios,
     tree_edges,
 )
-from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy
+from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy, gather_cond
 from treegrpo.envs.gaussian import (
     dance_sde_mean_std,
     ddim_mean_std,
@@ -29,7 +31,8 @@ from treegrpo.envs.gaussian import (
 )
 from treegrpo.envs.models import CallableDenoiser, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
 from treegrpo.envs.precision import model_precision
-from treegrpo.envs.sampler import Rollout, TrajectorySampler, TreeSampler, concat_rollouts, sample_forest, tree_nfe
+from treegrpo.envs.rollout import Rollout, concat_rollouts, tree_nfe, tree_rollout
+from treegrpo.envs.sampler import TrajectorySampler, TreeSampler, sample_forest
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition, flow_transition
 from treegrpo.envs.windows import (
@@ -78,6 +81,7 @@ __all__ = [
     "flow_sde_mean_std",
     "flow_sde_step",
     "flow_transition",
+    "gather_cond",
     "gaussian_kl",
     "gaussian_log_prob",
     "importance_ratios",
@@ -86,5 +90,6 @@ __all__ = [
     "sample_forest",
     "tree_edges",
     "tree_nfe",
+    "tree_rollout",
     "truncated_geometric_probs",
 ]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 from torch import Tensor
+from treegrpo.envs.env import DenoisingPolicy
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.precision import model_precision
-from treegrpo.envs.sampler import Rollout, evaluate, sample_forest
+from treegrpo.envs.rollout import Rollout
+from treegrpo.envs.sampler import sample_forest
 from treegrpo.envs.transitions import Transition
 
 from treeadv import Tree
@@ -63,7 +65,8 @@ def edge_log_probs(
     slot = torch.full((tree.num_nodes,), -1, dtype=torch.long, device=internal.device)
     slot[internal] = torch.arange(internal.numel(), device=internal.device)
     latent, step = payload["latent"][internal], payload["step"][internal]
-    prediction = evaluate(model, transition, latent, step, cond, payload["cond_index"][internal], max_batch)
+    prediction = DenoisingPolicy(model, transition, cond, max_batch=max_batch).predict(
+        latent, step, payload["cond_index"][internal])
     mean, std = transition.mean_std(latent, prediction, step)
     parent_slot = slot[tree.parent[child]]
     std = std[parent_slot] if std.dim() > 0 and std.shape[0] == internal.numel() else std

@@ -92,8 +92,11 @@ class Transition(ABC):
         """Steps whose SDE std is positive: the only ones whose edges can be trained. A zero-std
         step (CPS into ``t = 0``, DDIM onto a final alpha of 1, any step at noise level 0) is a
         point mass: its ``k`` children would be one image and its log-prob carries no gradient."""
-        std = self.step_std(torch.arange(self.num_steps))
-        return tuple(int(i) for i in torch.nonzero(std > 0).flatten())
+        key = (self.num_steps, getattr(self, self.noise_attribute))  # computed once per schedule and noise
+        if getattr(self, "_noisy", (None, None))[0] != key:
+            std = self.step_std(torch.arange(self.num_steps))
+            self._noisy = (key, tuple(int(i) for i in torch.nonzero(std > 0).flatten()))
+        return self._noisy[1]
 
     def trainable_horizon(self) -> int:
         """The number of leading noisy steps: windows of SDE steps must lie in ``[0, horizon)``."""
