@@ -57,10 +57,17 @@ from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler, check_step_numbers
 from treegrpo.algos.run_folder import check_space, claim_run_folder
 from treegrpo.algos.scoring import chunk_bounds, sample_and_score
-from treegrpo.envs import OnPolicyError, Rollout, TrajectorySampler, TreeSampler, WindowSchedule, check_on_policy
+from treegrpo.envs import (
+    OnPolicyError,
+    Rollout,
+    TrajectorySampler,
+    TreeSampler,
+    WindowSchedule,
+    check_on_policy,
+    gather_cond,
+)
 from treegrpo.envs.pipelines import LAYOUTS
 from treegrpo.envs.precision import model_precision
-from treegrpo.envs.sampler import gather_cond
 
 import treeadv
 from treegrpo.errors import TreegrpoError

@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 from treegrpo.algos.scoring import sample_and_score
 from treegrpo.embedded.problem import digits_problem
-from treegrpo.envs import TreeSampler
-from treegrpo.envs.sampler import gather_cond
+from treegrpo.envs import TreeSampler, gather_cond
 
 MODES = (("one piece", 1, False), ("chunks, inline", None, False), ("chunks, background", None, True))
 

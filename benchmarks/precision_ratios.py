@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from treegrpo.algos.batch import parent_batch
 from treegrpo.algos.losses import TreeGRPOLoss
-from treegrpo.envs import TreeSampler
+from treegrpo.envs import TreeSampler, gather_cond
 from treegrpo.envs.precision import model_precision
-from treegrpo.envs.sampler import gather_cond
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAIRS = (("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "bf16"))  # (sampling, loss)

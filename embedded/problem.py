@@ -23,8 +23,7 @@ from treegrpo.embedded.data import DigitPrompts, digits_prompts
 from treegrpo.embedded.judge import load_judge
 from treegrpo.embedded.model import DEFAULT_NUM_STEPS, DEFAULT_SHIFT, load_base, to_image
 from treegrpo.embedded.rewards import REWARDS, ClassifierReward, JudgeReward, Scorer
-from treegrpo.envs import FlowTimesteps, GuidedDenoiser, Transition
-from treegrpo.envs.sampler import gather_cond
+from treegrpo.envs import FlowTimesteps, GuidedDenoiser, Transition, gather_cond
 from treegrpo.envs.transitions import flow_transition as make_flow_transition
 from treegrpo.rewards.diversity import embedding_diversity, pixel_diversity
 

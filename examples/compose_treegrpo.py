@@ -1,11 +1,13 @@
-"""TreeGRPO from its building blocks, without the Trainer: tree sampler -> tree advantages -> PPO-clip -> AdamW.
+"""TreeGRPO from its building blocks, without the Trainer: a TorchRL environment and policy -> tree
+advantages -> PPO-clip -> AdamW.
 
 The problem is ``toy2d``: a 2-D flow model whose base samples N(0, I), rewarded by
 ``-|x - target|^2 / 4`` for its prompt's target, so a working update must raise the reward within
-a few iterations. Each iteration samples one k=3, d=3 tree per prompt with the current policy,
-scores the 27 leaves, normalises the rewards within each prompt's group, backs them up to every
-window edge with the paper's ``logprob_softmax`` estimator, and takes one clipped step over the
-13 parent nodes per tree, twice (one forward per parent serves its 3 child edges).
+a few iterations. Each iteration rolls the stateless denoising environment out with the current
+policy (a TensorDict module: the denoiser and its SDE transition) into one k=3, d=3 tree per
+prompt, scores the 27 leaves, normalises the rewards within each prompt's group, backs them up to
+every window edge with the paper's ``logprob_softmax`` estimator, and takes one clipped step over
+the 13 parent nodes per tree, twice (one forward per parent serves its 3 child edges).
 
     python examples/compose_treegrpo.py --iterations 25
 """
@@ -29,17 +31,18 @@ torch.manual_seed(args.seed)
 
 num_steps, k, d = 8, 3, 3
 problem = toy2d_problem(num_steps=num_steps, prompts_per_iteration=4, seed=args.seed)
+env = envs.DenoisingEnv(problem.transition, latent_shape=problem.latent_shape)  # stateless: the state is the TensorDict
 window = envs.GeometricWindow(num_steps=num_steps, depth=d, alpha=0.5, seed=args.seed)  # truncated-geometric start
-sampler = envs.TreeSampler(problem.model, problem.transition, branching=k, depth=d, window=window)
 loss = TreeGRPOLoss(problem.model, problem.transition, clip_range=0.2)
 optimizer = torch.optim.AdamW(problem.model.parameters(), lr=3e-3)
 generator = torch.Generator().manual_seed(args.seed)
 
 for iteration in range(args.iterations):
     cond, prompt_ids = problem.prompts(iteration, generator)  # [P] conditioning rows, [P] prompt ids
-    with torch.no_grad():  # the behaviour policy of this iteration
-        rollout = sampler.sample(cond, num_prompts=len(prompt_ids), latent_shape=problem.latent_shape,
-                                 epoch=iteration, generator=generator)
+    policy = envs.DenoisingPolicy(problem.model, problem.transition, cond, generator=generator)  # the behaviour policy
+    start = window.start(iteration)
+    rollout = envs.tree_rollout(env, policy, sde_steps=range(start, start + d), branching=[k] * d,
+                                num_prompts=len(prompt_ids), generator=generator)  # each window node expands k ways
     tree = rollout.tree  # level-major: P roots, then 3P, 9P and 27P nodes
     rewards = problem.reward(rollout.final, prompt_ids[rollout.leaf_cond_index])  # [L]
     leaf_adv = treeadv.leaf_advantages(rewards, tree.group[tree.leaves()])  # normalised per prompt
