@@ -1,53 +1,59 @@
-"""``treegrpo.algos``: losses (TreeGRPO, trajectory GRPO, MixGRPO, DDPO-PPO, REINFORCE) and the trainer.
+"""``treegrpo.algos``: losses (PPO-clip for TreeGRPO, GRPO, MixGRPO and DDPO; REINFORCE) and the trainer.
 
 Installed as ``treegrpo.algos`` (the folder is ``algos/`` at the repository root). Losses read a
-parent batch (:func:`parent_batch`) carrying per-edge advantages from :mod:`treeadv`; they never
-walk a tree. :class:`Trainer` runs any of them, on one process or under ``torchrun``
-(:mod:`treegrpo.algos.distributed`); :mod:`treegrpo.algos.cli` is the ``treegrpo`` command.
+parent batch (:func:`treegrpo.envs.parent_batch`) carrying per-edge advantages from
+:mod:`treeadv`; they never walk a tree. :func:`register_loss` makes a new loss selectable as
+``loss.algorithm``. :class:`Trainer` runs any of them, on one process or under ``torchrun``
+(:mod:`treegrpo.algos.distributed`); :func:`run` is ``treegrpo train``.
 """
 
 from __future__ import annotations
 
 from treegrpo.algos.advantages import GroupAdvantage, PerPromptStatTracker, clip_advantages, combine_rewards
-from treegrpo.algos.batch import count_edges, parent_batch, select_steps
+from treegrpo.algos.batch import count_edges, select_steps
 from treegrpo.algos.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from treegrpo.algos.config import Config, ConfigError
 from treegrpo.algos.distributed import Ranks, gather_rows, init_distributed, wrap_for_training
+from treegrpo.algos.entrypoints import run, run_eval
 from treegrpo.algos.losses import (
-    DDPOLoss,
+    LOSSES,
+    EdgeBatchError,
     EdgeLoss,
-    GRPOLoss,
     PPOClipLoss,
     ReinforceLoss,
-    TreeGRPOLoss,
     ppo_clip_objective,
+    register_loss,
     total_loss,
 )
 from treegrpo.algos.model_setup import adapters_disabled, apply_lora, compile_model, enable_gradient_checkpointing
-from treegrpo.algos.problem import Problem, toy2d_problem
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler, build_window
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
+from treegrpo.algos.update import EMA, Optimisation, optimise
+
+from treegrpo.config import Config, ConfigError
+from treegrpo.problems import Problem, build_problem, toy2d_problem
 
 __all__ = [
+    "EMA",
+    "LOSSES",
     "CheckpointError",
     "Config",
     "ConfigError",
-    "DDPOLoss",
+    "EdgeBatchError",
     "EdgeLoss",
-    "GRPOLoss",
     "GroupAdvantage",
     "NonFiniteTrainingError",
+    "Optimisation",
     "PPOClipLoss",
     "PerPromptStatTracker",
     "Problem",
     "Ranks",
     "ReinforceLoss",
     "Trainer",
-    "TreeGRPOLoss",
     "adapters_disabled",
     "apply_lora",
     "build_advantage",
     "build_loss",
+    "build_problem",
     "build_sampler",
     "build_window",
     "clip_advantages",
@@ -59,8 +65,11 @@ __all__ = [
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",
-    "parent_batch",
+    "optimise",
     "ppo_clip_objective",
+    "register_loss",
+    "run",
+    "run_eval",
     "save_checkpoint",
     "select_steps",
     "total_loss",

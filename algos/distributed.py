@@ -16,17 +16,17 @@ and a single process is simply world size 1. The trainer then:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from treegrpo.algos.config import BACKENDS, PARALLEL_MODES, ConfigError
+
+from treegrpo.config import BACKENDS, PARALLEL_MODES
+from treegrpo.devices import Ranks, local_device, ranks_from_env
 
 __all__ = [
     "BACKENDS",
@@ -47,48 +47,6 @@ __all__ = [
     "shard_like",
     "wrap_for_training",
 ]
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place in the job: ``rank`` of ``world_size``, ``local_rank`` on its node."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        """Whether there is more than one process."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 logs, shows progress and writes files."""
-        return self.rank == 0
-
-
-def ranks_from_env() -> Ranks:
-    """The ranks torchrun / accelerate put in the environment (one process when they are absent)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK/WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world}")
-    return Ranks(rank, world, local)
-
-
-def local_device(name: str) -> torch.device:
-    """``train.device`` for this process: ``auto`` is CUDA when available, and ``cuda`` (no index)
-    is this rank's GPU, ``cuda:LOCAL_RANK``. A CUDA device without CUDA is a :class:`ConfigError`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use cpu or auto")
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", ranks_from_env().local_rank)
-    return device
 
 
 def init_distributed(backend: str = "auto", device: torch.device | str = "cpu",

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from treegrpo.algos.config import Config, ConfigError
-from treegrpo.algos.problem import Problem
 from treegrpo.envs.models import Cond
-from treegrpo.envs.pipelines import LAYOUTS
 from treegrpo.envs.precision import model_precision
+
+from treegrpo.config import Config
+from treegrpo.problems import Problem
 
 # The paper's evaluation columns, in its order, and how the table titles them.
 PAPER_COLUMNS = {"hpsv2": "HPSv2.1", "imagereward": "ImageReward", "aesthetic": "Aesthetic", "clipscore": "CLIPScore"}
@@ -156,66 +155,3 @@ def paper_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title
             lines.append(f"{'  vs base':<{label_width}}" + "".join(f"{cell(row['vs_base'][c], '+'):>{width}}"
                                                                   for c in columns))
     return "\n".join(lines)
-
-
-def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
-    """Entry point of ``treegrpo eval``; returns what it writes to ``eval.out``.
-
-    Rows, in order: ``base`` (the weights at ``model.path``, when ``eval.base``), ``+ lora`` (after
-    fusing ``model.lora``), and the checkpoint (``checkpoint``, else the latest in
-    ``train.out_dir``, if any), loaded as ``treegrpo train`` would resume it: LoRA fused first.
-    """
-    from treegrpo.algos.checkpoint import latest_checkpoint
-    from treegrpo.algos.report import write_json
-    from treegrpo.algos.trainer import Trainer, build_problem
-
-    model = config.model
-    run_dir = Path(config.train.out_dir)
-    checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
-    if checkpoint is not None and not checkpoint.exists():
-        raise ConfigError(f"--checkpoint: {checkpoint} does not exist")
-    problem = build_problem(config, fuse_model_lora=False)
-    if model.lora and problem.apply_lora is None:
-        raise ConfigError(f"model.lora: model.kind={model.kind} does not take a diffusers LoRA; "
-                          "use sd3 or sd15, or evaluate a training checkpoint")
-    scores: dict[str, HeldOutScores] = {}
-
-    def score(row: str) -> None:
-        if progress:
-            print(f"scoring {row} ...", flush=True)
-        scores[row] = held_out_scores(problem, config)
-
-    if config.eval.base or (not model.lora and checkpoint is None):
-        score("base")
-    if model.lora:
-        problem.apply_lora(model.lora)
-        score(f"+ lora {Path(model.lora).name}")
-    if checkpoint is not None:  # loaded as training would resume it, reading only safetensors and JSON
-        trainer = Trainer(problem, config.override(["train.resume=false"], check_used=False), read_only=True)
-        trainer.resume(checkpoint, check_config=False)
-        score(f"{'+ ' if model.lora else ''}checkpoint {trainer.iteration}")
-
-    first = next(iter(scores.values()))
-    rows = []
-    for name, row in scores.items():
-        entry: dict[str, Any] = {"policy": name, "rewards": row.summary()}
-        if name != "base" and "base" in scores:
-            entry["vs_base"] = row.paired_difference(scores["base"])
-        rows.append(entry)
-    pipeline = model.kind in LAYOUTS  # the digits rewards are offline stand-ins: keep their own names
-    titles = {**PAPER_COLUMNS, **OTHER_TITLES} if pipeline else {}
-    names = list(first.columns())
-    columns = column_order(names) if pipeline else names
-    result = {
-        "rows": rows, "rewards": columns, "prompts": int(torch.unique(first.prompt_ids).numel()),
-        "samples_per_prompt": first.samples_per_prompt, "num_steps": config.eval.num_steps or config.sampling.num_steps,
-        "seed": first.seed, "checkpoint": str(checkpoint) if checkpoint else None, "lora": model.lora or None,
-        "config": config.to_dict(),
-    }
-    out = Path(config.eval.out) if config.eval.out else run_dir / "eval.json"
-    write_json(result, out)
-    print(f"held-out: {result['prompts']} prompts x {result['samples_per_prompt']} samples, "
-          f"{result['num_steps']} steps, seed {result['seed']} (mean ± standard error over prompts)")
-    print(paper_table(rows, columns, titles))
-    print(f"wrote {out}")
-    return result

@@ -1,29 +1,48 @@
-"""Policy-gradient losses over parent batches (:mod:`treegrpo.algos.batch`), TorchRL-style.
+"""Policy-gradient losses over parent batches (:func:`treegrpo.envs.parent_batch`), TorchRL-style.
 
-Every loss is a ``torchrl.objectives.LossModule``: it reads ``latent, step, cond, sample,
-log_prob, advantage, mask`` and returns a TensorDict of ``loss_*`` terms (summed for the backward
-pass) and diagnostics, including the detached ``[M, K]`` ``log_ratio`` for per-timestep logging.
-They share :meth:`EdgeLoss.log_probs`, which runs the policy once per parent
-and scores the parent's ``K`` children against that single Gaussian: one forward, ``K`` updates.
-Algorithms differ only where they differ: the objective here, and the sampler and advantage
-elsewhere. TorchRL's ``ClipPPOLoss`` is not reused because it wants one distribution per action
-and a critic; here ``K`` actions share a distribution, log-probs are mean-reduced, and there is no
-value function. The clipped objective itself is :func:`ppo_clip_objective`.
+Every loss is a ``torchrl.objectives.LossModule``: it reads the keys of its :class:`_AcceptedKeys`
+(renamed with ``set_keys``, as TorchRL losses are) and returns a TensorDict of ``loss_*`` terms
+(summed for the backward pass) and diagnostics, including the detached ``[M, K]`` ``log_ratio``
+for per-timestep logging. :meth:`EdgeLoss.log_probs` runs the policy once per parent and scores
+the parent's ``K`` children against that single Gaussian (one forward, ``K`` updates).
+
+There are two objectives: :class:`PPOClipLoss` (TreeGRPO, GRPO, MixGRPO and DDPO-PPO: the
+algorithms differ in their samplers and advantages, see :mod:`treegrpo.algorithms`) with
+asymmetric clip bounds, and :class:`ReinforceLoss`. :func:`register_loss` makes a new one
+selectable as ``loss.algorithm``. TorchRL's ``ClipPPOLoss`` is not reused because it wants one
+distribution per action and a critic; here ``K`` actions share a distribution, log-probs are
+mean-reduced, and there is no value function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from treegrpo.algos.model_setup import adapters_disabled
 from treegrpo.envs.gaussian import gaussian_kl
-from treegrpo.envs.models import Denoiser
+from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.transitions import Transition
+
+from treegrpo.algorithms import ALGORITHMS, Algorithm, algorithm, register_algorithm
+from treegrpo.errors import TreegrpoError
+
+if TYPE_CHECKING:
+    from treegrpo.config import Config
+
+
+class EdgeBatchError(TreegrpoError, KeyError):
+    """A parent batch lacks a key the loss reads."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def masked_mean(value: Tensor, mask: Tensor) -> Tensor:
@@ -33,17 +52,21 @@ def masked_mean(value: Tensor, mask: Tensor) -> Tensor:
 
 
 def ppo_clip_objective(
-    new_log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor, mask: Tensor, clip_range: float
+    new_log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor, mask: Tensor, clip_range: float,
+    clip_high: float | None = None,
 ) -> dict[str, Tensor]:
-    """PPO-clip, ``-mean min(rho A, clip(rho, 1 - eps, 1 + eps) A)`` over real edges, and diagnostics."""
+    """PPO-clip, ``-mean min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)`` over real edges, and
+    diagnostics; ``eps_low = clip_range`` and ``eps_high = clip_high`` (``None``: ``clip_range``)."""
+    high = clip_range if clip_high is None else clip_high
     log_ratio = new_log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     unclipped = -advantage * ratio
-    clipped = -advantage * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    clipped = -advantage * torch.clamp(ratio, 1 - clip_range, 1 + high)
     with torch.no_grad():
         real = ratio[mask]
+        outside = (ratio - 1 > high) | (1 - ratio > clip_range)
         stats = {
-            "clip_fraction": masked_mean(((ratio - 1).abs() > clip_range).float(), mask),
+            "clip_fraction": masked_mean(outside.float(), mask),
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
             "ratio_mean": real.mean() if real.numel() else ratio.new_zeros(()),
             "ratio_std": real.std(unbiased=False) if real.numel() else ratio.new_zeros(()),
@@ -62,9 +85,29 @@ class EdgeLoss(LossModule):
     copy) or ``"disable_adapter"`` for a model with LoRA adapters (the base model: adapters switched
     off for the reference forward, no second copy in memory). Subclasses write :meth:`forward` and
     call :meth:`kl_terms` with the policy's mean and std.
+
+    The conditioning is the batch's ``cond``, or rows ``cond_index`` of its ``cond_table`` (what
+    :func:`~treegrpo.envs.parent_batch` stores: the prompts' table once, gathered per minibatch).
     """
 
-    in_keys: ClassVar[list[str]] = ["latent", "step", "cond", "sample", "log_prob", "advantage", "mask"]
+    @dataclass
+    class _AcceptedKeys:
+        """The batch keys this loss reads; rename them with :meth:`set_keys`."""
+
+        latent: NestedKey = "latent"
+        step: NestedKey = "step"
+        sample: NestedKey = "sample"
+        log_prob: NestedKey = "log_prob"
+        advantage: NestedKey = "advantage"
+        mask: NestedKey = "mask"
+        cond: NestedKey = "cond"
+        cond_table: NestedKey = "cond_table"
+        cond_index: NestedKey = "cond_index"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    out_keys: ClassVar[list[str]] = ["loss_objective", "loss_kl", "approx_kl", "ratio_mean", "ratio_std", "kl",
+                                     "log_ratio"]
 
     def __init__(self, model: Denoiser, transition: Transition, *, kl_coef: float = 0.0,
                  reference: Denoiser | str | None = None) -> None:
@@ -78,25 +121,65 @@ class EdgeLoss(LossModule):
         self.kl_coef = kl_coef
         self._reference = reference if kl_coef > 0 else None
 
+    @classmethod
+    def from_config(cls, config: Config, model: Denoiser, transition: Transition,
+                    reference: Denoiser | str | None = None) -> EdgeLoss:
+        """The loss a config describes (``loss.kl_coef`` to ``reference``); subclasses add their options."""
+        c = config.loss
+        return cls(model, transition, kl_coef=c.kl_coef, reference=reference if c.kl_coef > 0 else None)
+
+    def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
+        """No value estimator: renamed keys need forwarding nowhere."""
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        """The keys :meth:`forward` reads (conditioning: ``cond``, or ``cond_table`` with ``cond_index``)."""
+        keys = self.tensor_keys
+        return [keys.latent, keys.step, keys.cond_index, keys.sample, keys.log_prob, keys.advantage, keys.mask]
+
+    def check_keys(self, td: TensorDictBase, required: tuple[str, ...] = ("latent", "step", "sample", "log_prob",
+                                                                          "advantage", "mask")) -> None:
+        """One-line :class:`EdgeBatchError` naming every key of ``required`` the batch lacks."""
+        present = set(td.keys(include_nested=True))
+        missing = [str(getattr(self.tensor_keys, name)) for name in required
+                   if getattr(self.tensor_keys, name) not in present]
+        if missing:
+            raise EdgeBatchError(f"{type(self).__name__}: the batch lacks {', '.join(missing)} (it has "
+                                 f"{', '.join(sorted(map(str, present)))}); build it with treegrpo.envs.parent_batch "
+                                 "or rename the loss's keys with set_keys")
+
+    def conditioning(self, td: TensorDictBase) -> Cond:
+        """The batch's conditioning, one row per parent."""
+        keys = self.tensor_keys
+        present = set(td.keys(include_nested=True))
+        if keys.cond in present:
+            return td.get(keys.cond)
+        if keys.cond_table in present and keys.cond_index in present:
+            return td.get_non_tensor(keys.cond_table).rows(td.get(keys.cond_index))
+        raise EdgeBatchError(f"{type(self).__name__}: the batch has no conditioning: neither {keys.cond!r} nor "
+                             f"{keys.cond_table!r} with {keys.cond_index!r}; pass cond to treegrpo.envs.parent_batch")
+
     def policy_mean_std(self, td: TensorDictBase, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Mean and std of the policy's Gaussian at each parent (one model row per parent)."""
         model = self.model if model is None else model
-        step = td["step"]
-        cond = td.get("cond", None)
-        prediction = model(td["latent"], self.transition.model_time(step), cond)
-        return self.transition.mean_std(td["latent"], prediction, step)
+        keys = self.tensor_keys
+        latent, step = td.get(keys.latent), td.get(keys.step)
+        prediction = model(latent, self.transition.model_time(step), self.conditioning(td))
+        return self.transition.mean_std(latent, prediction, step)
 
     def log_probs(self, td: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
         """``[M, K]`` log-probs of every child sample under the current policy, plus the mean and std."""
+        self.check_keys(td, ("latent", "step", "sample"))
         mean, std = self.policy_mean_std(td)
-        return self.transition.score_children(td["sample"], mean, std), mean, std
+        return self.transition.score_children(td.get(self.tensor_keys.sample), mean, std), mean, std
 
     def kl_terms(self, td: TensorDictBase, mean: Tensor, std: Tensor) -> dict[str, Tensor]:
         """``{"loss_kl", "kl"}`` for the batch (empty when ``kl_coef`` is 0): the mean over real edges
         of the per-parent KL to the reference (an edge carries its parent's KL)."""
         if self.kl_coef == 0:
             return {}
-        kl = masked_mean(self.reference_kl(td, mean, std).unsqueeze(-1).expand_as(td["mask"]), td["mask"])
+        mask = td.get(self.tensor_keys.mask)
+        kl = masked_mean(self.reference_kl(td, mean, std).unsqueeze(-1).expand_as(mask), mask)
         return {"loss_kl": self.kl_coef * kl, "kl": kl.detach()}
 
     def reference_kl(self, td: TensorDictBase, mean: Tensor, std: Tensor) -> Tensor:
@@ -114,44 +197,53 @@ class EdgeLoss(LossModule):
             return nullcontext()
         return adapters_disabled(self.model)
 
+    def edge_terms(self, td: TensorDictBase) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Checks the keys, then ``(new log-probs [M, K], behaviour log-probs, advantages, mask)`` and
+        the policy's ``mean, std`` at the parents (for the KL)."""
+        self.check_keys(td)
+        new_log_prob, mean, std = self.log_probs(td)
+        keys = self.tensor_keys
+        return new_log_prob, td.get(keys.log_prob), td.get(keys.advantage), td.get(keys.mask), mean, std
+
 
 class PPOClipLoss(EdgeLoss):
-    """Clipped importance-ratio objective on every edge, plus the optional KL to a reference model."""
+    """Clipped importance-ratio objective on every edge, ratios clipped to ``[1 - clip_range,
+    1 + clip_high]`` (``clip_high=None``: symmetric), plus the optional KL to a reference model.
 
-    out_keys: ClassVar[list[str]] = ["loss_objective", "loss_kl", "clip_fraction", "approx_kl", "ratio_mean", "ratio_std", "kl", "log_ratio"]
+    Override :meth:`objective` to change the clipped objective and keep everything else (the
+    forward per parent, the keys, the KL): see ``examples/swap_loss.py``.
+    """
 
-    def __init__(
-        self,
-        model: Denoiser,
-        transition: Transition,
-        *,
-        clip_range: float = 1e-4,
-        kl_coef: float = 0.0,
-        reference: Denoiser | str | None = None,
-    ) -> None:
+    out_keys: ClassVar[list[str]] = ["loss_objective", "loss_kl", "clip_fraction", "approx_kl", "ratio_mean",
+                                     "ratio_std", "kl", "log_ratio"]
+
+    def __init__(self, model: Denoiser, transition: Transition, *, clip_range: float = 1e-4,
+                 clip_high: float | None = None, kl_coef: float = 0.0, reference: Denoiser | str | None = None) -> None:
         super().__init__(model, transition, kl_coef=kl_coef, reference=reference)
         if not clip_range > 0:
             raise ValueError(f"clip_range: expected a number > 0, got {clip_range!r}")
+        if clip_high is not None and not clip_high > 0:
+            raise ValueError(f"clip_high: expected a number > 0 or None (= clip_range), got {clip_high!r}")
         self.clip_range = clip_range
+        self.clip_high = clip_range if clip_high is None else clip_high
+
+    @classmethod
+    def from_config(cls, config: Config, model: Denoiser, transition: Transition,
+                    reference: Denoiser | str | None = None) -> PPOClipLoss:
+        c = config.loss
+        return cls(model, transition, clip_range=c.clip_range, clip_high=c.upper_clip, kl_coef=c.kl_coef,
+                   reference=reference if c.kl_coef > 0 else None)
+
+    def objective(self, new_log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor,
+                  mask: Tensor) -> dict[str, Tensor]:
+        """``loss_objective`` and the ratio diagnostics (PPO-clip with this loss's bounds)."""
+        return ppo_clip_objective(new_log_prob, old_log_prob, advantage, mask, self.clip_range, self.clip_high)
 
     def forward(self, td: TensorDictBase) -> TensorDict:
-        new_log_prob, mean, std = self.log_probs(td)
-        terms = ppo_clip_objective(new_log_prob, td["log_prob"], td["advantage"], td["mask"], self.clip_range)
+        new_log_prob, old_log_prob, advantage, mask, mean, std = self.edge_terms(td)
+        terms = self.objective(new_log_prob, old_log_prob, advantage, mask)
         terms.update(self.kl_terms(td, mean, std))
         return TensorDict(terms, batch_size=[])
-
-
-class TreeGRPOLoss(PPOClipLoss):
-    """TreeGRPO: PPO-clip on every SDE-window edge of the tree (no KL in the paper's setting)."""
-
-
-class GRPOLoss(PPOClipLoss):
-    """Trajectory GRPO (Flow-GRPO, DanceGRPO; MixGRPO with a windowed sampler): PPO-clip on every
-    SDE step of every trajectory."""
-
-
-class DDPOLoss(PPOClipLoss):
-    """DDPO-PPO: the same clipped objective; its advantages come from the per-prompt stat tracker."""
 
 
 class ReinforceLoss(EdgeLoss):
@@ -162,15 +254,12 @@ class ReinforceLoss(EdgeLoss):
     meant for one optimisation epoch per iteration.
     """
 
-    out_keys: ClassVar[list[str]] = ["loss_objective", "loss_kl", "approx_kl", "ratio_mean", "ratio_std", "kl", "log_ratio"]
-
     def forward(self, td: TensorDictBase) -> TensorDict:
-        new_log_prob, mean, std = self.log_probs(td)
-        mask = td["mask"]
-        log_ratio = (new_log_prob - td["log_prob"]).detach()
+        new_log_prob, old_log_prob, advantage, mask, mean, std = self.edge_terms(td)
+        log_ratio = (new_log_prob - old_log_prob).detach()
         real = torch.exp(log_ratio[mask])
         terms = {
-            "loss_objective": -masked_mean(td["advantage"] * new_log_prob, mask),
+            "loss_objective": -masked_mean(advantage * new_log_prob, mask),
             "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
             "ratio_mean": real.mean() if real.numel() else log_ratio.new_zeros(()),
             "ratio_std": real.std(unbiased=False) if real.numel() else log_ratio.new_zeros(()),
@@ -183,3 +272,41 @@ class ReinforceLoss(EdgeLoss):
 def total_loss(terms: TensorDictBase) -> Tensor:
     """Sum of the ``loss_*`` entries, the quantity to differentiate."""
     return sum(value for key, value in terms.items() if key.startswith("loss_"))
+
+
+LOSSES: dict[str, type[EdgeLoss]] = {"ppo_clip": PPOClipLoss, "reinforce": ReinforceLoss}
+"""Loss name (an algorithm recipe's ``loss``) to its class; :func:`register_loss` adds."""
+
+L = TypeVar("L", bound=type[EdgeLoss])
+
+
+def register_loss(name: str, *, like: str = "treegrpo") -> Callable[[L], L]:
+    """Class decorator: register a loss as the algorithm ``name``, trained as ``like`` is (its
+    sampler and advantages, :mod:`treegrpo.algorithms`). Then ``loss.algorithm = name`` selects it,
+    with no edit elsewhere; the loss is built by its :meth:`~EdgeLoss.from_config`.
+
+        @register_loss("clip_higher")
+        class ClipHigherLoss(PPOClipLoss): ...
+    """
+    recipe = algorithm(like)
+
+    def register(cls: L) -> L:
+        if not (isinstance(cls, type) and issubclass(cls, EdgeLoss)):
+            raise TypeError(f"register_loss({name!r}): expected an EdgeLoss subclass, got {cls!r}")
+        LOSSES[name] = cls
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else f"{cls.__name__} like {like}"
+        register_algorithm(Algorithm(name, recipe.sampler, recipe.advantage, loss=name,
+                                     clipped=issubclass(cls, PPOClipLoss), summary=summary))
+        return cls
+
+    return register
+
+
+def loss_class(name: str) -> type[EdgeLoss]:
+    """The loss class of the algorithm ``name``."""
+    return LOSSES[ALGORITHMS[name].loss]
+
+
+__all__ = [
+    "LOSSES", "EdgeBatchError", "EdgeLoss", "PPOClipLoss", "ReinforceLoss", "loss_class", "masked_mean",
+    "ppo_clip_objective", "register_loss", "total_loss"]

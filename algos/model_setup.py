@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
+from treegrpo.problems.lora import _tuner_layers, has_adapters
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
@@ -75,19 +76,6 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str]
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return adapted
-
-
-def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer):
-            yield name, module
-
-
-def has_adapters(model: nn.Module) -> bool:
-    """Whether ``model`` carries peft adapters."""
-    return next(_tuner_layers(model), None) is not None
 
 
 @contextmanager

@@ -66,7 +66,7 @@ def write_json(data: object, path: str | Path) -> Path:
 
 def read_json(path: str | Path) -> dict:
     """A JSON object written by :func:`write_json`; anything else is a one-line :class:`ConfigError`."""
-    from treegrpo.algos.config import ConfigError
+    from treegrpo.config import ConfigError
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

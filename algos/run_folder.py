@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from treegrpo.algos.checkpoint import CHECKPOINT_NAME, remove_staging
-from treegrpo.algos.config import ConfigError, TrainConfig
+
+from treegrpo.config import ConfigError, TrainConfig
 
 LOCK_FILE = ".lock"
 RUN_OUTPUTS = ("checkpoints", "tensorboard", "samples", "final", "eval_before.json", "summary.json",

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from treegrpo.benchmarks import RESULTS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("treegrpo", "grpo", "dancegrpo", "mixgrpo", "ddpo")
 # grpo: Flow-GRPO (its SDE on every step); dancegrpo: the same algorithm in DanceGRPO's setting (below)
 DANCEGRPO = ("sampling.transition=dance_sde", "sampling.noise_level=0.3", "sampling.schedule=dancegrpo",
@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def base_config(args: argparse.Namespace, scratch: Path):
     """The model kind's preset with the benchmark's shared overrides (same budget for everyone)."""
-    from treegrpo.algos.presets import preset_config
+    from treegrpo.presets import preset_config
 
     config = preset_config(args.kind)
     shared = [f"train.out_dir={scratch}", "train.checkpoint_every=100000", "train.sample_every=100000",
@@ -127,7 +127,9 @@ def plan(args: argparse.Namespace, config) -> list[dict[str, Any]]:
 
 def run_one(config, spec: dict[str, Any], eval_samples: int, before_cache: dict[int, dict[str, float]]) -> dict[str, Any]:
     """Train one configuration from the base model; return its curves, accounting and held-out rewards."""
-    from treegrpo.algos.trainer import Trainer, build_problem
+    from treegrpo.algos.trainer import Trainer
+
+    from treegrpo.problems import build_problem
 
     out = Path(config.train.out_dir) / "runs" / f"{spec['group']}-{spec['name']}-seed{spec['seed']}".replace("=", "")
     config = config.override([*spec["overrides"], f"train.seed={spec['seed']}", f"train.out_dir={out}"])
@@ -216,7 +218,7 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def table_columns(keys: set[str]) -> list[str]:
     """The held-out columns in reading order: rewards (the unseen judge after the trained ones), then
     diversity; a reward that is another's negative (JPEG incompressibility) is left out."""
-    order = ["eval/classifier", "eval/judge", "eval/aesthetic", "eval/jpeg_compressibility"]
+    order = ["eval/classifier", "eval/judge", "eval/aesthetic_proxy", "eval/jpeg_compressibility"]
     rewards = [k for k in order if k in keys] + sorted(k for k in keys - set(order) if not k.startswith(DIVERSITY)
                                                        and k != "eval/jpeg_incompressibility")
     return rewards + sorted(k for k in keys if k.startswith(DIVERSITY))

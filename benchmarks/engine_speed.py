@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 from tensordict import TensorDict
+from treegrpo.benchmarks import RESULTS
 from treegrpo.envs import TreeSampler, gather_cond
 
 from treeadv import Tree
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @torch.no_grad()
@@ -65,15 +64,12 @@ def loop(model, transition, cond, *, sde_steps, branching, noise, generator):
 
 def problems():
     """``name -> (model, transition, cond, latent_shape, prompts)``."""
-    from treegrpo.embedded.problem import digits_problem
+    from treegrpo.problems.digits import digits_problem
 
     digits = digits_problem(prompts_per_iteration=8)
     cond, _ = digits.prompts(0, torch.Generator().manual_seed(0))
     out = {"digits (8 prompts)": (digits.model, digits.transition, cond, digits.latent_shape, 8)}
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import gpu_iteration
+    from treegrpo.benchmarks import gpu_iteration
 
     args = gpu_iteration.parse_args(["--size", "tiny", "--device", "cpu", "--prompts", "2"])
     transformer = gpu_iteration.build_transformer(args, torch.float32)

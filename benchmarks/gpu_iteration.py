@@ -1,10 +1,14 @@
-"""Time full training iterations of TreeGRPO and the trajectory baselines on an SD3.5-Medium-shaped
-transformer, and compare each with its floor (the same model passes at the same batch shapes).
+"""Time full training iterations of TreeGRPO and the trajectory baselines on an SD3.5-Medium- or
+FLUX.1-dev-shaped transformer, and compare each with its floor (the same model passes at the same
+batch shapes).
 
-The transformer has SD3.5-Medium's configuration (24 MMDiT layers, 24 heads of 64, dual attention
-in layers 0-12, 2.24 B parameters) with random weights, or the weights of ``--weights`` (a diffusers
-``transformer/`` folder); the prompts are random text embeddings of SD3's shapes (333 tokens x 4096
-and pooled 2048). The reward is a cheap function of the final latents (or of the images when
+``--size sd35m`` has SD3.5-Medium's configuration (24 MMDiT layers, 24 heads of 64, dual attention
+in layers 0-12, 2.24 B parameters), ``--size flux-dev`` FLUX.1-dev's (``FluxTransformer2DModel``: 19
+double-stream and 38 single-stream blocks, 24 heads of 128, guidance embedding, 11.9 B parameters),
+with random weights, or the weights of ``--weights`` (a diffusers ``transformer/`` folder); the
+prompts are random text embeddings of the model's shapes (SD3: 333 tokens x 4096 and pooled 2048;
+FLUX.1: 512 T5 tokens x 4096 and pooled 768). FLUX samples on FluxPipeline's resolution-shifted
+schedule with distilled guidance 3.5 (one forward per row), through :class:`FluxDenoiser`. The reward is a cheap function of the final latents (or of the images when
 ``--vae`` names a diffusers VAE folder), so the timing isolates the RL machinery: sample, reward,
 advantages, update. Every method samples the same prompts per iteration and the same images per
 prompt (``k^d``) at NFE ``--steps``.
@@ -18,6 +22,7 @@ iteration's batch shapes.
     python benchmarks/gpu_iteration.py                       # SD3.5-M shapes, bf16, LoRA (GPU)
     python benchmarks/gpu_iteration.py --compile --modes lora full
     python benchmarks/gpu_iteration.py --size tiny --device cpu --iterations 2   # CPU smoke run
+    python benchmarks/gpu_iteration.py --size flux-dev --peak-tflops 763        # FLUX.1-dev shapes (GPU)
     treegrpo bench --gpu -- --compile
 """
 
@@ -32,23 +37,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from treegrpo.benchmarks import RESULTS
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-# SD3.5-Medium's transformer (diffusers SD3Transformer2DModel) at 512 px (latent 64 x 64).
+# SD3.5-Medium's transformer (diffusers SD3Transformer2DModel) and FLUX.1-dev's (FluxTransformer2DModel)
+# at 512 px (latent 64 x 64; FLUX packs it into 32 x 32 = 1024 tokens), and tiny ones of each for CPU runs.
 SIZES: dict[str, dict[str, Any]] = {
-    "sd35m": {"transformer": {"sample_size": 64, "patch_size": 2, "in_channels": 16, "num_layers": 24,
+    "sd35m": {"family": "sd3", "transformer": {"sample_size": 64, "patch_size": 2, "in_channels": 16, "num_layers": 24,
                               "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
                               "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "out_channels": 16,
                               "pos_embed_max_size": 384, "dual_attention_layers": list(range(13)),
                               "qk_norm": "rms_norm"},
               "tokens": 333, "latent": (16, 64, 64), "prompts": 32, "max_batch": 32, "minibatch": 16},
-    "tiny": {"transformer": {"sample_size": 8, "patch_size": 2, "in_channels": 4, "num_layers": 2,
+    "tiny": {"family": "sd3", "transformer": {"sample_size": 8, "patch_size": 2, "in_channels": 4, "num_layers": 2,
                              "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 32,
                              "caption_projection_dim": 16, "pooled_projection_dim": 24, "out_channels": 4,
                              "pos_embed_max_size": 16, "dual_attention_layers": [0], "qk_norm": "rms_norm"},
              "tokens": 12, "latent": (4, 8, 8), "prompts": 2, "max_batch": 16, "minibatch": 8},
+    # FLUX.1-dev's transformer config; 512 T5 tokens (FluxPipeline's max_sequence_length); a 12 B model
+    # takes fewer prompts and smaller batches than SD3.5-M on one 80 GB GPU.
+    "flux-dev": {"family": "flux",
+                 "transformer": {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+                                 "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+                                 "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]},
+                 "tokens": 512, "latent": (16, 64, 64), "prompts": 8, "max_batch": 16, "minibatch": 4},
+    "flux-tiny": {"family": "flux",
+                  "transformer": {"patch_size": 1, "in_channels": 16, "num_layers": 1, "num_single_layers": 2,
+                                  "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+                                  "pooled_projection_dim": 24, "guidance_embeds": True, "axes_dims_rope": [4, 6, 6]},
+                  "tokens": 12, "latent": (4, 8, 8), "prompts": 2, "max_batch": 16, "minibatch": 8},
 }
+FLUX_SCHEDULER = {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+                  "base_image_seq_len": 256, "max_image_seq_len": 4096}
+"""FLUX.1-dev's ``scheduler/scheduler_config.json`` (FlowMatchEulerDiscreteScheduler)."""
 # (name, config overrides): TreeGRPO's shapes and the baselines with their references' settings.
 METHODS: dict[str, list[str]] = {
     "treegrpo k3 d3": ["loss.algorithm=treegrpo", "sampling.branching=3", "sampling.depth=3"],
@@ -94,24 +114,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_transformer(args: argparse.Namespace, dtype: torch.dtype):
-    from diffusers import SD3Transformer2DModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
     from diffusers.utils import logging
 
     logging.set_verbosity_error()  # random weights cast with .to(dtype): nothing to keep in float32
 
+    network = FluxTransformer2DModel if SIZES[args.size]["family"] == "flux" else SD3Transformer2DModel
     torch.manual_seed(0)
     if args.weights is not None:
-        return SD3Transformer2DModel.from_pretrained(args.weights, torch_dtype=dtype, local_files_only=True)
-    return SD3Transformer2DModel(**SIZES[args.size]["transformer"]).to(dtype)
+        return network.from_pretrained(args.weights, torch_dtype=dtype, local_files_only=True)
+    return network(**SIZES[args.size]["transformer"]).to(dtype)
+
+
+def flow_timesteps(args: argparse.Namespace, schedule: str):
+    """The method's flow schedule: SD3's ``shift=3`` scheduler schedule, FluxPipeline's resolution-shifted
+    one for FLUX (:meth:`FlowTimesteps.flux`), or DanceGRPO's shifted linspace for either."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from treegrpo.envs import FlowTimesteps
+
+    size = SIZES[args.size]
+    if size["family"] != "flux" or schedule == "dancegrpo":
+        return FlowTimesteps.named(schedule, args.steps, shift=3.0)
+    _, height, width = size["latent"]
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    return FlowTimesteps.flux(scheduler, args.steps, image_seq_len=(height // 2) * (width // 2))
 
 
 def synthetic_problem(args: argparse.Namespace, transformer, device: torch.device, sampling=None):
-    """A Problem around the transformer: random SD3-shaped prompts, a cheap reward, the method's flow
-    transition and schedule (``sampling``: a ``SamplingConfig``; default Flow-GRPO's SDE on SD3's schedule)."""
+    """A Problem around the transformer: random prompts of its text shapes, a cheap reward, the method's
+    flow transition and schedule (``sampling``: a ``SamplingConfig``; default Flow-GRPO's SDE on the
+    model's scheduler schedule)."""
     from tensordict import TensorDict
-    from treegrpo.algos.config import SamplingConfig
-    from treegrpo.algos.problem import Problem
-    from treegrpo.envs import FlowTimesteps, SD3Denoiser, flow_transition
+    from treegrpo.envs import FluxDenoiser, SD3Denoiser, flow_transition
+
+    from treegrpo.config import SamplingConfig
+    from treegrpo.problems import Problem
 
     size = SIZES[args.size]
     config = transformer.config
@@ -138,13 +175,14 @@ def synthetic_problem(args: argparse.Namespace, transformer, device: torch.devic
 
     latent = tuple(size["latent"])
     s = sampling or SamplingConfig(num_steps=args.steps)
-    timesteps = FlowTimesteps.named(s.schedule, args.steps, shift=3.0)
-    return Problem(model=SD3Denoiser(transformer), transition=flow_transition(s.transition, timesteps, s.noise_level),
+    timesteps = flow_timesteps(args, s.schedule)
+    denoiser = FluxDenoiser(transformer) if size["family"] == "flux" else SD3Denoiser(transformer)
+    return Problem(model=denoiser, transition=flow_transition(s.transition, timesteps, s.noise_level),
                    latent_shape=latent, prompts=prompts, reward=reward, reward_names=("synthetic",), device=device)
 
 
 def config_for(args: argparse.Namespace, method: str, mode: str, out: Path):
-    from treegrpo.algos.config import Config
+    from treegrpo.config import Config
 
     overrides = [
         f"sampling.num_steps={args.steps}", f"sampling.prompts_per_iteration={args.prompts}",

@@ -3,7 +3,7 @@
 A TreeGRPO iteration (k = 3, d = 3, NFE 10, 8 prompts; windows starting at steps 0, 4 and 7, pooled)
 is sampled on the embedded digits model and
 on a tiny random SD3 transformer (the real ``SD3Transformer2DModel`` code at test size), then every
-edge is re-scored by ``TreeGRPOLoss.log_probs`` in minibatches of 16 parents, exactly as the first
+edge is re-scored by ``PPOClipLoss.log_probs`` in minibatches of 16 parents, exactly as the first
 update would. With one precision for both (what the trainer does) the ratios should be 1; with
 float32 sampling and a bf16 loss (the trainer before it shared one precision context) they are not.
 Prints the ratio's std, the largest ``|ratio - 1|`` and the share of edges outside clip ranges
@@ -21,12 +21,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from treegrpo.algos.batch import parent_batch
-from treegrpo.algos.losses import TreeGRPOLoss
-from treegrpo.envs import TreeSampler, gather_cond
+from treegrpo.algos.losses import PPOClipLoss
+from treegrpo.benchmarks import RESULTS
+from treegrpo.envs import TreeSampler, parent_batch
 from treegrpo.envs.precision import model_precision
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PAIRS = (("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "bf16"))  # (sampling, loss)
 CLIP_RANGES = (1e-4, 1e-2)
 WINDOW_STARTS = (0, 4, 7)
@@ -34,9 +33,10 @@ WINDOW_STARTS = (0, 4, 7)
 
 def problems(scratch: Path) -> dict[str, tuple]:
     """``name -> (model, transition, cond, latent_shape)`` for the digits model and a tiny SD3 pipeline."""
-    from treegrpo.embedded.problem import digits_problem
     from treegrpo.envs.pipelines import load_pipeline
-    from treegrpo.envs.tiny_pipelines import save_tiny_sd3_pipeline
+
+    from treegrpo.problems.digits import digits_problem
+    from treegrpo.testing.pipelines import save_tiny_sd3_pipeline
 
     digits = digits_problem(prompts_per_iteration=8)
     cond, _ = digits.prompts(0, torch.Generator().manual_seed(0))
@@ -52,17 +52,16 @@ def problems(scratch: Path) -> dict[str, tuple]:
 def ratios(model, transition, cond, latent_shape, sampling: str, loss_precision: str, minibatch: int = 16) -> torch.Tensor:
     """``[E]`` importance ratios of one iteration's edges, re-scored as the first update would."""
     sampler = TreeSampler(model, transition, branching=3, depth=3)
-    loss = TreeGRPOLoss(model, transition, clip_range=1e-4)
+    loss = PPOClipLoss(model, transition, clip_range=1e-4)
     out = []
     for start in WINDOW_STARTS:
         with model_precision(sampling, "cpu"):
             rollout = sampler.sample(cond, latent_shape=latent_shape, window_start=start,
                                      generator=torch.Generator().manual_seed(start))
-        batch = parent_batch(rollout.tree, torch.zeros(rollout.tree.num_nodes))
+        batch = parent_batch(rollout.tree, cond=cond)
         with model_precision(loss_precision, "cpu"):
             for lo in range(0, batch.batch_size[0], minibatch):
-                rows = batch[lo:lo + minibatch].clone(False)
-                rows.set("cond", gather_cond(cond, rows["cond_index"]))
+                rows = batch[lo:lo + minibatch]
                 new = loss.log_probs(rows)[0].double()
                 out.append(torch.exp(new - rows["log_prob"].double())[rows["mask"]])
     return torch.cat(out)

@@ -8,9 +8,9 @@
   own ``treegrpo.envs`` and ``treeadv``, drawn with matplotlib), and the committed benchmark figures,
   added to the site without being written into ``docs/``.
 - ``on_page_markdown``: ``<!-- generated: WHAT ARG -->`` markers become tables or API blocks:
-  ``config-options [SECTION]`` (every config field, from ``treegrpo.algos.config.options()``),
+  ``config-options [SECTION]`` (every config field, from ``treegrpo.config.options()``),
   ``presets``, ``window-table`` (the window's cost for a few alphas), ``cli-flags COMMAND`` (a
-  subcommand's own flags, from ``treegrpo.algos.cli.build_parser()``), ``script-flags PATH|MODULE``
+  subcommand's own flags, from ``treegrpo.cli.build_parser()``), ``script-flags PATH|MODULE``
   (a script's argparse flags), ``bench-scripts`` (every ``benchmarks/*.py``) and ``api MODULE`` (a
   mkdocstrings block listing the module's ``__all__``, with a warning for any name without a
   docstring). Links to ``../benchmarks/results/*`` (which work when reading ``docs/`` on GitHub)
@@ -76,6 +76,11 @@ def build_api_layout(root: Path = API_SRC) -> None:
             continue
         target.mkdir(parents=True, exist_ok=True)
         for entry in mapping[name].iterdir():
+            link = target / entry.name  # a real subpackage (treegrpo/problems): linked as it is
+            if entry.is_dir() and (entry / "__init__.py").is_file() and f"{name}.{entry.name}" not in mapping:
+                if not link.is_symlink():
+                    link.symlink_to(entry, target_is_directory=True)
+                continue
             if entry.suffix == ".py":  # copied, not linked: griffe resolves links and would look for
                 copy = target / entry.name  # the subpackages beside the real file
                 if copy.is_symlink():
@@ -199,7 +204,7 @@ def default_text(value: Any) -> str:
 
 def config_options_table(section: str | None) -> str:
     """One table per config section (or only ``section``): flag, accepted value, default, help."""
-    from treegrpo.algos.config import SECTIONS, options
+    from treegrpo.config import SECTIONS, options
 
     rows: dict[str, list[str]] = {}
     for option in options():
@@ -254,8 +259,8 @@ def flags_table(parser: argparse.ArgumentParser, skip: Iterable[str] = ()) -> st
 
 def cli_flags_table(command: str) -> str:
     """``treegrpo COMMAND``'s flags other than the one-per-config-field ones."""
-    from treegrpo.algos.cli import build_parser
-    from treegrpo.algos.config import options
+    from treegrpo.cli import build_parser
+    from treegrpo.config import options
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -302,7 +307,7 @@ def script_parser(script: str) -> argparse.ArgumentParser:
 def bench_scripts() -> str:
     """Every ``benchmarks/*.py``: its first docstring line, how to run it, and its flags."""
     blocks = []
-    for path in sorted((REPO / "benchmarks").glob("*.py")):
+    for path in sorted(p for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_")):
         name = path.stem
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         summary = " ".join(doc.split("\n\n")[0].split())
@@ -358,8 +363,9 @@ def api_block(module: str) -> str:
 def window_table(arg: str | None = None) -> str:
     """Start distribution and expected cost of the geometric window for a few alphas, at the default tree."""
     import torch
-    from treegrpo.algos.config import SamplingConfig
     from treegrpo.envs import tree_nfe, truncated_geometric_probs
+
+    from treegrpo.config import SamplingConfig
 
     defaults = SamplingConfig()
     steps, k, d = defaults.num_steps, defaults.branching, defaults.depth
@@ -378,8 +384,8 @@ def window_table(arg: str | None = None) -> str:
 
 
 def presets_table(arg: str | None = None) -> str:
-    """What each model kind's preset changes from the paper's defaults (``treegrpo.algos.presets.PRESETS``)."""
-    from treegrpo.algos.presets import PRESETS
+    """What each model kind's preset changes from the paper's defaults (``treegrpo.presets.PRESETS``)."""
+    from treegrpo.presets import PRESETS
 
     rows = [f"| `{kind}` | " + "<br>".join(code(item) for item in overrides) + " |"
             for kind, overrides in PRESETS.items()]

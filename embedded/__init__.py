@@ -1,8 +1,10 @@
 """treegrpo.embedded: the offline default (digits, a tiny text-conditioned flow model, offline rewards).
 
-    from treegrpo.embedded import digits_problem, load_base, sample_images
+    from treegrpo.embedded import load_base, sample_images
     images = sample_images(load_base(), ["a handwritten seven"], 8)      # [8, 1, 16, 16] in [0, 1]
-    problem = digits_problem(rewards=("classifier", "aesthetic"))          # for treegrpo.algos.Trainer
+
+The training problem built on it is :func:`treegrpo.problems.digits.digits_problem`
+(``model.kind=digits``); its rewards are registered in :data:`treegrpo.rewards.REWARDS`.
 """
 
 from treegrpo.embedded._files import WEIGHTS_DIR, MissingWeightsError
@@ -10,11 +12,10 @@ from treegrpo.embedded.classifier import DigitClassifier, load_classifier
 from treegrpo.embedded.data import digits_prompts, load_digit_images
 from treegrpo.embedded.judge import DigitJudge, load_judge
 from treegrpo.embedded.model import DigitsBase, load_base, sample_images
-from treegrpo.embedded.problem import digits_problem
-from treegrpo.embedded.rewards import REWARDS, ClassifierReward, JudgeReward, get_reward
+from treegrpo.embedded.rewards import DIGITS_REWARDS, ClassifierReward, JudgeReward, PromptedDigit
 
 __all__ = [
-    "REWARDS",
+    "DIGITS_REWARDS",
     "WEIGHTS_DIR",
     "ClassifierReward",
     "DigitClassifier",
@@ -22,9 +23,8 @@ __all__ = [
     "DigitsBase",
     "JudgeReward",
     "MissingWeightsError",
-    "digits_problem",
+    "PromptedDigit",
     "digits_prompts",
-    "get_reward",
     "load_base",
     "load_classifier",
     "load_digit_images",

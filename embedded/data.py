@@ -57,6 +57,16 @@ def format_prompt(template: str, digit: int) -> str:
     return template.format(word=word, digit=str(digit), a_word=f"{article} {word}")
 
 
+def digit_of(prompt: str) -> int:
+    """The digit a prompt asks for: its first digit word (``seven``) or single-digit token (``7``)."""
+    for token in prompt.lower().replace(",", " ").split():
+        if token in DIGIT_WORDS:
+            return DIGIT_WORDS.index(token)
+        if len(token) == 1 and token.isdigit():
+            return int(token)
+    raise ValueError(f"prompt: {prompt!r} names no digit (expected a word zero..nine or a digit 0..9)")
+
+
 @dataclass(frozen=True)
 class DigitPrompts:
     """The prompts of one split: ``texts[i]`` asks for digit ``labels[i]``.

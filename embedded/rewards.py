@@ -1,27 +1,30 @@
 """Offline rewards for digit images: no download, no network, deterministic.
 
-Every scorer has the signature ``(images [B, 1, H, W] in [0, 1], labels [B] long) -> [B] float32``,
-runs without gradients, accepts images on any device (scores come back on that device), and gives
-each image the same score whatever batch it arrives in. Scorers that ignore the prompt ignore
-``labels``.
+The scorers here read ``(images [B, 1, H, W] in [0, 1], labels [B] long) -> [B] float32``; each is
+registered in :data:`treegrpo.rewards.REWARDS` for ``model.kind=digits`` in the one reward call
+shape, ``(images, prompts) -> [B]`` (:class:`PromptedDigit` reads the digit from the prompt). They
+run without gradients, accept images on any device (scores come back on that device), and give
+each image the same score whatever batch it arrives in. The JPEG rewards are DDPO's, shared with
+the text-to-image models (:class:`treegrpo.rewards.JpegSize`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from treegrpo.embedded.classifier import DigitClassifier, load_classifier
+from treegrpo.embedded.data import digit_of
 from treegrpo.embedded.judge import DigitJudge, load_judge
-from treegrpo.rewards.offline import jpeg_size_kb
+from treegrpo.rewards.base import check_batch
+from treegrpo.rewards.registry import register_reward
 
 Scorer = Callable[[Tensor, Tensor], Tensor]
 
-JPEG_UPSCALE = 4  # 16x16 -> 64x64 (nearest) before encoding; at 16x16 the header dominates the file size
 AESTHETIC_INK = 0.3  # mean pixel value of a typical digit in [0, 1] (the dataset's is 0.305 at 16x16)
 AESTHETIC_SPECKLE_WEIGHT = 2.0
 
@@ -93,18 +96,6 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def jpeg_compressibility(images: Tensor, labels: Tensor | None = None) -> Tensor:
-    """DDPO's compressibility reward: minus the JPEG size in kB (quality 95, 4x nearest upsampling)."""
-    _check(images, labels)
-    return -jpeg_size_kb(images, upscale=JPEG_UPSCALE)
-
-
-def jpeg_incompressibility(images: Tensor, labels: Tensor | None = None) -> Tensor:
-    """DDPO's incompressibility reward: the JPEG size in kB (quality 95, 4x nearest upsampling)."""
-    _check(images, labels)
-    return jpeg_size_kb(images, upscale=JPEG_UPSCALE)
-
-
 def _median3x3(x: Tensor) -> Tensor:
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
     windows = padded.unfold(2, 3, 1).unfold(3, 3, 1)  # [B, C, H, W, 3, 3]
@@ -134,18 +125,34 @@ def aesthetic_proxy(images: Tensor, labels: Tensor | None = None) -> Tensor:
     return crispness * coverage - AESTHETIC_SPECKLE_WEIGHT * speckle
 
 
-REWARDS: dict[str, Scorer] = {
-    "classifier": ClassifierReward(),
-    "judge": JudgeReward(),
-    "jpeg_compressibility": jpeg_compressibility,
-    "jpeg_incompressibility": jpeg_incompressibility,
-    "aesthetic": aesthetic_proxy,
-}
-"""The offline rewards by name, each ``(images [B, 1, H, W] in [0, 1], digit labels [B]) -> [B]``."""
+class PromptedDigit:
+    """A digits scorer in the one reward call shape, ``(images, prompts) -> [B]``: the digit each
+    prompt asks for is read from its text (:func:`~treegrpo.embedded.data.digit_of`)."""
+
+    def __init__(self, name: str, scorer: Scorer) -> None:
+        self.name, self.scorer = name, scorer
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        check_batch(images, prompts, self.name, channels=(1, 3))
+        labels = torch.tensor([digit_of(prompt) for prompt in prompts], dtype=torch.long, device=images.device)
+        return self.scorer(images, labels)
 
 
-def get_reward(name: str) -> Scorer:
-    """The scorer registered as ``name`` in :data:`REWARDS` (one-line error otherwise)."""
-    if name not in REWARDS:
-        raise ValueError(f"rewards: unknown reward {name!r}; expected one of {sorted(REWARDS)}")
-    return REWARDS[name]
+NETWORK_REWARDS = {"classifier": ClassifierReward, "judge": JudgeReward}
+"""The rewards that are networks, read from ``<weights>/<name>/`` (the shipped weights by default)."""
+
+
+def _network_reward(name: str) -> Callable[..., PromptedDigit]:
+    def build(root: Path | str | None = None, device: object = None) -> PromptedDigit:
+        return PromptedDigit(name, NETWORK_REWARDS[name](path=Path(root) / name if root else None))
+
+    return build
+
+
+DIGITS_REWARDS = ("classifier", "judge", "jpeg_compressibility", "jpeg_incompressibility", "aesthetic_proxy")
+"""The rewards of ``model.kind=digits``, in the order held-out tables show them (``root``: the
+weights folder holding ``classifier/`` and ``judge/``)."""
+
+register_reward("classifier", _network_reward("classifier"), kinds=("digits",))
+register_reward("judge", _network_reward("judge"), kinds=("digits",))
+register_reward("aesthetic_proxy", lambda **_: PromptedDigit("aesthetic_proxy", aesthetic_proxy), kinds=("digits",))

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from treegrpo.envs.analytic import GaussianData
 from treegrpo.envs.edges import (
+    CondTable,
     OnPolicyError,
     check_ode_limit,
     check_on_policy,
     edge_log_probs,
     importance_ratios,
-    tree_edges,
+    parent_batch,
 )
 from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy, gather_cond
+from treegrpo.envs.flux import FluxDenoiser
 from treegrpo.envs.gaussian import (
     dance_sde_mean_std,
     ddim_mean_std,
@@ -49,6 +51,7 @@ __all__ = [
     "DDIM",
     "AdaptiveGeometricWindow",
     "CallableDenoiser",
+    "CondTable",
     "DDIMTimesteps",
     "DanceSDE",
     "Denoiser",
@@ -58,6 +61,7 @@ __all__ = [
     "FlowCPS",
     "FlowSDE",
     "FlowTimesteps",
+    "FluxDenoiser",
     "GaussianData",
     "GeometricWindow",
     "GuidedDenoiser",
@@ -86,9 +90,9 @@ __all__ = [
     "gaussian_log_prob",
     "importance_ratios",
     "model_precision",
+    "parent_batch",
     "reward_progress_rule",
     "sample_forest",
-    "tree_edges",
     "tree_nfe",
     "tree_rollout",
     "truncated_geometric_probs",

@@ -1,17 +1,22 @@
-"""From sampled trees to trainable edges: re-scoring stored samples and the on-policy self-checks.
+"""The one contract between sampling and learning: edges grouped under the parent they share.
 
 An edge is the SDE step into a non-root node: the parent's ``latent`` at the parent's ``step``, the
-child's ``sample``, and the behaviour ``log_prob`` stored on the child. :func:`edge_log_probs`
-re-scores every edge with one model row per parent (its children share the Gaussian), which is
-what a TreeGRPO loss does with gradients on, and what the self-checks do without.
+child's ``sample``, and the behaviour ``log_prob`` stored on the child. :func:`parent_batch` makes
+one row per parent (``latent``, ``step``, ``cond_index``) with its children padded to ``K``:
+``sample [M, K, ...]``, ``log_prob`` (behaviour), ``advantage``, ``mask``, and the conditioning
+table as ``cond_table``. A loss evaluates the policy once per row and scores all ``K`` samples
+against it, so minibatches are drawn over parents, never splitting one. :func:`edge_log_probs`
+re-scores a tree the same way (what the on-policy self-checks do, without gradients).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tensordict import TensorDict
 from torch import Tensor
-from treegrpo.envs.env import DenoisingPolicy
+from treegrpo.envs.env import DenoisingPolicy, gather_cond
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.precision import model_precision
 from treegrpo.envs.rollout import Rollout
@@ -26,29 +31,79 @@ class OnPolicyError(TreegrpoError, AssertionError):
     """A self-check found sampling and re-scoring out of agreement."""
 
 
-def tree_edges(tree: Tree) -> TensorDict:
-    """One row per edge (non-root node): parent ``latent`` and ``step``, child ``sample``, ``log_prob``.
+@dataclass(frozen=True)
+class CondTable:
+    """The conditioning table a tree was sampled with (``None`` for an unconditional model), carried
+    by a parent batch as one non-tensor value that every minibatch shares."""
 
-    Also ``node`` and ``parent`` (row indices in ``tree``), ``group`` and ``cond_index``. Parent
-    latents are gathered, so memory grows with the edge count; losses that want one forward per
-    parent should use :func:`edge_log_probs` on the tree instead.
+    cond: Cond
+
+    def rows(self, index: Tensor) -> Cond:
+        """Rows ``index`` of the table (``None`` stays ``None``)."""
+        return gather_cond(self.cond, index)
+
+
+def parent_batch(tree: Tree, advantage: Tensor | None = None, cond: Cond | None = None) -> TensorDict:
+    """Group a sampled tree's edges by parent, attaching one advantage per edge: everything a loss reads.
+
+    Args:
+        tree: a sampler's tree (payload ``latent``, ``step``, ``sample``, ``cond_index``).
+        advantage: ``[N]`` advantage of the edge into each node (roots ignored); ``None``: zeros
+            (re-scoring only).
+        cond: the conditioning table the tree was sampled with (``cond_index`` indexes its rows;
+            ``None`` for an unconditional model), stored once as the non-tensor ``cond_table``
+            (a :class:`CondTable`), which a loss gathers per minibatch.
+
+    Returns a TensorDict ``[M]`` over internal nodes with the keys described in the module doc,
+    plus ``node`` (the parent's row in ``tree``), ``child`` (``[M, K]`` node of each child, 0 where
+    padded) and ``depth`` (the parent's depth). ``K`` is the commonest number of children; a parent
+    with more takes several rows (one forward each).
     """
-    node = torch.nonzero(tree.parent >= 0).squeeze(-1)
-    parent = tree.parent[node]
+    if advantage is None:
+        advantage = torch.zeros(tree.num_nodes, dtype=tree.log_prob.dtype, device=tree.log_prob.device)
+    if advantage.shape != (tree.num_nodes,):
+        raise ValueError(f"advantage: expected shape ({tree.num_nodes},), got {tuple(advantage.shape)}")
+    offsets, children = tree.child_index()
+    counts = offsets[1:] - offsets[:-1]
+    parents = torch.nonzero(counts > 0).squeeze(-1)
+    # K is the commonest child count (k for a tree, 1 for trajectories); a wider parent, such as the
+    # shared first step of a group that starts from one noise, takes several rows of K instead of
+    # padding every other row to its width.
+    width = int(torch.mode(counts[parents]).values) if parents.numel() else 1
+    rows_per_parent = -(-counts[parents] // width)  # [P]
+    internal = parents.repeat_interleave(rows_per_parent)  # [M]
+    first = torch.cumsum(rows_per_parent, 0) - rows_per_parent
+    part = torch.arange(internal.numel(), device=counts.device) - first.repeat_interleave(rows_per_parent)
+    slot = torch.arange(width, device=counts.device)
+    start = offsets[internal] + part * width  # [M] first child of each row
+    mask = (part * width).unsqueeze(-1) + slot < counts[internal].unsqueeze(-1)  # [M, K]
+    child = torch.where(mask, children[(start.unsqueeze(-1) + slot).clamp(max=max(children.numel() - 1, 0))], 0)
     payload = tree.payload
-    return TensorDict(
+    batch = TensorDict(
         {
-            "latent": payload["latent"][parent],
-            "step": payload["step"][parent],
-            "sample": payload["sample"][node],
-            "cond_index": payload["cond_index"][node],
-            "log_prob": tree.log_prob[node],
-            "group": tree.group[node],
-            "node": node,
-            "parent": parent,
+            "latent": payload["latent"][internal],
+            "step": payload["step"][internal],
+            "cond_index": payload["cond_index"][internal],
+            "sample": torch.where(_expand(mask, payload["sample"]), payload["sample"][child], 0),
+            "log_prob": torch.where(mask, tree.log_prob[child], 0),
+            "advantage": torch.where(mask, advantage[child].to(tree.log_prob.dtype), 0),
+            "mask": mask,
+            "node": internal,
+            "child": child,
+            "depth": tree.depth[internal],
         },
-        batch_size=[node.numel()],
+        batch_size=[internal.numel()],
     )
+    batch.set_non_tensor("cond_table", CondTable(cond))
+    return batch
+
+
+def _expand(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(*mask.shape, *([1] * (like.dim() - 1)))
+
+
+def _expand(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(*mask.shape, *([1] * (like.dim() - 1)))
 
 
 def edge_log_probs(
@@ -56,29 +111,24 @@ def edge_log_probs(
 ) -> Tensor:
     """Log-prob ``[N]`` of each node's stored ``sample`` under ``model`` (0 at roots).
 
-    The model runs once per internal node; each node's children are scored against that one
-    Gaussian. Gradients flow to the model when enabled.
+    Scores the tree's :func:`parent_batch` as a loss does: one model row per parent, its children
+    scored against that one Gaussian by :meth:`Transition.score_children`. Gradients flow to the
+    model when enabled.
     """
-    payload = tree.payload
-    internal = torch.nonzero(~tree.is_leaf).squeeze(-1)
-    child = torch.nonzero(tree.parent >= 0).squeeze(-1)
-    slot = torch.full((tree.num_nodes,), -1, dtype=torch.long, device=internal.device)
-    slot[internal] = torch.arange(internal.numel(), device=internal.device)
-    latent, step = payload["latent"][internal], payload["step"][internal]
-    prediction = DenoisingPolicy(model, transition, cond, max_batch=max_batch).predict(
-        latent, step, payload["cond_index"][internal])
+    batch = parent_batch(tree)
+    latent, step = batch["latent"], batch["step"]
+    prediction = DenoisingPolicy(model, transition, cond, max_batch=max_batch).predict(latent, step, batch["cond_index"])
     mean, std = transition.mean_std(latent, prediction, step)
-    parent_slot = slot[tree.parent[child]]
-    std = std[parent_slot] if std.dim() > 0 and std.shape[0] == internal.numel() else std
-    scored = transition.score(payload["sample"][child], mean[parent_slot], std)
+    scored = transition.score_children(batch["sample"], mean, std)  # [M, K]
+    mask = batch["mask"]
     out = torch.zeros(tree.num_nodes, dtype=scored.dtype, device=scored.device)
-    return out.index_copy(0, child, scored)
+    return out.index_copy(0, batch["child"][mask], scored[mask])
 
 
 def importance_ratios(
     model: Denoiser, transition: Transition, tree: Tree, cond: Cond, *, max_batch: int | None = None
 ) -> Tensor:
-    """``exp(log pi(sample) - stored log_prob)`` per edge, in the order of :func:`tree_edges`."""
+    """``exp(log pi(sample) - stored log_prob)`` per edge (non-root node, in node order)."""
     child = torch.nonzero(tree.parent >= 0).squeeze(-1)
     with torch.no_grad():
         new = edge_log_probs(model, transition, tree, cond, max_batch=max_batch)[child]

@@ -204,7 +204,8 @@ class DenoisingPolicy(TensorDictModuleBase):
         noise = torch.randn(loc.shape, generator=self.generator, device=loc.device, dtype=loc.dtype)
         drawn = (loc + scale * noise).to(latent.dtype)
         action = torch.where(sde.view(-1, *([1] * (latent.dim() - 1))), drawn, tensordict["ode"])
-        log_prob = torch.where(sde, self.transition.score(drawn, loc, scale).to(latent.dtype), 0.0)
+        scored = self.transition.score_children(drawn.unsqueeze(1), loc, scale)[:, 0]  # k = 1 child per row
+        log_prob = torch.where(sde, scored.to(latent.dtype), 0.0)
         tensordict.set("action", action)
         tensordict.set("log_prob", log_prob)
         return tensordict

@@ -2,7 +2,7 @@
 
 Every function takes per-sample times as ``[B]`` tensors (or Python scalars), broadcasts them over
 the latent's trailing dimensions, and computes in at least float32 whatever the model's dtype
-(bf16 overflows in the ``sigma^2 / t`` terms). Notation follows ``../shared/method.md`` section 2:
+(bf16 overflows in the ``sigma^2 / t`` terms). Notation follows docs/concepts.md, "Denoising as a decision process":
 rectified flow ``x_t = (1 - t) x_0 + t eps`` with velocity ``v = eps - x_0``; time runs from
 ``t = 1`` (noise) to ``t = 0`` (data), so ``dt = t_next - t < 0``.
 """

@@ -1,4 +1,4 @@
-"""Text-to-image pipelines from local weights: SD3 / SD3.5 (rectified flow) and SD1.5-style (DDIM).
+"""Text-to-image pipelines from local weights: SD3 / SD3.5 and FLUX.1 (rectified flow), SD1.5-style (DDIM).
 
 :func:`load_pipeline` reads a diffusers pipeline folder (``save_pretrained`` layout) without any
 download and returns a :class:`TextToImageModel`: the trainable denoiser wrapped for the samplers,
@@ -9,6 +9,10 @@ kept in ``frozen_dtype`` (bf16 by default); only the denoiser is trained.
 
     model = load_pipeline("/weights/stable-diffusion-3.5-medium", t5=False, device="cuda")
     cond = model.encode(["a photo of a cat"])
+
+FLUX.1 (``kind="flux"``) keeps its latents unpacked like SD3's (:class:`~treegrpo.envs.flux.FluxDenoiser`
+packs them for the transformer), samples with its distilled guidance (:meth:`TextToImageModel.guided_denoiser`)
+and shifts its schedule by resolution, so its ``transition`` needs the image size.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,8 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 from treegrpo.envs._checks import ArgumentError
-from treegrpo.envs.models import Denoiser, SD3Denoiser, UNetDenoiser
+from treegrpo.envs.flux import FluxDenoiser
+from treegrpo.envs.models import Cond, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, Transition, flow_transition
 
@@ -50,12 +55,17 @@ class PipelineLayoutError(TreegrpoError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class Layout:
-    """What a pipeline folder holds: the pipeline class, its component folders and its denoiser."""
+    """What a pipeline folder holds: the pipeline class, its component folders and its denoiser.
+
+    ``pack`` is the side of the latent patches the adapter packs into one token before the network
+    sees them (FLUX: 2, on top of the network's own ``patch_size`` of 1); 1 means none.
+    """
 
     pipeline: str
     required: tuple[str, ...]
     optional: tuple[str, ...]
     denoiser: str
+    pack: int = 1
 
     def describe(self) -> str:
         """One line listing the folder's expected contents, for error messages."""
@@ -68,8 +78,11 @@ LAYOUTS: dict[str, Layout] = {
                   ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
                   ("text_encoder_3", "tokenizer_3"), "transformer"),
     "sd15": Layout("StableDiffusionPipeline", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), (), "unet"),
+    "flux": Layout("FluxPipeline",
+                   ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+                   (), "transformer", pack=2),
 }
-"""Pipeline kind (``model.kind``: ``sd3``, ``sd15``) to the folder layout it loads."""
+"""Pipeline kind (``model.kind``: ``sd3``, ``sd15``, ``flux``) to the folder layout it loads."""
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -101,16 +114,22 @@ def check_layout(path: Path, kind: str, *, t5: bool = True) -> None:
     if declared != layout.pipeline:
         raise PipelineLayoutError(f"model.path: {index_file} declares {declared!r}; model.kind={kind} expects "
                                   f"{layout.pipeline} ({layout.describe()})")
+    if kind == "flux" and not t5:
+        raise ArgumentError("model.t5: false, but FLUX.1 reads prompts through its T5 encoder (text_encoder_2) "
+                            "alone; leave model.t5=true (t5=false is for SD3)")
     needed = layout.required + (("text_encoder_3", "tokenizer_3") if kind == "sd3" and t5 else ())
     for name in needed:
         if not (path / name).is_dir():
             extra = "; set model.t5=false to run without T5" if name.endswith("_3") else ""
+            if kind == "flux" and name.endswith("_2"):
+                extra = " (FLUX.1's T5, which it cannot run without)"
             raise PipelineLayoutError(f"model.path: {path / name} is missing; expected {layout.describe()}{extra}")
 
 
 def image_multiple(path: Path, kind: str) -> int:
     """The side an image size must be a multiple of for the pipeline in ``path``: the VAE's
-    downsampling (``2^(levels - 1)``) times the denoiser's patch size, read from their config files."""
+    downsampling (``2^(levels - 1)``) times the denoiser's patch size (times FLUX's 2x2 packing),
+    read from their config files."""
     def config(name: str) -> dict:
         file = path / name / "config.json"
         try:
@@ -120,7 +139,7 @@ def image_multiple(path: Path, kind: str) -> int:
 
     levels = len(config("vae").get("block_out_channels", (0,) * 4))
     patch = int(config(LAYOUTS[kind].denoiser).get("patch_size") or 1)
-    return 2 ** (levels - 1) * patch
+    return 2 ** (levels - 1) * patch * LAYOUTS[kind].pack
 
 
 def check_image_size(path: Path, kind: str, image_size: int) -> None:
@@ -128,19 +147,20 @@ def check_image_size(path: Path, kind: str, image_size: int) -> None:
     multiple = image_multiple(path, kind)
     if image_size % multiple:
         raise ArgumentError(f"model.image_size: {image_size} is not a multiple of {multiple} (this pipeline's VAE "
-                            f"downsampling times its patch size); use e.g. {max(multiple, image_size // multiple * multiple)}")
+                            f"downsampling times its patch size and packing); use e.g. {max(multiple, image_size // multiple * multiple)}")
 
 
 def detect_kind(path: Path) -> str:
-    """``sd3`` or ``sd15`` from ``model_index.json``'s pipeline class."""
+    """``sd3``, ``sd15`` or ``flux`` from ``model_index.json``'s pipeline class."""
     index_file = path / "model_index.json"
     if index_file.is_file():
         declared = json.loads(index_file.read_text()).get("_class_name", "")
         for kind, layout in LAYOUTS.items():
             if layout.pipeline == declared:
                 return kind
-    raise PipelineLayoutError(f"model.path: {path} is not a diffusers StableDiffusion3Pipeline or "
-                              f"StableDiffusionPipeline folder (no model_index.json naming one)")
+    classes = ", ".join(layout.pipeline for layout in LAYOUTS.values())
+    raise PipelineLayoutError(f"model.path: {path} is not a diffusers pipeline folder of a known kind (no "
+                              f"model_index.json naming one of {classes})")
 
 
 def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -165,7 +185,7 @@ class TextToImageModel:
 
     @property
     def network(self) -> torch.nn.Module:
-        """The trained network: the SD3 transformer or the UNet."""
+        """The trained network: the SD3 or FLUX transformer, or the UNet."""
         return getattr(self.pipeline, LAYOUTS[self.kind].denoiser)
 
     @property
@@ -175,16 +195,23 @@ class TextToImageModel:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along each side (8 for SD3 and SD1.5)."""
+        """Pixels per latent cell along each side (8 for SD3, FLUX.1 and SD1.5)."""
         return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
-        """``(C, H, W)`` of the latents of ``image_size``-pixel square images."""
-        if image_size % (self.vae_scale_factor * _patch(self.network)):
-            raise ArgumentError(f"model.image_size: expected a multiple of "
-                             f"{self.vae_scale_factor * _patch(self.network)} for this pipeline, got {image_size}")
+        """``(C, H, W)`` of the latents of ``image_size``-pixel square images (FLUX: unpacked, 16 channels)."""
+        pack = LAYOUTS[self.kind].pack
+        multiple = self.vae_scale_factor * _patch(self.network) * pack
+        if image_size % multiple:
+            raise ArgumentError(f"model.image_size: expected a multiple of {multiple} for this pipeline, got {image_size}")
         side = image_size // self.vae_scale_factor
-        return (int(self.network.config.in_channels), side, side)
+        return (int(self.network.config.in_channels) // pack**2, side, side)
+
+    def image_tokens(self, image_size: int) -> int:
+        """Tokens the network sees per ``image_size``-pixel square image (FLUX: ``(side / 2)^2``)."""
+        _, height, width = self.latent_shape(image_size)
+        side = _patch(self.network) * LAYOUTS[self.kind].pack
+        return (height // side) * (width // side)
 
     def identity(self) -> str:
         """What determines the prompt embeddings: folder, pipeline kind, T5 and sequence length, dtype."""
@@ -203,7 +230,11 @@ class TextToImageModel:
         if not self.can_encode:
             raise RuntimeError("encode: the text encoders were released; precompute every prompt first")
         prompts, device = list(prompts), self.device
-        if self.kind == "sd3":
+        if self.kind == "flux":  # T5 tokens [B, S, 4096] and CLIP's pooled output [B, 768]; text_ids are zeros
+            embeds, pooled, _ = self.pipeline.encode_prompt(prompt=prompts, prompt_2=None, device=device,
+                                                            max_sequence_length=self.max_sequence_length)
+            fields = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+        elif self.kind == "sd3":
             embeds, _, pooled, _ = self.pipeline.encode_prompt(
                 prompt=prompts, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False,
                 max_sequence_length=self.max_sequence_length)
@@ -229,14 +260,29 @@ class TextToImageModel:
         return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
 
     def transition(self, name: str, num_steps: int, noise_level: float, shift: float = 3.0, *,
-                   schedule: str = "scheduler", cps_scoring: str = "flow_grpo") -> Transition:
+                   schedule: str = "scheduler", cps_scoring: str = "flow_grpo",
+                   image_size: int | None = None) -> Transition:
         """The stochastic step ``name`` on this pipeline's schedule (flow: with ``shift``; ``schedule``
-        ``dancegrpo`` for DanceGRPO's, ``cps_scoring`` for how ``cps`` scores, see :class:`FlowCPS`)."""
-        if self.kind == "sd3":
+        ``dancegrpo`` for DanceGRPO's, ``cps_scoring`` for how ``cps`` scores, see :class:`FlowCPS`).
+
+        FLUX.1's ``scheduler`` schedule is FluxPipeline's (:meth:`FlowTimesteps.flux`): its shift
+        depends on the image's token count, so ``image_size`` is required, and ``shift`` only applies
+        to ``dancegrpo`` and to a scheduler without ``use_dynamic_shifting``. SD3 and SD1.5 schedules
+        do not depend on the resolution; ``image_size`` is only checked against the latent grid there.
+        """
+        if image_size is not None:
+            self.latent_shape(image_size)
+        if self.kind in ("sd3", "flux"):
             from diffusers import FlowMatchEulerDiscreteScheduler
 
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config, shift=shift)
-            timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift, scheduler=scheduler)
+            if self.kind == "flux" and schedule == "scheduler":
+                if image_size is None:
+                    raise ArgumentError("image_size: FLUX.1's schedule shifts with the image's token count; pass "
+                                        "transition(..., image_size=model.image_size)")
+                timesteps = FlowTimesteps.flux(scheduler, num_steps, image_seq_len=self.image_tokens(image_size))
+            else:
+                timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift, scheduler=scheduler)
             return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
         from diffusers import DDIMScheduler
 
@@ -248,6 +294,27 @@ class TextToImageModel:
             raise ValueError(f"scheduler.prediction_type: the DDIM transition needs 'epsilon', got "
                              f"{scheduler.config.prediction_type!r}")
         return DDIM(DDIMTimesteps.from_scheduler(scheduler, num_steps), eta=noise_level)
+
+    def guided_denoiser(self, guidance_scale: float, uncond: Callable[[], Cond], *,
+                        true_cfg_scale: float = 1.0) -> Denoiser:
+        """The denoiser sampling at ``guidance_scale`` the way this pipeline's own call does.
+
+        FLUX.1-dev (a transformer with a guidance embedding): distilled guidance, the scale fed to
+        the embedding, one forward per row; ``true_cfg_scale != 1`` adds FluxPipeline's true
+        classifier-free guidance on top against ``uncond()`` (two forwards per row). Every other
+        pipeline: classifier-free guidance against ``uncond()`` (:class:`GuidedDenoiser`), none at
+        ``guidance_scale = 1``. ``uncond`` is called only when a negative branch is needed.
+        """
+        distilled = self.kind == "flux" and bool(getattr(self.network.config, "guidance_embeds", False))
+        if distilled:
+            denoiser: Denoiser = FluxDenoiser(self.network, guidance_scale)
+            scale = true_cfg_scale
+        else:
+            if true_cfg_scale != 1.0:
+                raise ArgumentError(f"true_cfg_scale: {true_cfg_scale} given, but only a FLUX.1 model with distilled "
+                                    "guidance takes it; use guidance_scale for classifier-free guidance")
+            denoiser, scale = self.denoiser, guidance_scale
+        return denoiser if scale == 1.0 else GuidedDenoiser(denoiser, scale, uncond())
 
 
 def _patch(network: torch.nn.Module) -> int:
@@ -265,21 +332,24 @@ def load_pipeline(
     max_sequence_length: int = 256,
     vae_batch: int = 8,
 ) -> TextToImageModel:
-    """Load a local SD3/SD3.5 (``kind="sd3"``) or SD1.5-style (``"sd15"``) pipeline for training.
+    """Load a local SD3/SD3.5 (``kind="sd3"``), FLUX.1 (``"flux"``) or SD1.5-style (``"sd15"``) pipeline for training.
 
     Args:
         path: the pipeline folder (``save_pretrained`` layout) or a Hub id already in the local cache.
-        kind: ``sd3`` or ``sd15``; ``None`` reads it from ``model_index.json``.
+        kind: ``sd3``, ``flux`` or ``sd15``; ``None`` reads it from ``model_index.json``.
         t5: SD3 only: keep the T5 encoder (``False`` skips loading it; its tokens become zeros,
-            as diffusers does without T5).
+            as diffusers does without T5). FLUX.1 needs its T5 and refuses ``False``.
         frozen_dtype: dtype of the VAE and text encoders (frozen, never trained).
         denoiser_dtype: dtype of the trained network's weights (float32 master weights for full
             fine-tuning; bf16 is fine for a frozen LoRA base).
         device: where every component lives.
-        max_sequence_length: SD3's T5 token count.
+        max_sequence_length: the T5 token count (SD3, FLUX.1).
         vae_batch: latents decoded per VAE call.
+
+    FLUX.1-dev's denoiser samples at the distilled guidance 3.5 (FluxPipeline's default); pick
+    another with :meth:`TextToImageModel.guided_denoiser`.
     """
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
 
     root = resolve_model_path(path)
     kind = kind or detect_kind(root)
@@ -296,6 +366,8 @@ def load_pipeline(
         if not t5:
             options.update(text_encoder_3=None, tokenizer_3=None)
         pipeline = StableDiffusion3Pipeline.from_pretrained(root, **options)
+    elif kind == "flux":
+        pipeline = FluxPipeline.from_pretrained(root, **options)
     else:
         options.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipeline = StableDiffusionPipeline.from_pretrained(root, **options)
@@ -306,12 +378,12 @@ def load_pipeline(
             component.requires_grad_(name == network_name)
             component.eval()
     network = getattr(pipeline, network_name)
-    denoiser = SD3Denoiser(network) if kind == "sd3" else UNetDenoiser(network)
-    return TextToImageModel(kind=kind, path=root, pipeline=pipeline, denoiser=denoiser, t5=t5 and kind == "sd3",
+    denoiser = {"sd3": SD3Denoiser, "flux": FluxDenoiser, "sd15": UNetDenoiser}[kind](network)
+    return TextToImageModel(kind=kind, path=root, pipeline=pipeline, denoiser=denoiser, t5=t5 and kind != "sd15",
                             max_sequence_length=max_sequence_length, vae_batch=vae_batch, frozen_dtype=frozen_dtype)
 
 
 def _network_class(kind: str):
-    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
-    return SD3Transformer2DModel if kind == "sd3" else UNet2DConditionModel
+    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel, "sd15": UNet2DConditionModel}[kind]

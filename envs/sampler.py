@@ -102,6 +102,11 @@ class TreeSampler:
         self.max_batch, self.static_shapes = max_batch, static_shapes
         self.env: DenoisingEnv | None = None  # made at the first sample, reused while it fits
 
+    @property
+    def schedule(self) -> WindowSchedule:
+        """The window schedule (its state goes into checkpoints; reward-driven ones are updated)."""
+        return self.window
+
     def sample(
         self,
         cond: Cond,
@@ -166,6 +171,11 @@ class TrajectorySampler:
         self.shared_noise = shared_noise
         self.max_batch, self.static_shapes = max_batch, static_shapes
         self.env: DenoisingEnv | None = None  # made at the first sample, reused while it fits
+
+    @property
+    def schedule(self) -> WindowSchedule | None:
+        """The sliding window schedule, or ``None`` when the SDE steps are fixed."""
+        return self.sde_steps if isinstance(self.sde_steps, WindowSchedule) else None
 
     def steps(self, epoch: int = 0) -> tuple[int, ...]:
         """The SDE steps of ``epoch``."""

@@ -7,7 +7,10 @@ pipeline passes to the denoiser. Schedules come from the schedulers themselves (
 is :meth:`FlowTimesteps.from_scheduler` of the pipeline's scheduler), except DanceGRPO's, which
 shifts a plain ``linspace(1, 0)`` and so differs from diffusers' shifted schedule: at 10 steps
 and shift 3, diffusers gives ``[1, .960, ..., .278, .0089, 0]`` and DanceGRPO
-``[1, .964, ..., .429, .25, 0]`` (:meth:`FlowTimesteps.dancegrpo`).
+``[1, .964, ..., .429, .25, 0]`` (:meth:`FlowTimesteps.dancegrpo`). FLUX.1 shifts by resolution:
+its scheduler (``use_dynamic_shifting``) maps ``linspace(1, 1/T, T)`` through the exponential shift
+``e^mu / (e^mu + 1/t - 1)``, with ``mu`` linear in the image's token count
+(:func:`resolution_shift_mu`, :meth:`FlowTimesteps.flux`): 0.63 at 512 px, 1.15 at 1024 px.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from treegrpo.envs._checks import check_int
@@ -23,6 +27,28 @@ from treegrpo.envs._checks import check_int
 def _fresh(scheduler):
     """A private copy, so ``set_timesteps`` leaves the caller's scheduler untouched."""
     return type(scheduler).from_config(scheduler.config) if hasattr(scheduler, "from_config") else copy.deepcopy(scheduler)
+
+
+def resolution_shift_mu(image_seq_len: int, *, base_seq_len: int = 256, max_seq_len: int = 4096,
+                        base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """FLUX.1's ``mu`` for ``image_seq_len`` image tokens: the line through ``(base_seq_len, base_shift)``
+    and ``(max_seq_len, max_shift)``, ``mu = m L + b`` with ``m = (max_shift - base_shift) / (max_seq_len -
+    base_seq_len)``, ``b = base_shift - m base_seq_len``, evaluated in that order, as diffusers'
+    ``FluxPipeline`` does (so the sigmas agree bit for bit). Defaults: FLUX.1's scheduler config."""
+    check_int("image_seq_len", image_seq_len, minimum=1)
+    if max_seq_len == base_seq_len:
+        raise ValueError(f"scheduler.max_image_seq_len: must differ from base_image_seq_len, both are {max_seq_len}")
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    intercept = base_shift - slope * base_seq_len
+    return image_seq_len * slope + intercept
+
+
+def scheduler_shift_mu(scheduler, image_seq_len: int) -> float:
+    """:func:`resolution_shift_mu` with the line read from ``scheduler.config`` (diffusers' defaults where absent)."""
+    config = scheduler.config
+    return resolution_shift_mu(image_seq_len, base_seq_len=config.get("base_image_seq_len", 256),
+                               max_seq_len=config.get("max_image_seq_len", 4096),
+                               base_shift=config.get("base_shift", 0.5), max_shift=config.get("max_shift", 1.15))
 
 
 FLOW_SCHEDULES = ("scheduler", "dancegrpo")
@@ -42,6 +68,19 @@ class FlowTimesteps:
         check_int("num_steps", num_steps, minimum=1)
         scheduler = _fresh(scheduler)
         scheduler.set_timesteps(num_steps, device="cpu")
+        sigmas = scheduler.sigmas.to(torch.float64)
+        return cls(sigmas=sigmas[: num_steps + 1], model_times=scheduler.timesteps.to(torch.float64)[:num_steps])
+
+    @classmethod
+    def flux(cls, scheduler, num_steps: int, *, image_seq_len: int) -> FlowTimesteps:
+        """``FluxPipeline``'s schedule for images of ``image_seq_len`` packed tokens (``(H / 16) (W / 16)``
+        pixels): ``sigmas = linspace(1, 1/T, T)`` passed through the scheduler's shift, which for
+        FLUX.1 (``use_dynamic_shifting``) is ``time_shift(mu, 1, sigmas)`` with ``mu`` from
+        :func:`scheduler_shift_mu`, and a static ``shift`` otherwise; then ``t = 0`` appended."""
+        check_int("num_steps", num_steps, minimum=1)
+        scheduler = _fresh(scheduler)
+        grid = np.linspace(1.0, 1.0 / num_steps, num_steps)  # numpy's float64 grid, as FluxPipeline builds it
+        scheduler.set_timesteps(sigmas=grid, mu=scheduler_shift_mu(scheduler, image_seq_len), device="cpu")
         sigmas = scheduler.sigmas.to(torch.float64)
         return cls(sigmas=sigmas[: num_steps + 1], model_times=scheduler.timesteps.to(torch.float64)[:num_steps])
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from treegrpo.algos import TreeGRPOLoss, parent_batch, total_loss, toy2d_problem
+from treegrpo.algos import PPOClipLoss, total_loss
 
 import treeadv
 from treegrpo import envs
+from treegrpo.problems import toy2d_problem
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--iterations", type=int, default=25)
@@ -33,7 +34,7 @@ num_steps, k, d = 8, 3, 3
 problem = toy2d_problem(num_steps=num_steps, prompts_per_iteration=4, seed=args.seed)
 env = envs.DenoisingEnv(problem.transition, latent_shape=problem.latent_shape)  # stateless: the state is the TensorDict
 window = envs.GeometricWindow(num_steps=num_steps, depth=d, alpha=0.5, seed=args.seed)  # truncated-geometric start
-loss = TreeGRPOLoss(problem.model, problem.transition, clip_range=0.2)
+loss = PPOClipLoss(problem.model, problem.transition, clip_range=0.2)
 optimizer = torch.optim.AdamW(problem.model.parameters(), lr=3e-3)
 generator = torch.Generator().manual_seed(args.seed)
 
@@ -47,8 +48,7 @@ for iteration in range(args.iterations):
     rewards = problem.reward(rollout.final, prompt_ids[rollout.leaf_cond_index])  # [L]
     leaf_adv = treeadv.leaf_advantages(rewards, tree.group[tree.leaves()])  # normalised per prompt
     edge_adv = treeadv.backup(tree, tree.scatter_leaves(leaf_adv), "logprob_softmax")  # [N]
-    batch = parent_batch(tree, edge_adv)  # [M] window parents, K = 3 child edges each
-    batch["cond"] = cond[batch["cond_index"]]
+    batch = envs.parent_batch(tree, edge_adv, cond)  # [M] window parents, K = 3 child edges each
     for _ in range(args.inner_epochs):  # the first pass has ratio 1; later ones are clipped at 1 +- 0.2
         terms = loss(batch)
         optimizer.zero_grad()

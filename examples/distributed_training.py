@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 
-from treegrpo.algos.presets import preset_config
-from treegrpo.algos.trainer import Trainer, build_problem
+from treegrpo.algos.trainer import Trainer
+
+from treegrpo.presets import preset_config
+from treegrpo.problems import build_problem
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--device", default="auto", help="cuda (each rank takes cuda:LOCAL_RANK), cpu or auto")

@@ -22,40 +22,35 @@ import torch
 from tensordict import TensorDict
 from treegrpo.algos import (
     Config,
-    DDPOLoss,
     EdgeLoss,
-    GRPOLoss,
-    Problem,
+    PPOClipLoss,
     ReinforceLoss,
     Trainer,
-    TreeGRPOLoss,
     build_sampler,
-    parent_batch,
+    register_loss,
     total_loss,
-    toy2d_problem,
 )
+from treegrpo.envs import parent_batch
 
 import treeadv
+from treegrpo.problems import Problem, toy2d_problem
 
 
-class ClipHigherLoss(EdgeLoss):
-    """PPO-clip with ``clip(rho, 1 - low, 1 + high)``, ``high > low``: low-probability samples that
-    gained reward may grow further before the clip stops them."""
+@register_loss("clip_higher", like="treegrpo")  # now `loss.algorithm=clip_higher` trains it as TreeGRPO
+class ClipHigherLoss(PPOClipLoss):
+    """PPO-clip with a wider upper bound (DAPO's clip-higher): low-probability samples that gained
+    reward may grow further before the clip stops them. Defaults to ``clip_high = 1.4 clip_range``."""
 
-    def __init__(self, model: torch.nn.Module, transition, *, low: float = 0.2, high: float = 0.28) -> None:
-        super().__init__(model, transition)
-        self.low, self.high = low, high
+    def __init__(self, model, transition, *, clip_range: float = 0.2, clip_high: float | None = None,
+                 **kl) -> None:
+        super().__init__(model, transition, clip_range=clip_range, clip_high=clip_high or 1.4 * clip_range, **kl)
 
-    def forward(self, td: TensorDict) -> TensorDict:
-        new_log_prob, _, _ = self.log_probs(td)  # [M, K]: one forward per parent, K children scored
-        log_ratio = new_log_prob - td["log_prob"]
-        ratio, advantage, mask = log_ratio.exp(), td["advantage"], td["mask"]
-        objective = torch.minimum(ratio * advantage, ratio.clamp(1 - self.low, 1 + self.high) * advantage)
-        # `loss_*` terms are summed and differentiated; the trainer logs approx_kl and, per timestep,
-        # the importance ratio from the detached [M, K] log_ratio.
-        return TensorDict({"loss_objective": -objective[mask].mean(),
-                           "approx_kl": (0.5 * log_ratio[mask] ** 2).mean().detach(),
-                           "log_ratio": log_ratio.detach()}, batch_size=[])
+    @classmethod
+    def from_config(cls, config, model, transition, reference=None):
+        """From the command line: ``loss.clip_high`` if set, else 1.4 times ``loss.clip_range``."""
+        c = config.loss
+        return cls(model, transition, clip_range=c.clip_range, clip_high=c.clip_high or None, kl_coef=c.kl_coef,
+                   reference=reference if c.kl_coef > 0 else None)
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:
@@ -64,12 +59,12 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
 
 
 LOSSES: dict[str, Callable[[Problem], EdgeLoss]] = {
-    "ppo-clip (TreeGRPO)": lambda p: TreeGRPOLoss(p.model, p.transition, clip_range=0.2),
-    "ppo-clip + KL (GRPO)": lambda p: GRPOLoss(p.model, p.transition, clip_range=0.2, kl_coef=0.04,
-                                               reference=frozen(p.model)),
-    "ddpo-ppo": lambda p: DDPOLoss(p.model, p.transition, clip_range=0.2),
+    "ppo-clip (TreeGRPO)": lambda p: PPOClipLoss(p.model, p.transition, clip_range=0.2),
+    "ppo-clip + KL (GRPO)": lambda p: PPOClipLoss(p.model, p.transition, clip_range=0.2, kl_coef=0.04,
+                                                  reference=frozen(p.model)),
+    "ddpo-ppo": lambda p: PPOClipLoss(p.model, p.transition, clip_range=0.2),
     "reinforce": lambda p: ReinforceLoss(p.model, p.transition),
-    "clip-higher (custom)": lambda p: ClipHigherLoss(p.model, p.transition, low=0.2, high=0.28),
+    "clip-higher (custom)": lambda p: ClipHigherLoss(p.model, p.transition, clip_range=0.2),
 }
 
 
@@ -103,8 +98,7 @@ def main() -> None:
     tree = rollout.tree
     rewards = problem.reward(rollout.final, prompt_ids[rollout.leaf_cond_index])
     advantage = treeadv.backup(tree, tree.scatter_leaves(treeadv.leaf_advantages(rewards, tree.group[tree.leaves()])))
-    batch = parent_batch(tree, advantage)
-    batch["cond"] = cond[batch["cond_index"]]
+    batch = parent_batch(tree, advantage, cond)  # everything a loss reads, the conditioning included
     print(f"one forest: {tree.num_nodes} nodes, {batch.batch_size[0]} parents, {int(batch['mask'].sum())} edges")
     for name, make in LOSSES.items():
         value, norm = gradient_norm(make(problem), batch)

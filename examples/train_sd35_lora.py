@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 from treegrpo.algos import Config, Trainer
-from treegrpo.algos.distributed import local_device
-from treegrpo.algos.t2i import pipeline_problem
 from treegrpo.envs.pipelines import load_pipeline
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
 from treegrpo.rewards import build_reward
+
+from treegrpo.devices import local_device
+from treegrpo.problems.text_to_image import pipeline_problem
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sd35_medium.yaml"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -1,6 +1,6 @@
 """treegrpo.rewards: reward models for text-to-image training, one interface and a registry.
 
-A reward model maps ``(images [B, 3, H, W] in [0, 1], prompts: list of B strings)`` to ``[B]``
+A reward model maps ``(images [B, C, H, W] in [0, 1], prompts: list of B strings)`` to ``[B]``
 float32 scores, without gradients, on the images' device; a score depends only on its own image
 and prompt, never on the batch. :func:`build_reward` makes one by name (see :data:`REWARDS`).
 Importable as ``treegrpo.rewards`` (the source lives in the top-level ``rewards/`` folder).
@@ -14,7 +14,15 @@ from treegrpo.rewards.diversity import ClipDiversity, embedding_diversity, pixel
 from treegrpo.rewards.imagereward import ImageReward
 from treegrpo.rewards.offline import JpegSize
 from treegrpo.rewards.preprocess import clip_preprocess
-from treegrpo.rewards.registry import REWARDS, build_reward
+from treegrpo.rewards.registry import (
+    REWARDS,
+    RewardEntry,
+    UnknownRewardError,
+    build_reward,
+    check_reward_names,
+    register_reward,
+    rewards_for,
+)
 from treegrpo.rewards.weights import ENV_VAR, MissingRewardWeightsError, reward_dir
 
 __all__ = [
@@ -27,10 +35,15 @@ __all__ = [
     "MissingRewardWeightsError",
     "OpenClipCosine",
     "PickScore",
+    "RewardEntry",
     "RewardModel",
+    "UnknownRewardError",
     "build_reward",
+    "check_reward_names",
     "clip_preprocess",
     "embedding_diversity",
     "pixel_diversity",
+    "register_reward",
     "reward_dir",
+    "rewards_for",
 ]

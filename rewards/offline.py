@@ -48,6 +48,6 @@ class JpegSize:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        check_batch(images, prompts, self.name)
+        check_batch(images, prompts, self.name, channels=(1, 3))
         upscale = max(1, -(-MIN_JPEG_SIDE // images.shape[-1]))
         return self.sign * jpeg_size_kb(images, self.quality, upscale)

@@ -1,8 +1,17 @@
-"""Reward models by name: ``build_reward("hpsv2", root=..., device=...)``."""
+"""One registry of reward models by name, each with the model kinds it scores.
+
+Every entry builds a :class:`~treegrpo.rewards.base.RewardModel` (``(images, prompts) -> [B]``)
+from ``root`` (the reward-weights folder, or ``None`` for the default) and ``device``. Text-to-image
+rewards are registered here; the embedded digits default registers its own (``classifier``,
+``judge``, ``aesthetic_proxy``) when :mod:`treegrpo.embedded` is imported.
+
+    register_reward("my_score", lambda root=None, device="cpu": MyScore(root), kinds=("sd3",))
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from treegrpo.rewards import clip_models
@@ -10,21 +19,67 @@ from treegrpo.rewards.base import RewardModel
 from treegrpo.rewards.imagereward import imagereward
 from treegrpo.rewards.offline import JpegSize
 
-REWARDS: dict[str, Callable[..., RewardModel]] = {
+from treegrpo.errors import TreegrpoError
+
+TEXT_TO_IMAGE = ("sd3", "sd15")
+"""The model kinds a text-to-image reward scores unless it says otherwise."""
+
+
+class UnknownRewardError(TreegrpoError, ValueError):
+    """A reward name that is not registered for the model kind."""
+
+
+@dataclass(frozen=True)
+class RewardEntry:
+    """A registered reward: how to build it and which model kinds it can score."""
+
+    factory: Callable[..., RewardModel]
+    kinds: tuple[str, ...]
+
+
+REWARDS: dict[str, RewardEntry] = {}
+"""Reward name to its :class:`RewardEntry`; :func:`register_reward` adds, :func:`build_reward` builds."""
+
+
+def register_reward(name: str, factory: Callable[..., RewardModel], *,
+                    kinds: Sequence[str] = TEXT_TO_IMAGE) -> None:
+    """Register ``factory(root=..., device=...)`` as the reward ``name`` for ``kinds`` (adding kinds
+    to a name registered already keeps one factory per name)."""
+    REWARDS[name] = RewardEntry(factory, tuple(kinds))
+
+
+def rewards_for(kind: str) -> list[str]:
+    """The reward names registered for model kind ``kind``, sorted."""
+    return sorted(name for name, entry in REWARDS.items() if kind in entry.kinds)
+
+
+def check_reward_names(names: Sequence[str], field: str, *, kind: str) -> None:
+    """A one-line error naming ``field`` and the first of ``names`` that ``kind`` has no reward of."""
+    known = rewards_for(kind)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnknownRewardError(f"{field}: unknown reward {unknown[0]!r} for model.kind={kind}; expected one of "
+                                 f"{known}")
+
+
+def build_reward(name: str, *, kind: str | None = None, **options: Any) -> RewardModel:
+    """The reward model registered as ``name`` (for ``kind``, if given), built with ``options``
+    (``root``: its weights folder, ``device``)."""
+    known = rewards_for(kind) if kind else sorted(REWARDS)
+    if name not in known:
+        where = f" for model.kind={kind}" if kind else ""
+        raise UnknownRewardError(f"model.rewards: unknown reward {name!r}{where}; expected one of {known}")
+    return REWARDS[name].factory(**options)
+
+
+for _name, _factory in {
     "hpsv2": clip_models.hpsv2,
     "clipscore": clip_models.clipscore,
     "imagereward": imagereward,
     "pickscore": clip_models.pickscore,
     "aesthetic": clip_models.aesthetic,
-    "jpeg_compressibility": lambda **_: JpegSize(-1.0),
-    "jpeg_incompressibility": lambda **_: JpegSize(1.0),
-}
-"""Reward name to factory (``root``: the reward-weights folder, ``device``); :func:`build_reward` builds from it."""
-
-
-def build_reward(name: str, **options: Any) -> RewardModel:
-    """The reward model registered as ``name``, built with ``options`` (``root``: the reward-weights
-    folder, ``device``)."""
-    if name not in REWARDS:
-        raise ValueError(f"model.rewards: unknown reward {name!r}; expected one of {sorted(REWARDS)}")
-    return REWARDS[name](**options)
+}.items():
+    register_reward(_name, _factory)
+# DDPO's JPEG rewards need no weights; 16-pixel digits are enlarged to 64 pixels first, as any small image is.
+register_reward("jpeg_compressibility", lambda **_: JpegSize(-1.0), kinds=(*TEXT_TO_IMAGE, "digits"))
+register_reward("jpeg_incompressibility", lambda **_: JpegSize(1.0), kinds=(*TEXT_TO_IMAGE, "digits"))

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from treegrpo.algos.checkpoint import latest_checkpoint
-from treegrpo.algos.cli import main
+
+from treegrpo.cli import main
 
 BASE = {"model.kind": "toy2d", "sampling.num_steps": "4", "sampling.prompts_per_iteration": "2",
         "train.iterations": "1", "train.checkpoint_every": "1", "train.sample_every": "1000",
@@ -77,7 +78,7 @@ def _write_toml(path, options: dict[str, str]) -> None:
 
 
 def _initial_weights() -> dict[str, torch.Tensor]:
-    from treegrpo.algos.problem import toy2d_problem
+    from treegrpo.problems import toy2d_problem
 
     return {name: p.detach().clone() for name, p in toy2d_problem(4, prompts_per_iteration=2, seed=0).model.named_parameters()}
 

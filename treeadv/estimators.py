@@ -1,7 +1,7 @@
 """Backup estimators: how a parent edge's advantage is made from its children's.
 
 Every estimator here returns *weights*: ``[E]`` non-negative numbers that sum to one over each
-parent's children, and the parent's advantage is ``sum_e w_e A_e`` (method.md section 5). Keeping
+parent's children, and the parent's advantage is ``sum_e w_e A_e`` (docs/concepts.md, "Backing advantages up the tree"). Keeping
 to convex combinations gives every estimator the same checkable contract (bounds, effective
 sample size) and lets the backup log the weights.
 

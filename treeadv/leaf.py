@@ -1,6 +1,6 @@
 """Leaf advantages: rewards normalised within their group (prompt), one reward model at a time.
 
-For reward model ``j`` and the leaves ``l`` of group ``g`` (method.md section 4)::
+For reward model ``j`` and the leaves ``l`` of group ``g`` (docs/concepts.md, "Leaf advantages")::
 
     A_l^(j) = (r_l^(j) - mean_g r^(j)) / (std_g r^(j) + eps),     A_l = sum_j w_j A_l^(j)
 

@@ -4,7 +4,7 @@ Each row is a node; the edge *into* a node carries the behaviour log-probability
 transition that created it. Structure is a parent pointer per node, so every operation is a
 gather or scatter over ``[N]`` tensors and works the same on CPU and GPU.
 
-Notation (``../shared/method.md`` sections 3-5): ``N`` nodes, ``L`` leaves, ``k`` branching
+Notation (docs/concepts.md, "The denoising tree" to "Backing advantages up the tree"): ``N`` nodes, ``L`` leaves, ``k`` branching
 factor, ``d`` window depth. A node at depth ``D`` has ``D`` edges between it and its root.
 """
 

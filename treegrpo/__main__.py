@@ -2,6 +2,6 @@
 
 import sys
 
-from treegrpo.algos.cli import main
+from treegrpo.cli import main
 
 sys.exit(main())

@@ -28,10 +28,11 @@ from treegrpo.algos.checkpoint import (
     remove_staging,
     save_checkpoint,
 )
-from treegrpo.algos.cli import main
-from treegrpo.algos.config import Config, ConfigError
-from treegrpo.algos.problem import toy2d_problem
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
+
+from treegrpo.cli import main
+from treegrpo.config import Config, ConfigError
+from treegrpo.problems import toy2d_problem
 
 
 def _config(out_dir: Path, iterations: int = 4, **extra: object) -> Config:
@@ -120,7 +121,7 @@ def test_a_pickled_state_never_runs_under_resume_or_eval(tmp_path, capsys):
 
 
 def test_a_pickled_lora_file_is_refused(tmp_path):
-    from treegrpo.algos.export import check_lora_file
+    from treegrpo.problems.lora import check_lora_file
 
     lora = tmp_path / "lora.bin"
     lora.write_bytes(pickle.dumps(_Payload(tmp_path / "marker")))
@@ -207,7 +208,7 @@ def test_a_resume_that_finds_no_checkpoint_says_so(tmp_path):
 
 
 def test_a_used_folder_is_refused_without_resume_and_overwrite_starts_afresh(tmp_path, capsys):
-    from treegrpo.algos.trainer import run
+    from treegrpo.algos.entrypoints import run
 
     run_dir = _trained(tmp_path)
     with pytest.raises(ConfigError, match=r"^train.out_dir: .* holds an earlier run \(checkpoints/\)"):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from treegrpo.algos.cli import main
-from treegrpo.algos.config import Config, ConfigError
+
+from treegrpo.cli import main
+from treegrpo.config import Config, ConfigError
 
 TOY = ["--model.kind", "toy2d", "--sampling.num_steps", "6", "--sampling.prompts_per_iteration", "2",
        "--train.iterations", "1"]
@@ -21,7 +22,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize(("flags", "starts"), [
-    (["--loss.estimator", "softmaxx"], "loss.estimator: unknown estimator 'softmaxx'"),
+    (["--loss.estimator", "softmaxx"], "loss.estimator: expected one of leaf, logprob_softmax, max, mean, got 'softmaxx'"),
     (["--sampling.noise_level", "0"], "sampling.noise_level: expected a number > 0"),
     (["--sampling.noise_level", "1e30"], "sampling.noise_level: 1e+30 with sampling.shift=1.0 gives a non-finite"),
     (["--sampling.shift", "1e-30"], "sampling.noise_level: 0.7 with sampling.shift=1e-30 gives a non-finite"),
@@ -38,14 +39,14 @@ def test_bad_inputs_are_one_line_before_any_work(flags, starts, tmp_path, capsys
 
 def test_digits_errors_name_the_unknown_reward_and_zero_weights(tmp_path, capsys):
     out = ["--train.out_dir", str(tmp_path / "run")]
-    message = _one_line_error(capsys, ["train", "--model.rewards", "foo", *out])
+    message = _one_line_error(capsys, ["train", "--model.rewards", "foo", "--loss.reward_weights", "1", *out])
     assert message.startswith("model.rewards: unknown reward 'foo' for model.kind=digits")
     message = _one_line_error(capsys, ["train", "--loss.reward_weights", "0,0", *out])
     assert message.startswith("loss.reward_weights: all zero")
 
 
 def test_a_non_finite_training_error_is_one_line_at_the_cli(tmp_path, capsys, monkeypatch):
-    from treegrpo.algos import problem as problems
+    from treegrpo.problems import toy2d as problems
 
     build = problems.toy2d_problem
 
@@ -90,7 +91,7 @@ def test_huge_rewards_still_give_advantages():
 
 
 def test_digits_evaluate_model_eval_count_prompts():
-    from treegrpo.embedded.problem import digits_problem
+    from treegrpo.problems.digits import digits_problem
 
     _, ids = digits_problem(eval_count=10).eval_prompts()
     assert ids.tolist() == list(range(10))

@@ -6,8 +6,9 @@ import dataclasses
 import tomllib
 
 import pytest
-from treegrpo.algos import cli
-from treegrpo.algos.config import (
+
+from treegrpo import cli
+from treegrpo.config import (
     SECTIONS,
     Config,
     ConfigError,
@@ -17,7 +18,6 @@ from treegrpo.algos.config import (
     OptimConfig,
     SamplingConfig,
     TrainConfig,
-    check_reward_names,
     options,
 )
 
@@ -133,7 +133,7 @@ def test_missing_toml_file_names_the_path(tmp_path) -> None:
         ("model.path=", "model", "path", ""),
         ("loss.reward_weights=1", "loss", "reward_weights", [1.0]),
         ("loss.reward_weights=", "loss", "reward_weights", []),
-        ("model.rewards=classifier, aesthetic", "model", "rewards", ["classifier", "aesthetic"]),
+        ("model.rewards=classifier, aesthetic_proxy", "model", "rewards", ["classifier", "aesthetic_proxy"]),
     ],
 )
 def test_override_parses_each_type(assignment: str, section: str, name: str, expected: object) -> None:
@@ -210,7 +210,7 @@ def test_config_error_is_a_value_error() -> None:
 
 def test_precedence_defaults_then_toml_then_flags(tmp_path, capsys) -> None:
     """A TOML value beats the preset; a flag beats the TOML value; --set loses to a per-field flag."""
-    from treegrpo.algos.presets import preset_config
+    from treegrpo.presets import preset_config
 
     path = tmp_path / "run.toml"
     path.write_text('[train]\niterations = 7\nseed = 3\n\n[loss]\nalgorithm = "grpo"\n')
@@ -251,12 +251,16 @@ def test_help_lists_every_field(argv: list[str], capsys) -> None:
         assert option.help.split()[0] in text
 
 
-def test_unknown_reward_names_are_one_line_config_errors() -> None:
-    check_reward_names(["a", "b"], {"a", "b", "c"}, "model.rewards")  # known names pass
-    with pytest.raises(ConfigError, match=r"^eval.rewards: unknown reward 'x'; expected one of \['a', 'b'\]$"):
-        check_reward_names(["a", "x", "y"], ("b", "a"), "eval.rewards")
-    with pytest.raises(ConfigError, match="model.rewards: unknown reward 'x' for the digits model; expected"):
-        check_reward_names(["x"], ("a",), "model.rewards", "the digits model")
+def test_unknown_reward_names_are_one_line_errors_naming_the_kind() -> None:
+    import treegrpo.embedded  # noqa: F401  (registers the digits rewards)
+    from treegrpo.rewards import UnknownRewardError, check_reward_names, rewards_for
+
+    check_reward_names(["hpsv2", "jpeg_compressibility"], "model.rewards", kind="sd3")  # known names pass
+    assert "classifier" in rewards_for("digits") and "classifier" not in rewards_for("sd3")
+    with pytest.raises(UnknownRewardError, match=r"^eval.rewards: unknown reward 'x' for model.kind=digits; expected"):
+        check_reward_names(["classifier", "x"], "eval.rewards", kind="digits")
+    with pytest.raises(UnknownRewardError, match="unknown reward 'classifier' for model.kind=sd3"):
+        check_reward_names(["classifier"], "model.rewards", kind="sd3")
 
 
 def test_options_cover_every_section() -> None:
@@ -269,7 +273,7 @@ def test_options_cover_every_section() -> None:
 def test_bench_with_a_missing_script_returns_2(capsys) -> None:
     assert cli.main(["bench", "--name", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "nope.py" in err and len(err.strip().splitlines()) == 1
+    assert "no benchmark 'nope'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_flag_value_returns_2_with_the_message_on_stderr(capsys) -> None:
@@ -290,31 +294,31 @@ def test_train_and_eval_call_the_trainer(monkeypatch) -> None:
     """The handlers hand the resolved config (and the checkpoint) to the lazily imported trainer."""
     calls = []
 
-    class FakeTrainer:
-        @staticmethod
-        def run(config: Config) -> None:
-            calls.append(("run", config.train.iterations))
+    from treegrpo.algos import entrypoints as run
 
-    from treegrpo.algos import evaluation
 
-    monkeypatch.setattr(cli, "_trainer", lambda: FakeTrainer)
-    monkeypatch.setattr(evaluation, "run_eval", lambda config, checkpoint: calls.append(("evaluate", checkpoint)))
+    monkeypatch.setattr(run, "run", lambda config: calls.append(("run", config.train.iterations)))
+    monkeypatch.setattr(run, "run_eval", lambda config, checkpoint: calls.append(("evaluate", checkpoint)))
     assert cli.main(["train", "--train.iterations", "2"]) == 0
     assert cli.main(["eval"]) == 0
     assert cli.main(["eval", "--checkpoint", "ckpt"]) == 0
     assert calls == [("run", 2), ("evaluate", None), ("evaluate", "ckpt")]
 
 
-def test_bench_runs_the_script_as_main_with_its_arguments(tmp_path, monkeypatch, capsys) -> None:
-    script = tmp_path / "echo.py"
-    script.write_text("import sys\nprint('ARGS', sys.argv[1:], __name__)\n")
-    monkeypatch.setattr(cli, "BENCHMARKS", tmp_path)
+def test_bench_runs_the_installed_module_as_main_with_its_arguments(tmp_path, monkeypatch, capsys) -> None:
+    import treegrpo.benchmarks
+
+    (tmp_path / "echo.py").write_text("import sys\nprint('ARGS', sys.argv[1:], __name__)\n")
+    monkeypatch.setattr(treegrpo.benchmarks, "SCRIPTS", ("echo",))
+    monkeypatch.setattr(treegrpo.benchmarks, "__path__", [str(tmp_path)])  # the package's modules, found by name
     assert cli.main(["bench", "--name", "echo", "--", "--sizes", "10"]) == 0
     assert "ARGS ['--sizes', '10'] __main__" in capsys.readouterr().out
+    assert cli.main(["bench", "--name", "nope"]) == 2
+    assert "no benchmark 'nope'" in capsys.readouterr().err
 
 
 def test_model_kind_presets_sit_under_files_and_flags(tmp_path, capsys) -> None:
-    from treegrpo.algos.presets import preset_config
+    from treegrpo.presets import preset_config
 
     toy = preset_config("toy2d")
     assert toy.optim.lr == 3e-3 and toy.sampling.num_steps == 8
@@ -336,7 +340,7 @@ def test_train_without_arguments_is_treegrpo_on_the_digits_preset() -> None:
     config = cli.resolve_config(cli.build_parser().parse_args(["train"]))
     assert config.model.kind == "digits" and config.loss.algorithm == "treegrpo"
     assert (config.sampling.num_steps, config.sampling.branching, config.sampling.depth) == (10, 3, 3)  # the paper's tree
-    assert config.model.rewards == ["classifier", "aesthetic"] and config.loss.reward_weights == [0.7, 0.3]
+    assert config.model.rewards == ["classifier", "aesthetic_proxy"] and config.loss.reward_weights == [0.7, 0.3]
     assert config.train.out_dir == "runs/digits"
 
 
@@ -375,7 +379,7 @@ REFUSED = [
     (["model.prompts=p.txt"], "model.prompts", "model.kind=digits", "sd3, sd15"),
     (["model.kind=sd15", "model.t5=false"], "model.t5", "model.kind=sd15", "model.kind=sd3"),
     (["model.kind=toy2d", "sampling.guidance_scale=3"], "sampling.guidance_scale", "model.kind=toy2d", "digits"),
-    (["model.kind=toy2d", "model.rewards=aesthetic"], "model.rewards", "model.kind=toy2d", "digits"),
+    (["model.kind=toy2d", "model.rewards=aesthetic_proxy"], "model.rewards", "model.kind=toy2d", "digits"),
 ]
 
 

@@ -23,10 +23,12 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="fi
 import torch
 from safetensors.torch import load_file
 from treegrpo.algos.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
-from treegrpo.algos.config import ConfigError
-from treegrpo.algos.distributed import Ranks
-from treegrpo.algos.presets import preset_config
-from treegrpo.algos.trainer import Trainer, build_problem
+from treegrpo.algos.trainer import Trainer
+
+from treegrpo.config import ConfigError
+from treegrpo.devices import Ranks
+from treegrpo.presets import preset_config
+from treegrpo.problems import build_problem
 
 SETTINGS = {
     "sampling.prompts_per_iteration": 4, "train.minibatch_parents": 8, "train.deterministic": "true",
@@ -194,7 +196,7 @@ def test_fsdp_units_are_the_outermost_blocks_with_trained_parameters():
 
 
 def test_cuda_means_this_ranks_gpu(monkeypatch):
-    from treegrpo.algos.distributed import local_device, ranks_from_env
+    from treegrpo.devices import local_device, ranks_from_env
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("WORLD_SIZE", "4")

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
-from treegrpo.algos.batch import parent_batch
-from treegrpo.algos.config import Config
-from treegrpo.algos.losses import DDPOLoss, GRPOLoss, ReinforceLoss, TreeGRPOLoss, total_loss
+from treegrpo.algos.losses import PPOClipLoss, ReinforceLoss, total_loss
 from treegrpo.algos.model_setup import adapters_disabled, apply_lora
-from treegrpo.algos.problem import toy2d_problem
 from treegrpo.algos.trainer import Trainer
-from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler
+from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler, parent_batch
 from treegrpo.envs.gaussian import gaussian_kl
 
-LOSSES = (TreeGRPOLoss, GRPOLoss, DDPOLoss, ReinforceLoss)
+from treegrpo.config import Config
+from treegrpo.problems import toy2d_problem
+
+LOSSES = (PPOClipLoss, ReinforceLoss)
 
 
 def _kwargs(cls, **kl):
@@ -56,8 +56,7 @@ def _batch(sampler_cls=TreeSampler):
         sampler = TrajectorySampler(problem.model, problem.transition, group_size=3, shared_noise=True)
         rollout = sampler.sample(torch.tensor([0, 1]), latent_shape=(2,), generator=torch.Generator().manual_seed(0))
     advantage = torch.randn(rollout.tree.num_nodes, generator=torch.Generator().manual_seed(1))
-    batch = parent_batch(rollout.tree, advantage)
-    batch.set("cond", torch.tensor([0, 1])[batch["cond_index"]])
+    batch = parent_batch(rollout.tree, advantage, torch.tensor([0, 1]))
     return problem, batch
 
 
@@ -101,7 +100,7 @@ def test_kl_coef_changes_the_gradient_and_zero_does_not(cls):
 def test_the_kl_term_pulls_the_policy_towards_the_reference():
     problem, batch = _batch()
     reference = _perturbed(toy2d_problem(num_steps=6).model)
-    loss = TreeGRPOLoss(problem.model, problem.transition, clip_range=0.1, kl_coef=1.0, reference=reference)
+    loss = PPOClipLoss(problem.model, problem.transition, clip_range=0.1, kl_coef=1.0, reference=reference)
     before = float(loss(batch)["kl"])
     optimizer = torch.optim.SGD([p for p in problem.model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(20):

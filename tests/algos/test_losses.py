@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 from treegrpo.algos.advantages import PerPromptStatTracker
-from treegrpo.algos.batch import count_edges, parent_batch, select_steps
-from treegrpo.algos.losses import GRPOLoss, ReinforceLoss, TreeGRPOLoss, ppo_clip_objective, total_loss
-from treegrpo.algos.problem import toy2d_problem
-from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler, tree_edges
+from treegrpo.algos.batch import count_edges, select_steps
+from treegrpo.algos.losses import PPOClipLoss, ReinforceLoss, ppo_clip_objective, total_loss
+from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler, parent_batch
+
+from tests.envs.tiny_models import reference_edges
+from treegrpo.problems import toy2d_problem
 
 
 def test_ppo_clip_objective_by_hand():
@@ -31,15 +33,14 @@ def _tree_batch(num_prompts=2, k=3, d=2):
     cond = torch.arange(num_prompts) % 2
     rollout = sampler.sample(cond, latent_shape=(2,), window_start=1, generator=torch.Generator().manual_seed(0))
     advantage = torch.randn(rollout.tree.num_nodes, generator=torch.Generator().manual_seed(1))
-    batch = parent_batch(rollout.tree, advantage)
-    batch.set("cond", cond[batch["cond_index"]])
+    batch = parent_batch(rollout.tree, advantage, cond)  # the loss gathers cond rows from the table
     return problem, rollout, advantage, batch
 
 
 def test_parent_batch_groups_every_edge_under_its_parent():
     _, rollout, advantage, batch = _tree_batch()
-    edges = tree_edges(rollout.tree)
-    assert batch.batch_size == (4 * (1 + 3),) and count_edges(batch) == edges.batch_size[0]
+    edges = reference_edges(rollout.tree)
+    assert batch.batch_size == (4 * (1 + 3),) and count_edges(batch) == edges["node"].shape[0]
     # each real slot holds exactly one edge, with its sample, log-prob and advantage
     flat = batch["mask"].flatten()
     parents = batch["node"].repeat_interleave(3)[flat]
@@ -59,7 +60,7 @@ def test_trajectory_batch_with_shared_noise_splits_the_wide_root_instead_of_padd
     assert batch["mask"].shape == (3 + 3 * 3, 1) and bool(batch["mask"].all())  # K = 1: no padded slots
     root = int(rollout.tree.roots()[0])
     assert batch["node"].tolist().count(root) == 3  # the shared root: one row per child
-    edges = tree_edges(rollout.tree)
+    edges = reference_edges(rollout.tree)
     order = torch.argsort(edges["parent"] * 1000 + edges["node"])
     torch.testing.assert_close(batch["sample"].flatten(0, 1), edges["sample"][order])
     torch.testing.assert_close(batch["advantage"].flatten(), advantage[edges["node"][order]])
@@ -85,7 +86,7 @@ def test_loss_is_on_policy_before_any_update_and_one_forward_serves_k_edges():
     rows = []
     forward = problem.model.forward
     problem.model.forward = lambda x, t, c: rows.append(x.shape[0]) or forward(x, t, c)
-    out = TreeGRPOLoss(problem.model, problem.transition, clip_range=0.1)(batch)
+    out = PPOClipLoss(problem.model, problem.transition, clip_range=0.1)(batch)
     assert rows == [batch.batch_size[0]]
     torch.testing.assert_close(out["ratio_mean"], torch.tensor(1.0))
     assert float(out["clip_fraction"]) == 0.0
@@ -99,9 +100,9 @@ def test_ppo_gradient_at_ratio_one_equals_the_reinforce_gradient():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     batch = batch.clone()
     with torch.no_grad():
-        batch.set("log_prob", TreeGRPOLoss(problem.model, problem.transition).log_probs(batch)[0] * batch["mask"])
+        batch.set("log_prob", PPOClipLoss(problem.model, problem.transition).log_probs(batch)[0] * batch["mask"])
     grads = []
-    for loss in (TreeGRPOLoss(problem.model, problem.transition), ReinforceLoss(problem.model, problem.transition)):
+    for loss in (PPOClipLoss(problem.model, problem.transition), ReinforceLoss(problem.model, problem.transition)):
         problem.model.zero_grad()
         total_loss(loss(batch)).backward()
         grads.append(torch.cat([p.grad.flatten() for p in params]))
@@ -115,7 +116,7 @@ def test_grpo_kl_is_the_closed_form_gaussian_kl():
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.1)
-    loss = GRPOLoss(problem.model, problem.transition, clip_range=0.1, kl_coef=0.5, reference=reference)
+    loss = PPOClipLoss(problem.model, problem.transition, clip_range=0.1, kl_coef=0.5, reference=reference)
     out = loss(batch)
     mean, std = loss.policy_mean_std(batch)
     ref_mean, _ = loss.policy_mean_std(batch, reference)
@@ -129,9 +130,9 @@ def test_grpo_kl_is_the_closed_form_gaussian_kl():
 def test_kl_needs_a_reference():
     problem = toy2d_problem()
     with pytest.raises(ValueError, match="^reference: "):
-        GRPOLoss(problem.model, problem.transition, kl_coef=0.1)
+        PPOClipLoss(problem.model, problem.transition, kl_coef=0.1)
     with pytest.raises(ValueError, match="^clip_range: "):
-        TreeGRPOLoss(problem.model, problem.transition, clip_range=0.0)
+        PPOClipLoss(problem.model, problem.transition, clip_range=0.0)
 
 
 def test_per_prompt_tracker_matches_a_python_reference():

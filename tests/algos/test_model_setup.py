@@ -10,14 +10,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from tensordict import TensorDict
 from treegrpo.algos.checkpoint import latest_checkpoint
-from treegrpo.algos.losses import GRPOLoss
+from treegrpo.algos.losses import PPOClipLoss
 from treegrpo.algos.model_setup import adapters_disabled, apply_lora, enable_gradient_checkpointing, has_adapters
-from treegrpo.algos.problem import Problem, toy2d_problem
 from treegrpo.algos.trainer import Trainer
 from treegrpo.envs import FlowSDE, FlowTimesteps, SD3Denoiser
 
 from tests.algos.test_training import _config
 from tests.envs.tiny_models import LATENT_SHAPE, text_cond, tiny_sd3
+from treegrpo.problems import Problem, toy2d_problem
 
 
 def _toy_trainer(tmp_path: Path, iterations: int, **extra: object) -> Trainer:
@@ -71,8 +71,8 @@ def test_disable_adapter_reference_is_the_base_model(tmp_path):
     assert not torch.allclose(problem.model(x, t, cond), frozen_base(x, t, cond), atol=1e-3)
 
     td = TensorDict({"latent": x, "step": torch.full((6,), 3), "cond": cond}, batch_size=[6])
-    by_adapter = GRPOLoss(problem.model, problem.transition, kl_coef=1.0, reference="disable_adapter")
-    by_copy = GRPOLoss(problem.model, problem.transition, kl_coef=1.0, reference=frozen_base)
+    by_adapter = PPOClipLoss(problem.model, problem.transition, kl_coef=1.0, reference="disable_adapter")
+    by_copy = PPOClipLoss(problem.model, problem.transition, kl_coef=1.0, reference=frozen_base)
     mean, std = by_adapter.policy_mean_std(td)
     ref_mean, _ = by_copy.policy_mean_std(td, frozen_base)
     expected = ((mean.double() - ref_mean.double()) ** 2 / (2 * torch.as_tensor(std).double() ** 2)).mean()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from treegrpo.algos.config import Config
-from treegrpo.algos.problem import toy2d_problem
 from treegrpo.algos.trainer import Trainer
 from treegrpo.envs import OnPolicyError, TreeSampler, check_on_policy
 from treegrpo.envs.precision import model_precision
+
+from treegrpo.config import Config
+from treegrpo.problems import toy2d_problem
 
 
 def _perturbed_toy():

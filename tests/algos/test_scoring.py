@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from treegrpo.algos.config import Config
-from treegrpo.algos.problem import toy2d_problem
 from treegrpo.algos.scoring import chunk_bounds, sample_and_score
 from treegrpo.algos.trainer import Trainer
 from treegrpo.envs import TreeSampler, check_on_policy, gather_cond
+
+from treegrpo.config import Config
+from treegrpo.problems import toy2d_problem
 
 
 @pytest.mark.parametrize(("prompts", "chunks"), [(7, 3), (4, 4), (2, 5), (9, 1)])

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from treegrpo.algos.checkpoint import latest_checkpoint
-from treegrpo.algos.config import Config
 from treegrpo.algos.losses import ReinforceLoss
-from treegrpo.algos.problem import toy2d_problem
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
+
+from treegrpo.config import Config
+from treegrpo.problems import toy2d_problem
 
 ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce")
 
@@ -92,7 +93,7 @@ def test_resume_in_process_continues_exactly(algorithm, tmp_path):
 
 
 def _cli(out_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "treegrpo.algos.cli", "train", "--model.kind", "toy2d", "--train.out_dir", str(out_dir),
+    return [sys.executable, "-m", "treegrpo.cli", "train", "--model.kind", "toy2d", "--train.out_dir", str(out_dir),
             "--train.iterations", "8", "--train.checkpoint_every", "1", "--train.deterministic",
             "--sampling.num_steps", "8", "--optim.lr", "3e-3", "--loss.clip_range", "0.2", "--train.minibatch_parents", "4",
             "--sampling.prompts_per_iteration", "2", *extra]
@@ -152,7 +153,8 @@ def test_non_finite_loss_never_reaches_the_weights(tmp_path):
 
 def test_cli_train_writes_tensorboard_diagnostics_and_a_checkpoint(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from treegrpo.algos.cli import main
+
+    from treegrpo.cli import main
 
     argv = ["train", "--model.kind", "toy2d", "--sampling.num_steps", "6", "--sampling.prompts_per_iteration", "2",
             "--train.iterations", "3", "--train.out_dir", str(tmp_path), "--optim.lr", "1e-3"]
@@ -171,7 +173,7 @@ def test_cli_train_writes_tensorboard_diagnostics_and_a_checkpoint(tmp_path):
 def test_run_writes_grids_curve_summary_and_reports_held_out_gain(tmp_path, capsys):
     import json
 
-    from treegrpo.algos.trainer import run
+    from treegrpo.algos.entrypoints import run
 
     config = _config("treegrpo", tmp_path, 12, **{"train.checkpoint_every": 6})
     summary = run(config, problem=toy2d_problem(8, prompts_per_iteration=4, seed=0), progress=False)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from treegrpo.algos import cli
+
+from treegrpo import cli
 
 
-@pytest.mark.parametrize("kind", ["toy2d", "digits"])
+# The digits run takes a minute and a half on two cores: it is in the long set that CI also runs (pytest -m slow).
+@pytest.mark.parametrize("kind", ["toy2d", pytest.param("digits", marks=pytest.mark.slow)])
 def test_quick_bench_writes_tables_plots_and_consistent_accounting(kind, tmp_path, capsys):
     assert cli.main(["bench", "--quick", "--", "--kind", kind, "--out", str(tmp_path)]) == 0
     for name in ("compare_methods.json", "compare_methods.md", "compare_methods.png", "ablations.png",

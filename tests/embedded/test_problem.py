@@ -6,20 +6,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from treegrpo.algos.config import Config, ConfigError
-from treegrpo.algos.presets import preset_config
-from treegrpo.algos.trainer import Trainer, build_problem
+from treegrpo.algos.trainer import Trainer
 from treegrpo.embedded.data import digits_prompts
 from treegrpo.embedded.model import load_base, to_image
-from treegrpo.embedded.problem import digits_problem
-from treegrpo.embedded.rewards import REWARDS, ClassifierReward, aesthetic_proxy
+from treegrpo.embedded.rewards import DIGITS_REWARDS, ClassifierReward, aesthetic_proxy
 from treegrpo.envs import DanceSDE, FlowSDE, GuidedDenoiser, SD3Denoiser
+
+from treegrpo.config import Config, ConfigError
+from treegrpo.presets import preset_config
+from treegrpo.problems import build_problem
+from treegrpo.problems.digits import digits_problem
 
 
 def test_problem_draws_training_prompts_and_scores_every_reward_column(tiny_weights: Path) -> None:
-    problem = digits_problem(prompts_per_iteration=6, rewards=("classifier", "aesthetic"), weights=tiny_weights)
+    problem = digits_problem(prompts_per_iteration=6, rewards=("classifier", "aesthetic_proxy"), weights=tiny_weights)
     assert isinstance(problem.model, SD3Denoiser) and isinstance(problem.transition, FlowSDE)
-    assert problem.latent_shape == (1, 16, 16) and tuple(problem.reward_names) == ("classifier", "aesthetic")
+    assert problem.latent_shape == (1, 16, 16) and tuple(problem.reward_names) == ("classifier", "aesthetic_proxy")
     cond, ids = problem.prompts(0, torch.Generator().manual_seed(0))
     assert ids.shape == (6,) and ids.unique().numel() == 6 and int(ids.max()) < 80
     base = load_base(tiny_weights / "base")
@@ -38,9 +40,9 @@ def test_evaluation_uses_the_heldout_templates_and_every_reward(tiny_weights: Pa
     problem = digits_problem(weights=tiny_weights)
     cond, ids = problem.eval_prompts()
     assert cond.shape == (40,) and torch.equal(ids, torch.arange(40))
-    assert tuple(problem.eval_reward_names) == tuple(REWARDS)
+    assert tuple(problem.eval_reward_names) == DIGITS_REWARDS
     final = torch.zeros(40, 1, 16, 16)
-    assert problem.eval_reward(final, ids).shape == (40, len(REWARDS))
+    assert problem.eval_reward(final, ids).shape == (40, len(DIGITS_REWARDS))
 
 
 def test_only_the_transformer_trains_and_options_reach_the_problem(tiny_weights: Path) -> None:
@@ -66,7 +68,7 @@ def test_bad_options_give_one_line_errors(tiny_weights: Path) -> None:
 def test_config_builds_the_problem_from_model_path(tiny_weights: Path) -> None:
     config = preset_config("digits").override([f"model.path={tiny_weights}"])
     problem = build_problem(config)
-    assert tuple(problem.reward_names) == ("classifier", "aesthetic")
+    assert tuple(problem.reward_names) == ("classifier", "aesthetic_proxy")
     assert problem.transition.num_steps == config.sampling.num_steps == 10
 
 

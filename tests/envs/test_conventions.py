@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributions import Normal
-from treegrpo.algos.config import Config, ConfigError
-from treegrpo.embedded.problem import flow_transition
 from treegrpo.envs import FlowCPS, FlowSDE, FlowTimesteps
+
+from treegrpo.config import Config, ConfigError
+from treegrpo.problems.digits import flow_transition
 
 
 def _step(transition, seed=0):
@@ -44,9 +45,8 @@ def test_cps_density_log_ratios_are_one_over_two_s_squared_times_flow_grpos():
 
 
 def test_samplers_losses_and_checks_score_through_the_transition():
-    from treegrpo.algos.batch import parent_batch
-    from treegrpo.algos.losses import TreeGRPOLoss
-    from treegrpo.envs import CallableDenoiser, GaussianData, TreeSampler, check_on_policy
+    from treegrpo.algos.losses import PPOClipLoss
+    from treegrpo.envs import CallableDenoiser, GaussianData, TreeSampler, check_on_policy, parent_batch
 
     data = GaussianData(torch.zeros(4), torch.eye(4))
     model = CallableDenoiser(lambda x, t, cond: data.velocity(x, t, None))
@@ -55,7 +55,7 @@ def test_samplers_losses_and_checks_score_through_the_transition():
         None, num_prompts=2, latent_shape=(4,), window_start=3, generator=torch.Generator().manual_seed(0))
     assert check_on_policy(rollout, model, transition, None) == 0.0
     batch = parent_batch(rollout.tree, torch.zeros(rollout.tree.num_nodes))
-    new, mean, _ = TreeGRPOLoss(model, transition).log_probs(batch)
+    new, mean, _ = PPOClipLoss(model, transition).log_probs(batch)
     expected = -((batch["sample"] - mean.unsqueeze(1)) ** 2).mean(-1)
     torch.testing.assert_close(new[batch["mask"]], expected[batch["mask"]].to(new.dtype))
     torch.testing.assert_close(new[batch["mask"]], batch["log_prob"][batch["mask"]])

@@ -35,7 +35,7 @@ def test_flow_sde_step_log_prob_is_normal_density_of_the_drawn_noise():
     noise = torch.randn_like(x)
     a = 0.7
     x_next, log_prob = flow_sde_step(x, v, t, t_next, a, noise)
-    # closed form of method.md section 2, written out per sample
+    # closed form of docs/concepts.md, "Denoising as a decision process", written out per sample
     for i in range(5):
         ti, dt = float(t[i]), float(t_next[i] - t[i])
         sigma = a * math.sqrt(ti / (1 - ti))

@@ -18,9 +18,10 @@ from treegrpo.envs import (
     check_ode_limit,
     check_on_policy,
     edge_log_probs,
-    tree_edges,
     tree_nfe,
 )
+
+from tests.envs.tiny_models import reference_edges
 
 DATA = GaussianData(torch.zeros(6), torch.eye(6) * 0.5)
 
@@ -75,8 +76,8 @@ def test_tree_layout_and_payload():
     assert torch.equal(steps[tree.depth == 0], torch.full((4,), 4))
     assert torch.equal(steps[tree.depth == 1], torch.full((12,), 5))
     assert torch.equal(steps[tree.is_leaf], torch.full((36,), 10))
-    edges = tree_edges(tree)
-    assert edges.batch_size == (48,)
+    edges = reference_edges(tree)
+    assert edges["node"].shape == (48,)
     # the child's sample is the parent's next state in a contiguous window
     internal_children = tree.depth == 1
     assert torch.equal(tree.payload["sample"][internal_children], tree.payload["latent"][internal_children])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from treegrpo.algos.config import Config, ConfigError
-from treegrpo.algos.problem import Problem
 from treegrpo.algos.recipes import build_sampler
 from treegrpo.envs import (
     DDIM,
@@ -24,6 +22,9 @@ from treegrpo.envs import (
     TreeSampler,
     check_on_policy,
 )
+
+from treegrpo.config import Config, ConfigError
+from treegrpo.problems import Problem
 
 DATA = GaussianData(torch.zeros(4), torch.eye(4) * 0.5)
 

@@ -43,3 +43,15 @@ def text_cond(num_prompts: int, seed: int = 1, pooled: bool = True) -> TensorDic
     if pooled:
         fields["pooled_projections"] = torch.randn(num_prompts, POOLED_DIM, generator=generator)
     return TensorDict(fields, batch_size=[num_prompts])
+
+
+def reference_edges(tree):
+    """One row per edge (non-root node), gathered node by node: the independent reference that
+    :func:`treegrpo.envs.parent_batch` is checked against."""
+    import torch
+
+    node = torch.nonzero(tree.parent >= 0).squeeze(-1)
+    parent = tree.parent[node]
+    payload = tree.payload
+    return {"latent": payload["latent"][parent], "step": payload["step"][parent], "sample": payload["sample"][node],
+            "cond_index": payload["cond_index"][node], "log_prob": tree.log_prob[node], "node": node, "parent": parent}

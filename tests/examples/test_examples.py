@@ -7,6 +7,7 @@ has its own test with the multi-GPU code.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -48,6 +49,23 @@ def test_compose_treegrpo_trains_and_counts_the_tree(tmp_path):
     assert improved(sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4, by=0.3), rewards
 
 
+def test_a_loss_registered_by_a_plugin_is_selectable_by_name_from_the_cli(tmp_path, capsys):
+    from treegrpo.algos.losses import LOSSES
+
+    from treegrpo import cli
+
+    out_dir = tmp_path / "run"
+    argv = ["train", "--plugin", str(REPO / "examples" / "swap_loss.py"), "--model.kind", "toy2d",
+            "--loss.algorithm", "clip_higher", "--loss.clip_high", "0.3", "--train.iterations", "2",
+            "--train.out_dir", str(out_dir)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert LOSSES["clip_higher"].__name__ == "ClipHigherLoss"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["config"]["loss"]["algorithm"] == "clip_higher" and summary["training"]["iterations"] == 2
+    assert cli.main(["train", "--plugin", str(tmp_path / "none.py")]) == 2
+    assert "--plugin: no such file" in capsys.readouterr().err
+
+
 def test_swap_loss_same_gradient_at_the_behaviour_policy_and_every_loss_trains(tmp_path):
     out = run_example("swap_loss.py", "--iterations", "8", cwd=tmp_path)
     norms = [float(n) for n in re.findall(rf"at the behaviour policy .* gradient norm ({NUMBER})", out)]
@@ -73,9 +91,8 @@ def test_new_estimator_passes_the_kit_catches_a_false_claim_and_trains(tmp_path)
 
 
 def test_train_sd35_lora_from_local_weights_exports_what_diffusers_loads(tmp_path):
-    from treegrpo.envs.tiny_pipelines import save_tiny_sd3_pipeline
-
     from tests.rewards.tiny_rewards import save_tiny_rewards
+    from treegrpo.testing.pipelines import save_tiny_sd3_pipeline
 
     pipeline = save_tiny_sd3_pipeline(tmp_path / "sd3")
     rewards = save_tiny_rewards(tmp_path / "rewards")

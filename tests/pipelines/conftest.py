@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from treegrpo.envs.tiny_pipelines import save_tiny_sd3_pipeline, save_tiny_sd15_pipeline
+
+from treegrpo.testing.pipelines import save_tiny_sd3_pipeline, save_tiny_sd15_pipeline
 
 PROMPTS = ["a red cat", "a blue dog", "two small birds", "a green house", "sunset over the sea", "a bowl of fruit"]
 

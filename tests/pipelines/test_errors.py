@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from treegrpo.algos.cli import main
 
 from tests.pipelines.test_training import CONFIGS, tiny_overrides
+from treegrpo.cli import main
 
 
 def _flags(assignments: list[str]) -> list[str]:
@@ -43,7 +43,7 @@ def test_an_image_size_the_pipeline_cannot_make_is_one_line(pipelines, prompt_fi
 
 def test_a_missing_reward_file_is_one_line_before_the_pipeline_loads(pipelines, prompt_file, tmp_path, capsys,
                                                                      monkeypatch):
-    from treegrpo.algos import t2i
+    from treegrpo.problems import text_to_image as t2i
 
     loaded = []
     monkeypatch.setattr(t2i, "load_pipeline", lambda *a, **k: loaded.append(a) or pytest.fail("loaded the pipeline"))

@@ -7,13 +7,13 @@ import json
 
 import torch
 from treegrpo.algos.checkpoint import latest_checkpoint
-from treegrpo.algos.cli import main
-from treegrpo.algos.config import Config
 from treegrpo.algos.evaluation import held_out_scores
-from treegrpo.algos.export import LORA_FILE
-from treegrpo.algos.trainer import build_problem
 
 from tests.pipelines.test_training import CONFIGS, tiny_overrides
+from treegrpo.cli import main
+from treegrpo.config import Config
+from treegrpo.problems import build_problem
+from treegrpo.problems.lora import LORA_FILE
 
 PAPER = ["hpsv2", "imagereward", "aesthetic", "clipscore"]
 

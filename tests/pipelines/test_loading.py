@@ -108,8 +108,9 @@ def test_ode_samples_equal_the_stock_pipeline(pipelines, kind, guidance):
 
 def test_flow_transitions_by_name_share_one_table(pipelines):
     """SD3 pipelines and the embedded default build flow steps through `envs.flow_transition`."""
-    from treegrpo.embedded.problem import flow_transition as embedded_flow_transition
     from treegrpo.envs import DanceSDE, FlowCPS, FlowSDE, FlowTimesteps, flow_transition
+
+    from treegrpo.problems.digits import flow_transition as embedded_flow_transition
 
     timesteps = FlowTimesteps.linear(4, shift=3.0)
     for name, cls in {"flow_sde": FlowSDE, "dance_sde": DanceSDE, "cps": FlowCPS}.items():
@@ -124,8 +125,8 @@ def test_flow_transitions_by_name_share_one_table(pipelines):
 
 
 def test_cuda_device_without_cuda_is_a_config_error(monkeypatch):
-    from treegrpo.algos.config import ConfigError
-    from treegrpo.algos.distributed import local_device
+    from treegrpo.config import ConfigError
+    from treegrpo.devices import local_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert local_device("auto") == torch.device("cpu")

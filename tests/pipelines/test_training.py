@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from treegrpo.algos.cli import main
-from treegrpo.algos.config import Config
-from treegrpo.algos.export import LORA_FILE, fuse_lora
-from treegrpo.algos.trainer import Trainer, build_problem
+from treegrpo.algos.trainer import Trainer
 from treegrpo.envs.pipelines import load_pipeline
+
+from treegrpo.cli import main
+from treegrpo.config import Config
+from treegrpo.problems import build_problem
+from treegrpo.problems.lora import LORA_FILE, fuse_lora
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {"sd3": REPO / "configs" / "sd35_medium.yaml", "sd15": REPO / "configs" / "sd15.yaml"}

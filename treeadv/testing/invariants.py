@@ -1,4 +1,4 @@
-"""Invariants of a backup estimator (method.md section 5), each a function that raises on violation.
+"""Invariants of a backup estimator (docs/concepts.md, "Backing advantages up the tree"), each a function that raises on violation.
 
 Every check takes ``(estimator, tree, leaf_adv, generator)`` and runs the backup itself, so the
 same checks apply to any :class:`~treeadv.BackupEstimator`. Arithmetic is float64 unless the

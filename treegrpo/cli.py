@@ -1,12 +1,13 @@
 """The ``treegrpo`` console command: ``train``, ``eval``, ``bench`` and ``pretrain``.
 
 Every subcommand takes ``--config PATH`` (TOML or YAML), one flag per configuration field generated from
-the dataclasses in :mod:`treegrpo.algos.config` (``--sampling.num_steps 20``, ``--train.resume`` /
+the dataclasses in :mod:`treegrpo.config` (``--sampling.num_steps 20``, ``--train.resume`` /
 ``--no-train.resume``, lists comma-separated) and repeatable ``--set section.field=value``.
-Precedence: the model kind's preset (:mod:`treegrpo.algos.presets`) < config file < ``--set`` <
+Precedence: the model kind's preset (:mod:`treegrpo.presets`) < config file < ``--set`` <
 per-field flags. ``--print-config`` prints the resolved configuration as TOML and exits.
 
     treegrpo train --config run.toml --loss.algorithm grpo --train.iterations 50
+    treegrpo train --plugin examples/swap_loss.py --loss.algorithm clip_higher   # a loss registered by a plugin
     treegrpo eval --config run.toml --checkpoint runs/treegrpo/ckpt-100
     treegrpo bench --quick                      # benchmarks/compare_methods.py --quick
     treegrpo bench --gpu -- --compile           # benchmarks/gpu_iteration.py --compile
@@ -17,19 +18,18 @@ per-field flags. ``--print-config`` prints the resolved configuration as TOML an
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import runpy
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from treegrpo.algos.config import MODELS, Config, ModelConfig, Option, options, read_config_file
-
+from treegrpo.config import MODELS, Config, ModelConfig, Option, options, read_config_file
 from treegrpo.errors import TreegrpoError
 
 __all__ = ["build_parser", "main", "resolve_config"]
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 PROG = "treegrpo"
 
 
@@ -57,6 +57,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     the resolver), and values stay strings so bad ones fail as one-line ConfigErrors, not argparse errors.
     """
     parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML or YAML file of section tables (fields as below)")
+    parser.add_argument(
+        "--plugin", metavar="FILE_OR_MODULE", action="append", default=argparse.SUPPRESS,
+        help="a .py file or module to import first (repeatable): what it registers (register_loss, "
+             "register_estimator, register_reward, register_problem) becomes selectable by name",
+    )
     parser.add_argument(
         "--set", metavar="SECTION.FIELD=VALUE", action="append", default=argparse.SUPPRESS, dest="set",
         help="override any field (repeatable); per-field flags win over --set",
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run benchmarks/<name>.py; arguments after -- go to the script")
     _add_config_options(bench)
     bench.add_argument("--name", default="compare_methods",
-                       help="benchmark script in benchmarks/ (default: compare_methods; also backup_speed)")
+                       help="benchmark module in treegrpo.benchmarks (benchmarks/ in a checkout; default: compare_methods)")
     bench.add_argument("--quick", action="store_true", help="pass --quick to the script (a short smoke run)")
     bench.add_argument("--gpu", action="store_true",
                        help="run benchmarks/gpu_iteration.py (iteration times on an SD3.5-Medium-shaped transformer)")
@@ -141,7 +146,7 @@ def _after_dashes(values: list[str]) -> list[str]:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """The model kind's preset, then the config file, then ``--set``, then per-field flags; validated."""
-    from treegrpo.algos.presets import preset_config
+    from treegrpo.presets import preset_config
 
     given = vars(args)
     data = read_config_file(given["config"]) if "config" in given else {}
@@ -159,45 +164,62 @@ def resolve_config(args: argparse.Namespace) -> Config:
     config = Config.from_dict(data, base, check_used=False)
     config = config.override(assignments, check_used=False) if assignments else config
     # A flag names an option on purpose, even at its default; a file may spell out defaults it does not rely on.
-    config.check_used({a.partition("=")[0].strip() for a in assignments})
+    config.check_used({a.partition("=")[0].strip() for a in assignments}, base)
     return config
 
 
-def _trainer() -> Any:
-    """Import the trainer lazily: it is heavy, and the CLI must work for bench and --print-config without it."""
-    from treegrpo.algos import trainer
-
-    return trainer
+def load_plugins(argv: list[str]) -> list[str]:
+    """Import every ``--plugin`` of ``argv`` (a ``.py`` file, run as a module, or a module name),
+    before the parser is built, so the names they register are valid choices; returns them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    plugins = pre.parse_known_args(argv)[0].plugin
+    for plugin in plugins:
+        if plugin.endswith(".py"):
+            path = Path(plugin)
+            if not path.is_file():
+                raise TreegrpoError(f"--plugin: no such file {plugin}")
+            runpy.run_path(str(path), run_name=f"treegrpo_plugin_{path.stem}")
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ModuleNotFoundError as error:
+                raise TreegrpoError(f"--plugin: cannot import {plugin!r} ({error})") from None
+    return plugins
 
 
 def _train(config: Config, args: argparse.Namespace) -> int:
-    """Run training with ``config``."""
-    _trainer().run(config)
+    """Run training with ``config`` (the trainer is imported here: the CLI's other commands do without it)."""
+    from treegrpo.algos.entrypoints import run
+
+    run(config)
     return 0
 
 
 def _eval(config: Config, args: argparse.Namespace) -> int:
     """Score held-out samples of the base weights, ``model.lora`` and ``--checkpoint`` (default: the
     latest in ``train.out_dir``); prints the paper's table and writes ``eval.out``."""
-    from treegrpo.algos.evaluation import run_eval
+    from treegrpo.algos.entrypoints import run_eval
 
     run_eval(config, args.checkpoint)
     return 0
 
 
 def _bench(config: Config, args: argparse.Namespace) -> int:
-    """Run ``benchmarks/<name>.py`` as ``__main__`` with the arguments after ``--``."""
-    script = BENCHMARKS / f"{'gpu_iteration' if args.gpu else args.name}.py"
-    if not script.is_file():
-        print(f"{PROG}: error: no benchmark script {script}", file=sys.stderr)
+    """Run the benchmark module ``treegrpo.benchmarks.<name>`` as ``__main__`` with the arguments after ``--``."""
+    from treegrpo.benchmarks import SCRIPTS
+
+    name = "gpu_iteration" if args.gpu else args.name
+    if name not in SCRIPTS:
+        print(f"{PROG}: error: --name: no benchmark {name!r}; expected one of {', '.join(SCRIPTS)}", file=sys.stderr)
         return 2
     script_args = _after_dashes(list(args.script_args))
     if args.quick:
         script_args.insert(0, "--quick")
     saved = sys.argv
-    sys.argv = [str(script), *script_args]
+    sys.argv = [f"treegrpo bench --name {name}", *script_args]
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        runpy.run_module(f"treegrpo.benchmarks.{name}", run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
@@ -217,6 +239,12 @@ HANDLERS = {"train": _train, "eval": _eval, "bench": _bench, "pretrain": _pretra
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), resolve the config and run the subcommand."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_plugins(argv)
+    except TreegrpoError as error:
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         config = resolve_config(args)

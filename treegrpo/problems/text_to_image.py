@@ -1,10 +1,10 @@
 """Text-to-image training problems: a local SD3/SD3.5 or SD1.5-style pipeline, prompts and rewards.
 
 :func:`pipeline_problem` turns a loaded :class:`~treegrpo.envs.pipelines.TextToImageModel` into a
-:class:`~treegrpo.algos.problem.Problem`: each iteration draws prompts, looks their embeddings up
+:class:`~treegrpo.problems.Problem`: each iteration draws prompts, looks their embeddings up
 in a :class:`~treegrpo.envs.prompts.PromptEmbeddings` cache, and scores VAE-decoded leaves with
 every reward model (one column each). :func:`build_pipeline_problem` does all of it from a
-:class:`~treegrpo.algos.config.Config`, as ``treegrpo train --model.kind sd3`` does.
+:class:`~treegrpo.config.Config`, as ``treegrpo train --model.kind sd3`` does.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from treegrpo.algos.config import Config, ConfigError, check_reward_names
-from treegrpo.algos.distributed import local_device
-from treegrpo.algos.export import check_lora_file, export_trained, fuse_lora
-from treegrpo.algos.problem import Problem
+
+from treegrpo.config import Config, ConfigError
+from treegrpo.devices import local_device
 from treegrpo.envs import GuidedDenoiser
 from treegrpo.envs.pipelines import TextToImageModel, check_image_size, check_layout, load_pipeline, resolve_model_path
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
-from treegrpo.rewards import REWARDS, RewardModel, build_reward
+from treegrpo.problems.base import Problem
+from treegrpo.problems.lora import check_lora_file, export_trained, fuse_lora
+from treegrpo.rewards import RewardModel, build_reward, check_reward_names
 from treegrpo.rewards.diversity import ClipDiversity
 
 __all__ = [
@@ -151,10 +152,10 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
     built: dict[str, RewardModel] = {}  # one instance per name, shared by training and evaluation
 
     def reward_models(names: Sequence[str], field: str) -> list[RewardModel]:
-        check_reward_names(names, REWARDS, field)
+        check_reward_names(names, field, kind=m.kind)
         for name in names:
             if name not in built:
-                built[name] = build_reward(name, root=m.reward_dir or None, device=device)
+                built[name] = build_reward(name, kind=m.kind, root=m.reward_dir or None, device=device)
         return [built[name] for name in names]
 
     rewards = reward_models(m.rewards, "model.rewards")

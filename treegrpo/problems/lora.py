@@ -1,20 +1,37 @@
 """Write trained text-to-image weights in the formats diffusers loads.
 
 A LoRA run writes ``pytorch_lora_weights.safetensors`` with its adapter config as metadata, which
-a stock pipeline loads with ``pipeline.load_lora_weights(folder)``; a full fine-tune writes the
+a stock pipeline (``StableDiffusion3Pipeline``, ``FluxPipeline``, ``StableDiffusionPipeline``) loads
+with ``pipeline.load_lora_weights(folder)``; a full fine-tune writes the
 network's ``save_pretrained`` folder (``transformer/`` or ``unet/``), which replaces the
 pipeline's own component folder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from treegrpo.algos.config import ConfigError
-from treegrpo.algos.model_setup import has_adapters
+from torch import nn
+
+from treegrpo.config import ConfigError
 from treegrpo.envs.pipelines import LAYOUTS, TextToImageModel
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+
+def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            yield name, module
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """Whether ``model`` carries peft adapters."""
+    return next(_tuner_layers(model), None) is not None
 
 
 def save_lora(model: TextToImageModel, directory: str | Path, adapter: str = "default") -> Path:
@@ -28,7 +45,7 @@ def save_lora(model: TextToImageModel, directory: str | Path, adapter: str = "de
     metadata = network.peft_config[adapter].to_dict()
     directory = Path(directory)
     pipeline_class = type(model.pipeline)
-    if model.kind == "sd3":
+    if LAYOUTS[model.kind].denoiser == "transformer":  # SD3 and FLUX.1: their loaders read `transformer_*` keys
         pipeline_class.save_lora_weights(directory, transformer_lora_layers=layers,
                                          transformer_lora_adapter_metadata=metadata, weight_name=LORA_FILE)
     else:

@@ -1,11 +1,11 @@
-"""The embedded default as a training :class:`~treegrpo.algos.problem.Problem`.
+"""The embedded default as a training :class:`~treegrpo.problems.base.Problem` (``model.kind=digits``).
 
 The shipped base (a tiny SD3 transformer over 16x16 digits) is the policy; its frozen text
 encoder turns each prompt into SD3-shaped conditioning once, up front. Rewards score decoded
 images against the prompted digit; evaluation samples the held-out prompt templates and reports
 every offline reward, so training on one reward shows what it does to the others.
 
-    problem = digits_problem(rewards=("classifier", "aesthetic"))
+    problem = digits_problem(rewards=("classifier", "aesthetic_proxy"))
     Trainer(problem, config).fit()
 """
 
@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from treegrpo.algos.config import check_reward_names
-from treegrpo.algos.problem import Problem
+
 from treegrpo.embedded._files import WEIGHTS_DIR
 from treegrpo.embedded.data import DigitPrompts, digits_prompts
 from treegrpo.embedded.judge import load_judge
 from treegrpo.embedded.model import DEFAULT_NUM_STEPS, DEFAULT_SHIFT, load_base, to_image
-from treegrpo.embedded.rewards import REWARDS, ClassifierReward, JudgeReward, Scorer
+from treegrpo.embedded.rewards import DIGITS_REWARDS
 from treegrpo.envs import FlowTimesteps, GuidedDenoiser, Transition, gather_cond
 from treegrpo.envs.transitions import flow_transition as make_flow_transition
+from treegrpo.problems.base import Problem
+from treegrpo.rewards import RewardModel, build_reward, check_reward_names
 from treegrpo.rewards.diversity import embedding_diversity, pixel_diversity
 
 
@@ -36,15 +37,11 @@ def flow_transition(name: str, num_steps: int, shift: float, noise_level: float,
     return make_flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
 
 
-NETWORK_REWARDS = {"classifier": ClassifierReward, "judge": JudgeReward}
-"""The rewards that are networks, read from ``<weights>/<name>/``."""
-
-
-def reward_scorers(names: Sequence[str], weights: Path, field: str = "model.rewards") -> list[Scorer]:
-    """Scorers for ``names``; the classifier and the judge read ``weights/<name>``. ``field`` names the
-    option in errors."""
-    check_reward_names(names, REWARDS, field, "the digits model")
-    return [NETWORK_REWARDS[name](path=weights / name) if name in NETWORK_REWARDS else REWARDS[name] for name in names]
+def reward_models(names: Sequence[str], weights: Path | None, field: str = "model.rewards") -> list[RewardModel]:
+    """The digits rewards ``names`` from the one registry (``weights``: the folder holding the
+    classifier's and the judge's, ``None`` for the shipped ones); ``field`` names the option in errors."""
+    check_reward_names(names, field, kind="digits")
+    return [build_reward(name, kind="digits", root=weights) for name in names]
 
 
 def digits_diversity(judge_weights: Path | None = None) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
@@ -90,7 +87,7 @@ def digits_problem(
         transition: ``flow_sde``, ``dance_sde`` or ``cps``.
         prompts_per_iteration: training prompts drawn (without replacement) each iteration out of
             the 80 training prompts (8 templates x 10 digits).
-        rewards: reward names from :data:`~treegrpo.embedded.rewards.REWARDS`, one column each.
+        rewards: reward names registered for ``digits`` in :data:`treegrpo.rewards.REWARDS`, one column each.
         guidance_scale: classifier-free guidance against the empty prompt; 1.0 = off.
         weights: root holding ``base/`` and ``classifier/`` (default: the shipped weights).
         device: where the model, conditioning and rewards live.
@@ -104,9 +101,9 @@ def digits_problem(
     rewards = tuple(rewards)
     if not rewards:
         raise ValueError("rewards: expected at least one reward name")
-    scorers = reward_scorers(rewards, root)
-    every_name = tuple(eval_rewards) or tuple(REWARDS)
-    every_scorer = reward_scorers(every_name, root, "eval.rewards")
+    scorers = reward_models(rewards, root)
+    every_name = tuple(eval_rewards) or DIGITS_REWARDS
+    every_scorer = reward_models(every_name, root, "eval.rewards")
     options = {"schedule": schedule, "cps_scoring": cps_scoring}
     step = flow_transition(transition, num_steps, shift, noise_level, **options)
     eval_step = flow_transition(transition, eval_num_steps, shift, noise_level, **options) if eval_num_steps else None
@@ -124,24 +121,24 @@ def digits_problem(
     if not 1 <= prompts_per_iteration <= len(train.texts):
         raise ValueError(f"prompts_per_iteration: expected 1..{len(train.texts)}, got {prompts_per_iteration}")
     train_cond, heldout_cond = base.encode(train.texts), base.encode(heldout.texts)
-    train_labels, heldout_labels = train.labels.to(device), heldout.labels.to(device)
 
-    def score(columns: Sequence[Scorer], final: Tensor, labels: Tensor) -> Tensor:
+    def score(columns: Sequence[RewardModel], final: Tensor, texts: Sequence[str], prompt_ids: Tensor) -> Tensor:
         images = to_image(final)
-        return torch.stack([scorer(images, labels) for scorer in columns], dim=-1)
+        prompts = [texts[i] for i in prompt_ids.tolist()]
+        return torch.stack([reward(images, prompts) for reward in columns], dim=-1)
 
     def prompts(iteration: int, generator: torch.Generator) -> tuple[object, Tensor]:
         ids = torch.randperm(len(train.texts), generator=generator)[:prompts_per_iteration].to(device)
         return gather_cond(train_cond, ids), ids
 
     def reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
-        return score(scorers, final, train_labels[prompt_ids])
+        return score(scorers, final, train.texts, prompt_ids)
 
     def eval_prompts() -> tuple[object, Tensor]:
         return heldout_cond, torch.arange(len(heldout.texts), device=device)
 
     def eval_reward(final: Tensor, prompt_ids: Tensor) -> Tensor:
-        return score(every_scorer, final, heldout_labels[prompt_ids])
+        return score(every_scorer, final, heldout.texts, prompt_ids)
 
     return Problem(model=model, transition=step, latent_shape=base.latent_shape, prompts=prompts, reward=reward,
                    reward_names=rewards, decode=to_image, eval_prompts=eval_prompts, eval_reward=eval_reward,

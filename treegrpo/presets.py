@@ -8,7 +8,7 @@ the preset of the resolved ``model.kind`` (see ``--print-config``), and files an
 
 from __future__ import annotations
 
-from treegrpo.algos.config import Config
+from treegrpo.config import Config
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "toy2d": (
@@ -17,7 +17,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "train.iterations=30", "train.out_dir=runs/toy2d",
     ),
     "digits": (
-        "model.rewards=classifier,aesthetic", "loss.reward_weights=0.7,0.3", "sampling.shift=1.0",
+        "model.rewards=classifier,aesthetic_proxy", "loss.reward_weights=0.7,0.3", "sampling.shift=1.0",
         "sampling.prompts_per_iteration=8", "optim.lr=2e-5", "loss.clip_range=1e-2", "loss.kl_coef=0.15",
         "train.iterations=100", "train.out_dir=runs/digits",
     ),

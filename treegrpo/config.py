@@ -20,13 +20,14 @@ import json
 import math
 import tomllib
 import typing
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 
+from treegrpo.algorithms import ALGORITHMS, Algorithm
 from treegrpo.errors import TreegrpoError
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "Option",
     "SamplingConfig",
     "TrainConfig",
-    "check_reward_names",
     "options",
     "to_toml",
 ]
@@ -51,28 +51,6 @@ class ConfigError(TreegrpoError, ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).splitlines()))
-
-
-def check_reward_names(names: Sequence[str], known: Collection[str], field: str, model: str = "") -> None:
-    """A one-line :class:`ConfigError` naming ``field`` and the first of ``names`` not in ``known``
-    (``model``, if given, says whose rewards they are)."""
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        where = f" for {model}" if model else ""
-        raise ConfigError(f"{field}: unknown reward {unknown[0]!r}{where}; expected one of {sorted(known)}")
-
-
-def known_rewards(kind: str) -> Collection[str]:
-    """The reward names a model kind can train on (its registry, imported only when asked)."""
-    if kind == "digits":
-        from treegrpo.embedded.rewards import REWARDS as DIGITS
-
-        return DIGITS
-    if kind == "toy2d":
-        return ("target",)
-    from treegrpo.rewards import REWARDS
-
-    return REWARDS
 
 
 def _opt(default: Any, help: str, **spec: Any) -> Any:
@@ -115,12 +93,18 @@ def _bounds(meta: Mapping[str, Any]) -> str:
     return ""
 
 
+def _choices(meta: Mapping[str, Any]) -> tuple[str, ...]:
+    """A field's allowed words: a fixed tuple, or a registry read when asked (``loss.algorithm``)."""
+    choices = meta["choices"]
+    return tuple(choices() if callable(choices) else choices)
+
+
 def _expected(kind: str, meta: Mapping[str, Any]) -> str:
     """What a field accepts, in words: ``an int >= 1``, ``one of fp32, bf16``, ``a list of strings``."""
     bounds = _bounds(meta)
     suffix = f" {bounds}" if bounds else ""
     if "choices" in meta:
-        return "one of " + ", ".join(sorted(meta["choices"]))
+        return "one of " + ", ".join(sorted(_choices(meta)))
     if "or_words" in meta:
         return f"a number{suffix} or " + ", ".join(meta["or_words"])
     if kind == "int":
@@ -161,7 +145,7 @@ def _valid(kind: str, meta: Mapping[str, Any], value: Any) -> bool:
     if kind == "str" and "or_words" in meta:  # a number, or one of a few words ("auto")
         return isinstance(value, str) and (value in meta["or_words"] or _in_bounds(_as_number(value), meta))
     if kind == "str":
-        return isinstance(value, str) and ("choices" not in meta or value in meta["choices"])
+        return isinstance(value, str) and ("choices" not in meta or value in _choices(meta))
     if kind == "int":
         return _is_int(value) and _in_bounds(value, meta)
     if kind == "float":
@@ -301,8 +285,8 @@ def _kinds_of(cls: type) -> dict[str, str]:
 
 TRANSITIONS = ("flow_sde", "dance_sde", "cps", "ddim")
 WINDOWS = ("fixed", "geometric", "shifting", "adaptive")
-ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce")
-MODELS = ("digits", "sd3", "sd15", "toy2d")
+MODELS: list[str] = ["digits", "sd3", "sd15", "toy2d"]
+"""Values of ``model.kind``; :func:`treegrpo.problems.register_problem` adds to it."""
 PARALLEL_MODES = ("ddp", "fsdp")
 """Values of ``train.parallel``: how ranks share the trained weights (:mod:`treegrpo.algos.distributed`)."""
 BACKENDS = ("auto", "nccl", "gloo")
@@ -315,7 +299,7 @@ class ModelConfig(_Section):
 
     section: ClassVar[str] = "model"
 
-    kind: str = _opt("digits", "model family", choices=MODELS)
+    kind: str = _opt("digits", "model family", choices=lambda: MODELS)
     path: str = _opt("", "local directory with the model weights (empty = embedded default)")
     rewards: list[str] = _opt(["classifier"], "reward names, comma-separated", min_items=1)
     image_size: int = _opt(16, "image side in pixels (sd3, sd15)", min=1)
@@ -390,23 +374,35 @@ class SamplingConfig(_Section):
             )
 
 
+def _estimators() -> list[str]:
+    import treeadv
+
+    return treeadv.registered_estimators()
+
+
 @dataclass
 class LossConfig(_Section):
     """Which algorithm's loss, its clipping, KL and advantage settings."""
 
     section: ClassVar[str] = "loss"
 
-    algorithm: str = _opt("treegrpo", "training algorithm", choices=ALGORITHMS)
+    algorithm: str = _opt("treegrpo", "training algorithm (treegrpo.algorithms; register_loss adds more)",
+                          choices=lambda: sorted(ALGORITHMS))
     clip_range: float = _opt(
         1e-4, "PPO clip epsilon; Flow-GRPO/DanceGRPO use 1e-4 with mean-reduced log-probs", min=0, min_open=True
     )
     adv_clip: float = _opt(5.0, "clip advantages to +-adv_clip, 0 = off", min=0)
     kl_coef: float = _opt(0.0, "weight of the closed-form KL to the reference model", min=0)
-    estimator: str = _opt("logprob_softmax", "treeadv backup estimator name")
+    clip_high: float = _opt(0.0, "upper PPO clip epsilon (ratio <= 1 + clip_high), 0 = clip_range (symmetric); "
+                                 "DAPO's clip-higher sets it above clip_range", min=0)
+    estimator: str = _opt("logprob_softmax", "treeadv backup estimator (treeadv.register_estimator adds more)",
+                          choices=_estimators)
     temperature: str = _opt(
         "1.0", "softmax temperature of the logprob_softmax backup: a number, or auto (each parent's children's "
         "log-probs divided by their own spread, the same weights at any latent size)", min=0, min_open=True,
         or_words=("auto",))
+    estimator_options: list[str] = _opt([], "other options of loss.estimator as name=value, comma-separated (the "
+                                            "fields of its dataclass)")
     timestep_fraction: float = _opt(
         1.0, "fraction of SDE steps trained per iteration", min=0, max=1, min_open=True
     )
@@ -416,6 +412,39 @@ class LossConfig(_Section):
         "then normalise (reward)", choices=("advantage", "reward"))
     tracker_buffer: int = _opt(32, "DDPO per-prompt stat tracker buffer size", min=1)
     tracker_min_count: int = _opt(16, "DDPO tracker minimum samples before per-prompt stats", min=1)
+
+    @property
+    def recipe(self) -> Algorithm:
+        """The recipe of ``algorithm`` (:mod:`treegrpo.algorithms`)."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def upper_clip(self) -> float:
+        """The upper clip epsilon: ``clip_high``, or ``clip_range`` when it is 0 (a symmetric clip)."""
+        return self.clip_high or self.clip_range
+
+    def estimator_kwargs(self) -> dict[str, Any]:
+        """The options ``estimator`` is built with: ``temperature`` (``logprob_softmax``), then every
+        ``name=value`` of ``estimator_options`` (numbers and true/false parsed, other words kept)."""
+        kwargs: dict[str, Any] = {"temperature": number_or_word(self.temperature)} if (
+            self.estimator == "logprob_softmax") else {}
+        for item in self.estimator_options:
+            name, sep, text = item.partition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f"loss.estimator_options: expected name=value, got {item!r}")
+            text = text.strip()
+            kwargs[name.strip()] = _BOOL_WORDS.get(text.lower(), number_or_word(text)) if text.lower() in (
+                "true", "false") else number_or_word(text)
+        return kwargs
+
+    def _check_fields(self) -> None:
+        """The estimator must accept its options (its own checks, e.g. a temperature > 0)."""
+        import treeadv
+
+        try:
+            treeadv.make_estimator(self.estimator, **self.estimator_kwargs())
+        except (treeadv.EstimatorError, TypeError, ValueError) as error:
+            raise ConfigError(f"loss.estimator_options: {' '.join(str(error).split())}") from None
 
 
 @dataclass
@@ -503,11 +532,12 @@ class EvalConfig(_Section):
 
 class Use(NamedTuple):
     """Options that only some algorithms or model kinds read: ``applies(config)`` says whether this
-    run reads them, ``who`` names, for the error, the settings that would."""
+    run reads them, ``who`` names, for the error, the settings that would (text, or a function of
+    nothing when it lists registered algorithms)."""
 
     fields: tuple[str, ...]
     applies: Callable[[Config], bool]
-    who: str
+    who: str | Callable[[], str]
     by: str = "algorithm"  # what decides: "algorithm" (loss.algorithm), "kind" (model.kind) or "transition"
 
     def context(self, config: Config) -> str:
@@ -517,31 +547,44 @@ class Use(NamedTuple):
         if self.by == "transition":
             return f"sampling.transition={config.sampling.transition}"
         return f"loss.algorithm={config.loss.algorithm}" + (
-            f" (sampling.window={config.sampling.window})" if config.loss.algorithm in TREE_ALGORITHMS else "")
+            f" (sampling.window={config.sampling.window})" if _tree(config) else "")
+
+    def users(self) -> str:
+        """The settings that would read these options."""
+        return self.who() if callable(self.who) else self.who
 
 
-TREE_ALGORITHMS = ("treegrpo",)
-TRAJECTORY_ALGORITHMS = ("grpo", "mixgrpo", "ddpo", "reinforce")
-PPO_ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo")
 PIPELINE_KINDS = ("sd3", "sd15")
 
 
+def _algorithms(applies: Callable[[Algorithm], bool]) -> Callable[[], str]:
+    """``loss.algorithm=a, b``: the registered algorithms whose recipe ``applies``."""
+    return lambda: "loss.algorithm=" + ", ".join(sorted(a.name for a in ALGORITHMS.values() if applies(a)))
+
+
 def _tree(config: Config) -> bool:
-    return config.loss.algorithm in TREE_ALGORITHMS
+    return config.loss.recipe.tree
 
 
 def _sliding(config: Config) -> bool:
-    """A trajectory algorithm whose SDE steps are a sliding window (MixGRPO, or ``sampling.sde_steps=window``)."""
-    return config.loss.algorithm == "mixgrpo" or (not _tree(config) and config.sampling.sde_steps == "window")
+    """Trajectories whose SDE steps are a sliding window (MixGRPO, or ``sampling.sde_steps=window``)."""
+    recipe = config.loss.recipe
+    return recipe.sampler == "sliding" or (recipe.sampler == "trajectory" and config.sampling.sde_steps == "window")
+
+
+def _advantage(config: Config) -> str:
+    return config.loss.recipe.advantage
 
 
 USES: tuple[Use, ...] = (
-    Use(("sampling.branching", "sampling.trees_per_prompt", "loss.estimator"), _tree, "loss.algorithm=treegrpo"),
-    Use(("loss.temperature",), lambda c: _tree(c) and c.loss.estimator == "logprob_softmax",
-        "loss.algorithm=treegrpo with loss.estimator=logprob_softmax"),
-    Use(("sampling.window",), _tree, "loss.algorithm=treegrpo"),
+    Use(("sampling.branching", "sampling.trees_per_prompt"), _tree, _algorithms(lambda a: a.tree)),
+    Use(("loss.estimator", "loss.estimator_options"), lambda c: _advantage(c) == "tree",
+        _algorithms(lambda a: a.advantage == "tree")),
+    Use(("loss.temperature",), lambda c: _advantage(c) == "tree" and c.loss.estimator == "logprob_softmax",
+        lambda: _algorithms(lambda a: a.advantage == "tree")() + " with loss.estimator=logprob_softmax"),
+    Use(("sampling.window",), _tree, _algorithms(lambda a: a.tree)),
     Use(("sampling.alpha",), lambda c: _tree(c) and c.sampling.window in ("geometric", "adaptive"),
-        "loss.algorithm=treegrpo with sampling.window=geometric or adaptive"),
+        "a tree algorithm (treegrpo) with sampling.window=geometric or adaptive"),
     Use(("sampling.depth",), lambda c: _tree(c) or _sliding(c),
         "loss.algorithm=treegrpo, mixgrpo, or a trajectory algorithm with sampling.sde_steps=window"),
     Use(("sampling.window_start",), lambda c: (_tree(c) and c.sampling.window in ("fixed", "shifting")) or _sliding(c),
@@ -549,12 +592,12 @@ USES: tuple[Use, ...] = (
     Use(("sampling.window_shift", "sampling.window_every"),
         lambda c: (_tree(c) and c.sampling.window == "shifting") or _sliding(c),
         "sampling.window=shifting (treegrpo), mixgrpo, or sampling.sde_steps=window"),
-    Use(("sampling.group_size",), lambda c: not _tree(c), f"loss.algorithm={', '.join(TRAJECTORY_ALGORITHMS)}"),
-    Use(("sampling.sde_steps", "sampling.shared_noise"), lambda c: not _tree(c),
-        f"loss.algorithm={', '.join(TRAJECTORY_ALGORITHMS)}"),
-    Use(("loss.clip_range",), lambda c: c.loss.algorithm in PPO_ALGORITHMS, f"loss.algorithm={', '.join(PPO_ALGORITHMS)}"),
-    Use(("loss.tracker_buffer", "loss.tracker_min_count"), lambda c: c.loss.algorithm == "ddpo", "loss.algorithm=ddpo"),
-    Use(("loss.reward_aggregation",), lambda c: c.loss.algorithm != "ddpo",
+    Use(("sampling.group_size",), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
+    Use(("sampling.sde_steps", "sampling.shared_noise"), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
+    Use(("loss.clip_range", "loss.clip_high"), lambda c: c.loss.recipe.clipped, _algorithms(lambda a: a.clipped)),
+    Use(("loss.tracker_buffer", "loss.tracker_min_count"), lambda c: _advantage(c) == "tracker",
+        _algorithms(lambda a: a.advantage == "tracker")),
+    Use(("loss.reward_aggregation",), lambda c: _advantage(c) != "tracker",
         "every algorithm but ddpo (its tracker normalises the weighted reward)"),
     Use(("model.image_size", "model.prompts", "model.eval_prompts", "model.frozen_precision", "model.embedding_cache",
          "model.embedding_memory", "model.precompute_embeddings", "model.negative_prompt", "model.vae_batch",
@@ -619,6 +662,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "train": TrainConfig,
     "eval": EvalConfig,
 }
+"""Section name to its dataclass: the tables of a config file, in order."""
 
 
 @dataclass
@@ -642,7 +686,6 @@ class Config:
             section.validate()
         weights, rewards = self.loss.reward_weights, self.model.rewards
         if weights and len(weights) != len(rewards):
-            check_reward_names(rewards, known_rewards(self.model.kind), "model.rewards", f"model.kind={self.model.kind}")
             raise ConfigError(
                 f"loss.reward_weights: expected one weight per reward in model.rewards ({len(rewards)}), "
                 f"got {len(weights)}: {weights!r}"
@@ -655,36 +698,34 @@ class Config:
     def check_learnable(self) -> None:
         """Refuse a configuration that would train nothing: no siblings to compare within a prompt's
         group, all-zero reward weights, or an estimator :mod:`treeadv` does not know."""
-        import treeadv
 
         s, loss = self.sampling, self.loss
-        if loss.algorithm in TREE_ALGORITHMS:
-            if loss.estimator not in treeadv.registered_estimators():
-                raise ConfigError(f"loss.estimator: unknown estimator {loss.estimator!r}; expected one of "
-                                  f"{', '.join(treeadv.registered_estimators())} (or register your own)")
+        if loss.recipe.tree:
             if s.branching == 1 and s.trees_per_prompt == 1:
                 raise ConfigError("sampling.branching: 1 with sampling.trees_per_prompt=1 gives each prompt one image, "
                                   "so every group-normalised advantage is 0; use branching >= 2 or trees_per_prompt >= 2")
-        elif loss.algorithm != "ddpo" and s.group_size == 1:
+        elif loss.recipe.advantage != "tracker" and s.group_size == 1:
             raise ConfigError(f"sampling.group_size: 1 gives each prompt one trajectory, so every group-normalised "
                               f"advantage of loss.algorithm={loss.algorithm} is 0; use group_size >= 2")
         if loss.reward_weights and not any(loss.reward_weights):
             raise ConfigError(f"loss.reward_weights: all zero ({loss.reward_weights}), so every advantage is 0; give at "
                               "least one reward a positive weight")
 
-    def check_used(self, given: Collection[str] = ()) -> None:
-        """Refuse, in one line, an option the run would ignore: one that differs from its default, or
-        is named in ``given`` (``section.field`` keys a user wrote), while the chosen algorithm or
-        model kind does not use it (:data:`USES`)."""
+    def check_used(self, given: Collection[str] = (), base: Config | None = None) -> None:
+        """Refuse, in one line, an option the run would ignore: one that differs from ``base`` (the
+        model kind's preset the run started from; default: the defaults), or is named in ``given``
+        (``section.field`` keys a user wrote), while the chosen algorithm or model kind does not use
+        it (:data:`USES`)."""
         for use in USES:
             if use.applies(self):
                 continue
             for key in use.fields:
                 section, name = key.split(".")
                 value = getattr(getattr(self, section), name)
-                if key in given or value != _default(SECTIONS[section], name):
+                start = getattr(getattr(base, section), name) if base is not None else _default(SECTIONS[section], name)
+                if key in given or value != start:
                     raise ConfigError(f"{key}: {value!r} is not used with {use.context(self)}; it applies "
-                                      f"to {use.who}. Remove it, or choose {use.who}")
+                                      f"to {use.users()}. Remove it, or choose {use.users()}")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """A nested plain dict (section -> field -> value), JSON and TOML friendly."""
@@ -776,7 +817,7 @@ def options() -> Iterator[Option]:
         kinds = _kinds_of(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             default = _default(cls, f.name)
-            choices = tuple(f.metadata["choices"]) if "choices" in f.metadata else None
+            choices = _choices(f.metadata) if "choices" in f.metadata else None
             yield Option(section, f.name, kinds[f.name], default, f.metadata["help"], choices)
 
 

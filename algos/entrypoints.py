@@ -1,0 +1,153 @@
+"""The entry points: ``treegrpo train`` (:func:`run`) and ``treegrpo eval`` (:func:`run_eval`).
+
+:func:`run` builds the problem ``model.kind`` names, measures the starting policy on held-out
+prompts, trains, measures again, and writes grids, a reward curve, the summary table and the
+trained weights. :func:`run_eval` scores the base weights, a LoRA and a checkpoint on the same
+held-out noise and prints the paper's table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from treegrpo.algos.checkpoint import latest_checkpoint
+from treegrpo.algos.distributed import barrier
+from treegrpo.algos.evaluation import (
+    OTHER_TITLES,
+    PAPER_COLUMNS,
+    HeldOutScores,
+    column_order,
+    held_out_scores,
+    paper_table,
+)
+from treegrpo.algos.report import diversity_kept, plot_reward_curve, read_json, summary_table, write_json
+from treegrpo.algos.run_folder import claim_run_folder
+from treegrpo.algos.trainer import Trainer
+from treegrpo.envs.pipelines import LAYOUTS
+
+from treegrpo.config import Config, ConfigError
+from treegrpo.devices import ranks_from_env
+from treegrpo.problems import Problem, build_problem
+
+
+def run(config: Config, *, problem: Problem | None = None, progress: bool = True) -> dict[str, Any]:
+    """Entry point of ``treegrpo train``: train, then write grids, a reward curve and a summary.
+
+    The run folder is claimed first, before the model loads (:func:`claim_run_folder`: a folder
+    that is unwritable, in use, or holds an earlier run that is neither resumed nor overwritten is
+    a one-line error). Held-out rewards of the starting policy are measured once (kept in
+    ``eval_before.json`` so a resumed run still reports them), then again after training; the
+    table is printed and the numbers go to ``summary.json``. Returns the summary. Under ``torchrun``
+    every rank trains and evaluates (the same held-out samples); rank 0 prints and writes.
+    """
+    folder = claim_run_folder(config.validate().train, main=ranks_from_env().is_main)
+    try:
+        with Trainer(problem or build_problem(config), config) as trainer:
+            return _run(trainer, config, progress)
+    finally:
+        folder.release()
+
+
+def _run(trainer: Trainer, config: Config, progress: bool) -> dict[str, Any]:
+    run_dir, main = trainer.run_dir, trainer.ranks.is_main
+    before_path = run_dir / "eval_before.json"
+    resumed_before = config.train.resume and before_path.is_file()  # a fresh run never reads an old file
+    barrier()  # every rank has looked before rank 0 writes
+    if resumed_before:
+        before = read_json(before_path)
+    else:
+        before = trainer.evaluate(log=True)
+        if main:
+            write_json(before, before_path)
+        trainer.save_grid("before.png")
+    start = time.perf_counter()
+    history = trainer.fit(progress=progress)
+    seconds = time.perf_counter() - start
+    after = trainer.evaluate(log=True)
+    trainer.save_grid("after.png")
+    if not main:
+        return {"before": before, "after": after}
+    if trainer.problem.export is not None:
+        if trainer.ranks.distributed and config.train.parallel == "fsdp":
+            print(f"train.parallel=fsdp: the full trained weights are in {latest_checkpoint(run_dir)}/model.safetensors")
+        else:
+            exported = trainer.problem.export(run_dir / "final")
+            print("trained weights: " + ", ".join(str(p) for p in exported))
+    plot_reward_curve(history, run_dir / "reward_curve.png", {"before": before, "after": after},
+                      title=f"{config.loss.algorithm} on {config.model.kind}")
+    training = {
+        "iterations": float(trainer.iteration),
+        "wall_seconds_this_run": seconds,
+        "images_generated": sum(h.get("images", 0.0) for h in history),
+        "nfe_sampled": sum(h.get("nfe_sampled", 0.0) for h in history),
+        "edges_trained": sum(h.get("edges_trained", 0.0) for h in history),
+        "final_training_reward": history[-1]["reward_mean"] if history else float("nan"),
+    }
+    summary = {"before": before, "after": after, "diversity_kept": diversity_kept(before, after),
+               "evaluations": trainer.evaluations, "training": training, "config": config.to_dict()}
+    write_json(summary, run_dir / "summary.json")
+    print(summary_table(before, after, training))
+    print(f"run directory: {run_dir} (samples/, reward_curve.png, summary.json, tensorboard/, checkpoints/)")
+    return summary
+
+
+def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Entry point of ``treegrpo eval``; returns what it writes to ``eval.out``.
+
+    Rows, in order: ``base`` (the weights at ``model.path``, when ``eval.base``), ``+ lora`` (after
+    fusing ``model.lora``), and the checkpoint (``checkpoint``, else the latest in
+    ``train.out_dir``, if any), loaded as ``treegrpo train`` would resume it: LoRA fused first.
+    """
+    model = config.model
+    run_dir = Path(config.train.out_dir)
+    checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if checkpoint is not None and not checkpoint.exists():
+        raise ConfigError(f"--checkpoint: {checkpoint} does not exist")
+    problem = build_problem(config, fuse_model_lora=False)
+    if model.lora and problem.apply_lora is None:
+        raise ConfigError(f"model.lora: model.kind={model.kind} does not take a diffusers LoRA; "
+                          "use sd3 or sd15, or evaluate a training checkpoint")
+    scores: dict[str, HeldOutScores] = {}
+
+    def score(row: str) -> None:
+        if progress:
+            print(f"scoring {row} ...", flush=True)
+        scores[row] = held_out_scores(problem, config)
+
+    if config.eval.base or (not model.lora and checkpoint is None):
+        score("base")
+    if model.lora:
+        problem.apply_lora(model.lora)
+        score(f"+ lora {Path(model.lora).name}")
+    if checkpoint is not None:  # loaded as training would resume it, reading only safetensors and JSON
+        trainer = Trainer(problem, config.override(["train.resume=false"], check_used=False), read_only=True)
+        trainer.resume(checkpoint, check_config=False)
+        score(f"{'+ ' if model.lora else ''}checkpoint {trainer.iteration}")
+
+    first = next(iter(scores.values()))
+    rows = []
+    for name, row in scores.items():
+        entry: dict[str, Any] = {"policy": name, "rewards": row.summary()}
+        if name != "base" and "base" in scores:
+            entry["vs_base"] = row.paired_difference(scores["base"])
+        rows.append(entry)
+    pipeline = model.kind in LAYOUTS  # the digits rewards are offline stand-ins: keep their own names
+    titles = {**PAPER_COLUMNS, **OTHER_TITLES} if pipeline else {}
+    names = list(first.columns())
+    columns = column_order(names) if pipeline else names
+    result = {
+        "rows": rows, "rewards": columns, "prompts": int(torch.unique(first.prompt_ids).numel()),
+        "samples_per_prompt": first.samples_per_prompt, "num_steps": config.eval.num_steps or config.sampling.num_steps,
+        "seed": first.seed, "checkpoint": str(checkpoint) if checkpoint else None, "lora": model.lora or None,
+        "config": config.to_dict(),
+    }
+    out = Path(config.eval.out) if config.eval.out else run_dir / "eval.json"
+    write_json(result, out)
+    print(f"held-out: {result['prompts']} prompts x {result['samples_per_prompt']} samples, "
+          f"{result['num_steps']} steps, seed {result['seed']} (mean ± standard error over prompts)")
+    print(paper_table(rows, columns, titles))
+    print(f"wrote {out}")
+    return result

@@ -1,0 +1,137 @@
+"""The optimisation half of an iteration: AdamW with warmup, EMA, and the clipped updates over minibatches.
+
+:class:`Optimisation` owns the optimiser, its schedule and the EMA of the trained parameters;
+:func:`optimise` runs a loss over an iteration's minibatches of parents (with gradient
+accumulation) and returns the averaged loss terms, per-step ratio statistics and work counters.
+Non-finite values are handed to a ``guard`` (the trainer's, which saves the last good state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor, nn
+from treegrpo.algos.batch import count_edges
+from treegrpo.algos.distributed import full_tensor, gradient_sync, shard_like
+from treegrpo.algos.losses import EdgeLoss, total_loss
+
+from treegrpo.config import OptimConfig
+
+Guard = Callable[[Tensor, str], None]
+
+
+class EMA:
+    """Exponential moving average of the trained parameters (kept on their device)."""
+
+    def __init__(self, named_params: dict[str, nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.params = named_params
+        self.shadow = {name: p.detach().clone() for name, p in named_params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, p in self.params.items():
+            self.shadow[name].lerp_(p.detach(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Whole tensors (gathered from FSDP shards), so any world size can load them."""
+        return {name: full_tensor(t).clone() for name, t in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, t in state.items():
+            self.shadow[name].copy_(shard_like(t, self.shadow[name]))
+
+
+class Optimisation:
+    """AdamW over ``named_params`` with linear warmup, gradient-norm clipping and an optional EMA.
+
+    :attr:`stepped` says whether an optimiser step has changed the weights since :meth:`begin`
+    (the non-finite guard saves the state from before an iteration only when none has).
+    """
+
+    def __init__(self, named_params: dict[str, nn.Parameter], optim: OptimConfig, ema_decay: float = 0.0) -> None:
+        if not named_params:
+            raise ValueError("model: has no parameters with requires_grad=True to train")
+        self.named_params, self.grad_clip = named_params, optim.grad_clip
+        self.optimizer = torch.optim.AdamW(named_params.values(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
+                                           eps=optim.eps, weight_decay=optim.weight_decay)
+        warmup = optim.warmup_iterations
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0)
+        self.ema = EMA(named_params, ema_decay) if ema_decay > 0 else None
+        self.stepped = False
+
+    def begin(self) -> None:
+        """Start an iteration: no step has changed the weights yet."""
+        self.stepped = False
+
+    def set_options(self, optim: OptimConfig) -> None:
+        """Set the configured lr, betas, eps and weight decay on every parameter group (after a load)."""
+        self.scheduler.base_lrs = [optim.lr for _ in self.optimizer.param_groups]
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(lr=optim.lr * factor, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                         weight_decay=optim.weight_decay)
+
+    def apply(self, guard: Guard) -> None:
+        """Clip the gradient norm, step, and check the new weights (one device sync each)."""
+        params = list(self.named_params.values())
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else math.inf)
+        guard(full_tensor(norm), "gradient norm")
+        self.optimizer.step()
+        self.stepped = True
+        self.optimizer.zero_grad(set_to_none=True)
+        guard(torch.stack([torch.isfinite(p).all() for p in params]).all(), "weights after the optimiser step")
+        if self.ema:
+            self.ema.update()
+
+
+def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatches: Sequence[Tensor],
+             optimisation: Optimisation, *, accumulation: int, precision: Callable[[], AbstractContextManager],
+             guard: Guard) -> tuple[dict[str, float], dict[str, float]]:
+    """One pass of ``loss`` over ``minibatches`` (row indices into ``batch``), an optimiser step every
+    ``accumulation`` minibatches (the all-reduce of ``policy``'s gradients only then).
+
+    Returns ``(terms, counters)``: the scalar loss terms averaged over minibatches with their sum
+    ``loss`` and ``ratio_mean/step_s``, ``ratio_std/step_s`` per SDE step; and the work done
+    (``edges_trained``, ``forward_rows``, ``backward_rows``, ``optimizer_steps``).
+    """
+    sums: dict[str, float] = {}
+    per_step: dict[int, list[Tensor]] = {}
+    counters = dict.fromkeys(("edges_trained", "forward_rows", "backward_rows", "optimizer_steps"), 0.0)
+    optimisation.optimizer.zero_grad(set_to_none=True)
+    for micro, rows in enumerate(minibatches, start=1):
+        minibatch = batch[rows]
+        steps_optimiser = micro % accumulation == 0 or micro == len(minibatches)
+        with gradient_sync(policy, steps_optimiser):  # accumulation steps skip the all-reduce
+            with precision():
+                terms = loss(minibatch)
+            total = total_loss(terms)
+            guard(total.detach(), "loss")
+            (total / accumulation).backward()
+        rows_count = float(minibatch.batch_size[0])
+        counters["forward_rows"] += rows_count
+        counters["backward_rows"] += rows_count
+        counters["edges_trained"] += float(count_edges(minibatch))
+        for key, value in terms.items():
+            if value.dim() == 0:
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        log_ratio = terms.get("log_ratio", None)  # [M, K], for per-timestep ratio statistics
+        for step in torch.unique(minibatch["step"]).tolist() if log_ratio is not None else ():
+            rows_at = minibatch["step"] == step
+            per_step.setdefault(step, []).append(log_ratio[rows_at][minibatch["mask"][rows_at]])
+        if steps_optimiser:
+            optimisation.apply(guard)
+            counters["optimizer_steps"] += 1
+    optimisation.scheduler.step()
+    out = {key: value / max(len(minibatches), 1) for key, value in sums.items()}
+    out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
+    for step, chunks in sorted(per_step.items()):
+        ratio = torch.exp(torch.cat(chunks).double())
+        out[f"ratio_mean/step_{step}"] = float(ratio.mean())
+        out[f"ratio_std/step_{step}"] = float(ratio.std(unbiased=False)) if ratio.numel() > 1 else 0.0
+    return out, counters

@@ -1,0 +1,18 @@
+"""treegrpo.benchmarks: the scripts behind every performance figure, installed with the package.
+
+Each script prints a table and writes JSON; run one with ``treegrpo bench --name <script>`` (from a
+wheel too) or ``python benchmarks/<script>.py`` in a checkout. Results go to
+``benchmarks/results/`` of a source checkout, else to ``./benchmark-results/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CHECKOUT_RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = _CHECKOUT_RESULTS if _CHECKOUT_RESULTS.is_dir() else Path.cwd() / "benchmark-results"
+"""Where the scripts write their JSON and tables by default."""
+
+SCRIPTS = ("compare_methods", "backup_speed", "backup_weights", "background_scoring", "engine_speed",
+           "gpu_iteration", "precision_ratios")
+"""The benchmark scripts (modules of this package)."""

@@ -1,0 +1,25 @@
+"""treegrpo.problems: the tasks the trainer trains, built from one place keyed by ``model.kind``.
+
+A :class:`Problem` holds the policy, its transition, where prompts come from and how leaves are
+scored. :func:`build_problem` makes the one a :class:`~treegrpo.config.Config` names: ``toy2d``
+(:mod:`.toy2d`), ``digits`` (the embedded default, :mod:`.digits`) or a diffusers pipeline
+(``sd3``, ``sd15``: :mod:`.text_to_image`).
+"""
+
+from __future__ import annotations
+
+from treegrpo.problems.base import Problem, PromptFn, RewardFn
+from treegrpo.problems.build import PROBLEMS, build_problem, register_problem
+from treegrpo.problems.toy2d import ResidualVelocity, render_points, toy2d_problem
+
+__all__ = [
+           "PROBLEMS",
+           "Problem",
+           "PromptFn",
+           "ResidualVelocity",
+           "RewardFn",
+           "build_problem",
+           "register_problem",
+           "render_points",
+           "toy2d_problem",
+]

@@ -1,0 +1,123 @@
+"""``build_problem(config)``: the problem ``model.kind`` names, checked before any weights load.
+
+Each kind registers a builder ``(config, **options) -> Problem``; the built-in ones are ``toy2d``,
+``digits`` and the diffusers pipelines (``sd3``, ``sd15``). A new model family is one
+:func:`register_problem` call (and its name added to ``model.kind`` with
+:func:`treegrpo.config.register_choice`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from treegrpo.config import Config, ConfigError
+from treegrpo.devices import local_device
+from treegrpo.envs.transitions import FLOW_TRANSITIONS, Transition
+from treegrpo.problems.base import Problem
+
+ProblemBuilder = Callable[..., Problem]
+"""``(config, *, fuse_model_lora=True) -> Problem`` (``fuse_model_lora``: pipelines fuse ``model.lora``
+unless ``treegrpo eval`` scores the weights without it first; other kinds ignore it)."""
+
+PROBLEMS: dict[str, ProblemBuilder] = {}
+"""``model.kind`` to the builder of its problem, ``(config, **options) -> Problem``."""
+
+
+def register_problem(kind: str, builder: ProblemBuilder) -> ProblemBuilder:
+    """Make ``model.kind = kind`` build its problem with ``builder(config, **options)`` (a new kind
+    also becomes a value of ``model.kind``)."""
+    from treegrpo.config import MODELS
+
+    PROBLEMS[kind] = builder
+    if kind not in MODELS:
+        MODELS.append(kind)
+    return builder
+
+
+def build_problem(config: Config, **options: Any) -> Problem:
+    """The problem named by ``model.kind``; its step count is ``sampling.num_steps`` by construction.
+
+    ``options`` go to the kind's builder (``fuse_model_lora=False`` for pipelines: see
+    :func:`~treegrpo.problems.text_to_image.build_pipeline_problem`).
+    """
+    config.validate()
+    kind = config.model.kind
+    if kind not in PROBLEMS:
+        raise ConfigError(f"model.kind: expected one of {', '.join(map(repr, sorted(PROBLEMS)))}, got {kind!r}")
+    check_step_numbers(config)  # before any weights load
+    return PROBLEMS[kind](config, **options)
+
+
+def check_flow_transition(config: Config, model: str) -> None:
+    """Flow models take a flow transition (``ddim`` is for DDPM-trained models)."""
+    name = config.sampling.transition
+    if name not in FLOW_TRANSITIONS:
+        raise ConfigError(f"sampling.transition: the {model} model is a flow model; expected one of "
+                          f"{', '.join(FLOW_TRANSITIONS)}, got {name!r}")
+
+
+def check_step_numbers(config: Config, transition: Transition | None = None) -> None:
+    """Refuse settings whose SDE steps are not finite numbers (a huge noise level, a shift so small
+    that ``t`` underflows), before any model loads: the steps of ``transition``, or of the one the
+    config describes on a default scheduler, are evaluated at ``x = v = 1``."""
+    s = config.sampling
+    if transition is None:
+        from treegrpo.envs import DDIM, DDIMTimesteps, FlowTimesteps, flow_transition
+
+        if s.transition == "ddim":
+            from diffusers import DDIMScheduler
+
+            transition = DDIM(DDIMTimesteps.from_scheduler(DDIMScheduler(), s.num_steps), eta=s.noise_level)
+        else:
+            timesteps = FlowTimesteps.named(s.schedule, s.num_steps, shift=s.shift)
+            transition = flow_transition(s.transition, timesteps, s.noise_level, cps_scoring=s.cps_scoring)
+    step = torch.arange(transition.num_steps)
+    ones = torch.ones(step.shape[0], 4)
+    mean, std = transition.mean_std(ones, ones, step)
+    std = torch.as_tensor(std).expand(step.shape[0], 1) if torch.as_tensor(std).dim() else torch.as_tensor(std)
+    bad = ~(torch.isfinite(mean).all(-1) & torch.isfinite(std).reshape(step.shape[0], -1).all(-1))
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0])
+        raise ConfigError(f"sampling.noise_level: {s.noise_level} with sampling.shift={s.shift} gives a non-finite SDE "
+                          f"step at step {first} of sampling.transition={s.transition} (its std or mean overflows); "
+                          "use a noise level near 1 (Flow-GRPO: 0.7) and a shift near 1-3")
+
+
+def _toy2d(config: Config, *, fuse_model_lora: bool = True) -> Problem:
+    from treegrpo.problems.toy2d import toy2d_problem
+    from treegrpo.rewards import check_reward_names
+
+    s = config.sampling
+    check_flow_transition(config, "toy2d")
+    check_reward_names(config.eval.rewards, "eval.rewards", kind="toy2d")
+    return toy2d_problem(s.num_steps, s.noise_level, prompts_per_iteration=s.prompts_per_iteration,
+                         seed=config.train.seed, eval_num_steps=config.eval.num_steps, shift=s.shift,
+                         transition=s.transition, schedule=s.schedule)
+
+
+def _digits(config: Config, *, fuse_model_lora: bool = True) -> Problem:
+    from treegrpo.problems.digits import digits_problem
+
+    s = config.sampling
+    check_flow_transition(config, "digits")
+    return digits_problem(num_steps=s.num_steps, noise_level=s.noise_level, shift=s.shift,
+                          transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
+                          rewards=config.model.rewards, guidance_scale=s.guidance_scale,
+                          weights=config.model.path or None, eval_rewards=config.eval.rewards,
+                          eval_num_steps=config.eval.num_steps, eval_count=config.model.eval_count,
+                          schedule=s.schedule, cps_scoring=s.cps_scoring, device=local_device(config.train.device))
+
+
+def _pipeline(config: Config, *, fuse_model_lora: bool = True) -> Problem:
+    from treegrpo.problems.text_to_image import build_pipeline_problem
+
+    return build_pipeline_problem(config, fuse_model_lora=fuse_model_lora)
+
+
+register_problem("toy2d", _toy2d)
+register_problem("digits", _digits)
+register_problem("sd3", _pipeline)
+register_problem("sd15", _pipeline)

@@ -1,0 +1,6 @@
+"""Test fixtures for users and for this project's tests: tiny random-weight pipelines in the real layouts.
+
+Nothing here is used by the library itself. :mod:`treegrpo.testing.pipelines` writes diffusers
+pipeline folders (SD3, SD1.5) small enough for a CPU test, to be loaded back through the same
+:func:`treegrpo.envs.pipelines.load_pipeline` a user calls on real weights.
+"""
