@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
-from treegrpo.problems.lora import _tuner_layers, has_adapters
+
+from treegrpo.problems.lora import _tuner_layers, has_adapters  # noqa: F401  (has_adapters: re-exported)
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
