@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from treegrpo.config import MODELS, Config, ModelConfig, Option, options, read_config_file
+from treegrpo.config import MODELS, Config, ModelConfig, Option, options, preset_config, read_config_file
 from treegrpo.errors import TreegrpoError
 
 __all__ = ["build_parser", "main", "resolve_config"]
@@ -146,8 +146,6 @@ def _after_dashes(values: list[str]) -> list[str]:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """The model kind's preset, then the config file, then ``--set``, then per-field flags; validated."""
-    from treegrpo.presets import preset_config
-
     given = vars(args)
     data = read_config_file(given["config"]) if "config" in given else {}
     assignments = list(given.get("set", []))
@@ -164,7 +162,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     config = Config.from_dict(data, base, check_used=False)
     config = config.override(assignments, check_used=False) if assignments else config
     # A flag names an option on purpose, even at its default; a file may spell out defaults it does not rely on.
-    config.check_used({a.partition("=")[0].strip() for a in assignments}, base)
+    config.check_used({a.partition("=")[0].strip() for a in assignments})
     return config
 
 

@@ -31,6 +31,7 @@ from treegrpo.algorithms import ALGORITHMS, Algorithm
 from treegrpo.errors import TreegrpoError
 
 __all__ = [
+    "PRESETS",
     "SECTIONS",
     "Config",
     "ConfigError",
@@ -42,6 +43,7 @@ __all__ = [
     "SamplingConfig",
     "TrainConfig",
     "options",
+    "preset_config",
     "to_toml",
 ]
 
@@ -433,8 +435,7 @@ class LossConfig(_Section):
             if not sep or not name.strip():
                 raise ConfigError(f"loss.estimator_options: expected name=value, got {item!r}")
             text = text.strip()
-            kwargs[name.strip()] = _BOOL_WORDS.get(text.lower(), number_or_word(text)) if text.lower() in (
-                "true", "false") else number_or_word(text)
+            kwargs[name.strip()] = _BOOL_WORDS[text.lower()] if text.lower() in ("true", "false") else number_or_word(text)
         return kwargs
 
     def _check_fields(self) -> None:
@@ -649,6 +650,17 @@ def config_changes(saved: Mapping[str, Any], config: Config) -> list[str]:
     return changes
 
 
+def _starting_values(kind: str, key: str) -> list[Any]:
+    """What ``key`` holds before a user sets it: its default, and the model kind's preset value."""
+    section, name = key.split(".")
+    values = [_default(SECTIONS[section], name)]
+    for assignment in PRESETS.get(kind, ()):
+        preset_key, _, text = assignment.partition("=")
+        if preset_key == key:
+            values.append(SECTIONS[section]._parse_text(name, text))
+    return values
+
+
 def _default(cls: type, name: str) -> Any:
     field_ = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
     return field_.default_factory() if field_.default is dataclasses.MISSING else field_.default  # type: ignore[misc]
@@ -663,6 +675,32 @@ SECTIONS: dict[str, type[_Section]] = {
     "eval": EvalConfig,
 }
 """Section name to its dataclass: the tables of a config file, in order."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-model starting points (treegrpo.presets documents them).
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "toy2d": (
+        "sampling.shift=1.0", "sampling.num_steps=8", "sampling.prompts_per_iteration=4", "sampling.group_size=8",
+        "optim.lr=3e-3", "loss.clip_range=0.2", "train.inner_epochs=2", "train.minibatch_parents=8",
+        "train.iterations=30", "train.out_dir=runs/toy2d",
+    ),
+    "digits": (
+        "model.rewards=classifier,aesthetic_proxy", "loss.reward_weights=0.7,0.3", "sampling.shift=1.0",
+        "sampling.prompts_per_iteration=8", "optim.lr=2e-5", "loss.clip_range=1e-2", "loss.kl_coef=0.15",
+        "train.iterations=100", "train.out_dir=runs/digits",
+    ),
+    # Real pipelines: the paper's setting; only what a 16-pixel digits default would get wrong.
+    "sd3": (
+        "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
+        "train.out_dir=runs/sd3",
+    ),
+    "sd15": (
+        "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
+        "sampling.transition=ddim", "sampling.noise_level=1.0", "train.out_dir=runs/sd15",
+    ),
+}
 
 
 @dataclass
@@ -711,19 +749,17 @@ class Config:
             raise ConfigError(f"loss.reward_weights: all zero ({loss.reward_weights}), so every advantage is 0; give at "
                               "least one reward a positive weight")
 
-    def check_used(self, given: Collection[str] = (), base: Config | None = None) -> None:
-        """Refuse, in one line, an option the run would ignore: one that differs from ``base`` (the
-        model kind's preset the run started from; default: the defaults), or is named in ``given``
-        (``section.field`` keys a user wrote), while the chosen algorithm or model kind does not use
-        it (:data:`USES`)."""
+    def check_used(self, given: Collection[str] = ()) -> None:
+        """Refuse, in one line, an option the run would ignore: one named in ``given`` (``section.field``
+        keys a user wrote), or whose value is neither its default nor the model kind's preset
+        (:data:`PRESETS`), while the chosen algorithm or model kind does not use it (:data:`USES`)."""
         for use in USES:
             if use.applies(self):
                 continue
             for key in use.fields:
                 section, name = key.split(".")
                 value = getattr(getattr(self, section), name)
-                start = getattr(getattr(base, section), name) if base is not None else _default(SECTIONS[section], name)
-                if key in given or value != start:
+                if key in given or value not in _starting_values(self.model.kind, key):
                     raise ConfigError(f"{key}: {value!r} is not used with {use.context(self)}; it applies "
                                       f"to {use.users()}. Remove it, or choose {use.users()}")
 
@@ -847,3 +883,9 @@ def to_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
         lines = [f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def preset_config(kind: str) -> Config:
+    """``Config()`` with ``model.kind = kind`` and that kind's preset applied (not yet checked for
+    unused options: files and flags may still change the algorithm)."""
+    return Config().override([f"model.kind={kind}", *PRESETS.get(kind, ())], check_used=False)

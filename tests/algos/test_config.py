@@ -422,3 +422,20 @@ def test_options_every_algorithm_reads_are_accepted_and_order_does_not_matter(tm
     resolved = cli.resolve_config(cli.build_parser().parse_args(["train", "--config", str(config_file),
                                                                  "--loss.algorithm", "grpo"]))
     assert resolved.sampling.group_size == 27
+
+
+def test_a_preset_value_is_no_set_option_wherever_the_config_is_validated() -> None:
+    """The digits preset sets loss.clip_range; switching to reinforce (no clip) is not a user setting
+    it, so the CLI, the problem builder and the trainer (which all validate) accept it."""
+    from treegrpo.presets import preset_config
+
+    config = preset_config("digits").override(["loss.algorithm=reinforce"])
+    assert config.loss.clip_range == 1e-2
+    config.validate()  # what build_problem and Trainer run
+    args = cli.build_parser().parse_args(["train", "--loss.algorithm", "reinforce"])
+    assert cli.resolve_config(args).loss.algorithm == "reinforce"
+    with pytest.raises(ConfigError, match=r"^loss.clip_range: 0.3 is not used with loss.algorithm=reinforce"):
+        config.override(["loss.clip_range=0.3"])  # a value a user chose is still refused
+    with pytest.raises(ConfigError, match=r"^loss.clip_range: 0.01 is not used"):
+        cli.resolve_config(cli.build_parser().parse_args(["train", "--loss.algorithm", "reinforce",
+                                                          "--loss.clip_range", "0.01"]))  # named on purpose
