@@ -21,7 +21,7 @@ from treegrpo.envs import (
     WindowSchedule,
 )
 
-from treegrpo.config import Config, ConfigError
+from treegrpo.config import Config, ConfigError, sliding_window, window_start_fixed, windowed
 from treegrpo.problems import Problem
 from treegrpo.problems.build import check_step_numbers
 
@@ -41,27 +41,19 @@ def build_window(config: Config, num_steps: int) -> WindowSchedule:
     return ShiftingWindow(num_steps, s.depth, s.window_start, s.window_shift, s.window_every)
 
 
-def _windowed(config: Config) -> bool:
-    """Whether the SDE steps are a window of ``sampling.depth`` steps (trees, or sliding trajectories)."""
-    sampler = config.loss.recipe.sampler
-    return sampler in ("tree", "sliding") or config.sampling.sde_steps == "window"
-
-
 def trainable_horizon(config: Config, problem: Problem) -> int:
     """The number of leading steps with noise, where windows of SDE steps may lie (one-line errors
     when there are none, or fewer than the window's depth)."""
-    s, transition, tree = config.sampling, problem.transition, config.loss.recipe.tree
+    s, transition = config.sampling, problem.transition
     check_step_numbers(config, transition)
     horizon = transition.trainable_horizon()
     if horizon == 0:
         raise ConfigError(f"sampling.noise_level: {s.noise_level} leaves every step of sampling.transition="
                           f"{s.transition} deterministic, so no edge can be trained; use a level > 0 (Flow-GRPO: 0.7)")
-    windowed = _windowed(config)
-    if windowed and s.depth > horizon:
+    if windowed(config) and s.depth > horizon:
         raise ConfigError(f"sampling.depth: {s.depth} SDE steps do not fit in the {horizon} of {transition.num_steps} "
                           f"steps that have noise under sampling.transition={s.transition}; use depth <= {horizon}")
-    starts_fixed = (tree and s.window in ("fixed", "shifting")) or (windowed and not tree)
-    if starts_fixed and s.window_start + s.depth > horizon:
+    if window_start_fixed(config) and s.window_start + s.depth > horizon:
         raise ConfigError(f"sampling.window_start: a window of {s.depth} steps from step {s.window_start} reaches a "
                           f"step without noise (only the first {horizon} of {transition.num_steps} have noise); use "
                           f"window_start <= {horizon - s.depth}")
@@ -81,7 +73,7 @@ def build_sampler(config: Config, problem: Problem) -> Sampler:
                            trees_per_prompt=s.trees_per_prompt, window=build_window(config, num_steps),
                            max_batch=max_batch, static_shapes=s.static_shapes)
     window: Any = "all"
-    if _windowed(config):
+    if sliding_window(config):
         window = ShiftingWindow(num_steps, s.depth, s.window_start, s.window_shift, s.window_every)
     return TrajectorySampler(problem.model, problem.transition, group_size=s.group_size, sde_steps=window,
                              shared_noise=s.shared_noise, max_batch=max_batch, static_shapes=s.static_shapes)

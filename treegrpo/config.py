@@ -567,10 +567,21 @@ def _tree(config: Config) -> bool:
     return config.loss.recipe.tree
 
 
-def _sliding(config: Config) -> bool:
+def sliding_window(config: Config) -> bool:
     """Trajectories whose SDE steps are a sliding window (MixGRPO, or ``sampling.sde_steps=window``)."""
     recipe = config.loss.recipe
     return recipe.sampler == "sliding" or (recipe.sampler == "trajectory" and config.sampling.sde_steps == "window")
+
+
+def windowed(config: Config) -> bool:
+    """Whether the SDE steps are a window of ``sampling.depth`` steps (a tree's, or a sliding one)."""
+    return _tree(config) or sliding_window(config)
+
+
+def window_start_fixed(config: Config) -> bool:
+    """Whether the window starts at ``sampling.window_start`` (a fixed or shifting tree window, or a
+    sliding one) rather than at a drawn step."""
+    return (_tree(config) and config.sampling.window in ("fixed", "shifting")) or sliding_window(config)
 
 
 def _advantage(config: Config) -> str:
@@ -586,12 +597,12 @@ USES: tuple[Use, ...] = (
     Use(("sampling.window",), _tree, _algorithms(lambda a: a.tree)),
     Use(("sampling.alpha",), lambda c: _tree(c) and c.sampling.window in ("geometric", "adaptive"),
         "a tree algorithm (treegrpo) with sampling.window=geometric or adaptive"),
-    Use(("sampling.depth",), lambda c: _tree(c) or _sliding(c),
+    Use(("sampling.depth",), windowed,
         "loss.algorithm=treegrpo, mixgrpo, or a trajectory algorithm with sampling.sde_steps=window"),
-    Use(("sampling.window_start",), lambda c: (_tree(c) and c.sampling.window in ("fixed", "shifting")) or _sliding(c),
+    Use(("sampling.window_start",), window_start_fixed,
         "sampling.window=fixed or shifting (treegrpo), mixgrpo, or sampling.sde_steps=window"),
     Use(("sampling.window_shift", "sampling.window_every"),
-        lambda c: (_tree(c) and c.sampling.window == "shifting") or _sliding(c),
+        lambda c: (_tree(c) and c.sampling.window == "shifting") or sliding_window(c),
         "sampling.window=shifting (treegrpo), mixgrpo, or sampling.sde_steps=window"),
     Use(("sampling.group_size",), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
     Use(("sampling.sde_steps", "sampling.shared_noise"), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
