@@ -442,8 +442,9 @@ class LossConfig(_Section):
         """The estimator must accept its options (its own checks, e.g. a temperature > 0)."""
         import treeadv
 
+        options = self.estimator_kwargs()  # its own one-line error for a malformed item
         try:
-            treeadv.make_estimator(self.estimator, **self.estimator_kwargs())
+            treeadv.make_estimator(self.estimator, **options)
         except (treeadv.EstimatorError, TypeError, ValueError) as error:
             raise ConfigError(f"loss.estimator_options: {' '.join(str(error).split())}") from None
 

@@ -439,3 +439,58 @@ def test_a_preset_value_is_no_set_option_wherever_the_config_is_validated() -> N
     with pytest.raises(ConfigError, match=r"^loss.clip_range: 0.01 is not used"):
         cli.resolve_config(cli.build_parser().parse_args(["train", "--loss.algorithm", "reinforce",
                                                           "--loss.clip_range", "0.01"]))  # named on purpose
+
+
+def test_estimator_options_reach_the_estimator_and_bad_ones_are_one_line() -> None:
+    from treegrpo.algos import build_advantage
+
+    config = Config().override(["loss.estimator_options=temperature=auto"])
+    assert config.loss.estimator_kwargs() == {"temperature": "auto"}
+    assert build_advantage(config).estimator.temperature == "auto"
+    assert Config().override(["loss.temperature=2"]).loss.estimator_kwargs() == {"temperature": 2.0}
+    with pytest.raises(ConfigError, match=r"^loss.estimator_options: expected name=value, got 'temperature'$"):
+        Config().override(["loss.estimator_options=temperature"])
+    with pytest.raises(ConfigError, match=r"^loss.estimator_options: estimator 'logprob_softmax': unknown options \['width'\]"):
+        Config().override(["loss.estimator_options=width=3"])
+    with pytest.raises(ConfigError, match=r"^loss.estimator_options: temperature: expected a finite number > 0"):
+        Config().override(["loss.estimator_options=temperature=-1"])
+    with pytest.raises(ConfigError, match=r"^loss.estimator_options: .* is not used with loss.algorithm=grpo"):
+        Config().override(["loss.algorithm=grpo", "loss.estimator_options=temperature=auto"])
+
+
+def test_clip_high_reaches_the_loss_and_is_refused_where_nothing_clips() -> None:
+    from treegrpo.algos import build_loss
+
+    from treegrpo.problems import build_problem
+
+    config = Config().override(["model.kind=toy2d", "loss.clip_range=0.2", "loss.clip_high=0.28"])
+    loss = build_loss(config, build_problem(config))
+    assert (loss.clip_range, loss.clip_high) == (0.2, 0.28)
+    assert build_loss(config.override(["loss.clip_high=0"]), build_problem(config)).clip_high == 0.2  # symmetric
+    with pytest.raises(ConfigError, match=r"^loss.clip_high: 0.28 is not used with loss.algorithm=reinforce"):
+        config.override(["loss.algorithm=reinforce"])
+
+
+def test_a_registered_problem_kind_is_a_model_kind() -> None:
+    from treegrpo.config import MODELS
+    from treegrpo.problems import PROBLEMS, build_problem, register_problem, toy2d_problem
+
+    register_problem("toy2d_copy", lambda config, **_: toy2d_problem(config.sampling.num_steps))
+    try:
+        config = Config().override(["model.kind=toy2d_copy", "sampling.num_steps=6"])
+        assert build_problem(config).transition.num_steps == 6
+    finally:
+        PROBLEMS.pop("toy2d_copy")
+        MODELS.remove("toy2d_copy")
+    with pytest.raises(ConfigError, match="^model.kind: expected one of"):
+        Config().override(["model.kind=toy2d_copy"])
+
+
+def test_the_trainer_refuses_a_problem_with_other_step_counts(tmp_path) -> None:
+    from treegrpo.algos import Trainer
+
+    from treegrpo.problems import toy2d_problem
+
+    config = Config().override(["model.kind=toy2d", "sampling.num_steps=8", f"train.out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^sampling.num_steps: 8, but the problem samples 10 steps"):
+        Trainer(toy2d_problem(num_steps=10), config)

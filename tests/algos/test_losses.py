@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 from treegrpo.algos.advantages import PerPromptStatTracker
 from treegrpo.algos.batch import count_edges, select_steps
-from treegrpo.algos.losses import PPOClipLoss, ReinforceLoss, ppo_clip_objective, total_loss
+from treegrpo.algos.losses import EdgeBatchError, PPOClipLoss, ReinforceLoss, ppo_clip_objective, total_loss
 from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler, parent_batch
 
 from tests.envs.tiny_models import reference_edges
@@ -25,6 +25,34 @@ def test_ppo_clip_objective_by_hand():
     torch.testing.assert_close(out["loss_objective"], torch.tensor((-1.2 - 0.5 + 1.0) / 3))
     torch.testing.assert_close(out["clip_fraction"], torch.tensor(2 / 3))
     torch.testing.assert_close(out["ratio_mean"], torch.tensor(1.0))
+
+
+def test_asymmetric_clip_bounds_by_hand():
+    new = torch.log(torch.tensor([[1.25, 0.75, 1.35]]))
+    old, adv, mask = torch.zeros(1, 3), torch.ones(1, 3), torch.ones(1, 3, dtype=torch.bool)
+    out = ppo_clip_objective(new, old, adv, mask, clip_range=0.2, clip_high=0.3)
+    # max(-A r, -A clip(r, 0.8, 1.3)) with A = 1: 1.25 -> -1.25 (inside); 0.75 -> -0.75; 1.35 -> -1.3 (clipped)
+    torch.testing.assert_close(out["loss_objective"], torch.tensor((-1.25 - 0.75 - 1.3) / 3))
+    torch.testing.assert_close(out["clip_fraction"], torch.tensor(2 / 3))  # 0.75 < 0.8 and 1.35 > 1.3
+    symmetric = ppo_clip_objective(new, old, adv, mask, clip_range=0.2)
+    torch.testing.assert_close(symmetric["loss_objective"], torch.tensor((-1.2 - 0.75 - 1.2) / 3))
+    with pytest.raises(ValueError, match="clip_high: expected a number > 0 or None"):
+        PPOClipLoss(torch.nn.Linear(1, 1), None, clip_high=0.0)
+
+
+def test_a_loss_reads_renamed_keys_and_names_missing_ones_in_one_line():
+    problem, _, _, batch = _tree_batch()
+    loss = PPOClipLoss(problem.model, problem.transition, clip_range=0.1)
+    expected = loss(batch)["loss_objective"]
+    renamed = batch.rename_key_("sample", "child_latent")
+    with pytest.raises(EdgeBatchError, match=r"^PPOClipLoss: the batch lacks sample \(it has "):
+        loss(renamed)
+    loss.set_keys(sample="child_latent")
+    assert "child_latent" in loss.in_keys
+    torch.testing.assert_close(loss(renamed)["loss_objective"], expected)
+    no_cond = renamed.exclude("cond_table")
+    with pytest.raises(EdgeBatchError, match="the batch has no conditioning"):
+        loss(no_cond)
 
 
 def _tree_batch(num_prompts=2, k=3, d=2):
