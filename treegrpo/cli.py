@@ -239,12 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), resolve the config and run the subcommand."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        load_plugins(argv)
-    except TreegrpoError as error:
-        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    args = build_parser().parse_args(argv)
-    try:
+        load_plugins(argv)  # first: what a plugin registers is a valid choice of the parser
+        args = build_parser().parse_args(argv)
         config = resolve_config(args)
         if getattr(args, "print_config", False):
             print(config.to_toml(), end="")
