@@ -43,8 +43,8 @@ REWARDS: dict[str, RewardEntry] = {}
 
 def register_reward(name: str, factory: Callable[..., RewardModel], *,
                     kinds: Sequence[str] = TEXT_TO_IMAGE) -> None:
-    """Register ``factory(root=..., device=...)`` as the reward ``name`` for ``kinds`` (adding kinds
-    to a name registered already keeps one factory per name)."""
+    """Register ``factory(root=..., device=...)`` as the reward ``name`` for ``kinds`` (one factory
+    per name: registering a name again replaces it)."""
     REWARDS[name] = RewardEntry(factory, tuple(kinds))
 
 
