@@ -713,6 +713,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "sampling.transition=ddim", "sampling.noise_level=1.0", "train.out_dir=runs/sd15",
     ),
 }
+"""Model kind to the assignments its preset makes over ``Config()`` (the CLI starts from them;
+:meth:`Config.check_used` counts them as starting values, not user settings)."""
 
 
 @dataclass
