@@ -43,6 +43,7 @@ __all__ = [
     "TextToImageModel",
     "check_image_size",
     "check_layout",
+    "check_true_cfg",
     "detect_kind",
     "load_pipeline",
     "resolve_model_path",
@@ -130,16 +131,29 @@ def image_multiple(path: Path, kind: str) -> int:
     """The side an image size must be a multiple of for the pipeline in ``path``: the VAE's
     downsampling (``2^(levels - 1)``) times the denoiser's patch size (times FLUX's 2x2 packing),
     read from their config files."""
-    def config(name: str) -> dict:
-        file = path / name / "config.json"
-        try:
-            return json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise PipelineLayoutError(f"model.path: cannot read {file} ({type(error).__name__})") from None
-
-    levels = len(config("vae").get("block_out_channels", (0,) * 4))
-    patch = int(config(LAYOUTS[kind].denoiser).get("patch_size") or 1)
+    levels = len(_component_config(path, "vae").get("block_out_channels", (0,) * 4))
+    patch = int(_component_config(path, LAYOUTS[kind].denoiser).get("patch_size") or 1)
     return 2 ** (levels - 1) * patch * LAYOUTS[kind].pack
+
+
+def _component_config(path: Path, name: str) -> dict:
+    """``<path>/<name>/config.json`` as a dict; a one-line layout error if it cannot be read."""
+    file = path / name / "config.json"
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PipelineLayoutError(f"model.path: cannot read {file} ({type(error).__name__})") from None
+
+
+def check_true_cfg(path: Path, kind: str, true_cfg_scale: float) -> None:
+    """One line (before loading) if ``true_cfg_scale != 1`` is asked of a model without distilled
+    guidance: only FLUX.1-dev-style transformers (``guidance_embeds``) take it."""
+    if true_cfg_scale == 1.0:
+        return
+    if kind != "flux" or not _component_config(path, LAYOUTS[kind].denoiser).get("guidance_embeds", False):
+        raise ArgumentError(f"sampling.true_cfg_scale: {true_cfg_scale} given, but only a FLUX.1 model with distilled "
+                            "guidance (guidance_embeds=true) takes it; use sampling.guidance_scale for "
+                            "classifier-free guidance")
 
 
 def check_image_size(path: Path, kind: str, image_size: int) -> None:

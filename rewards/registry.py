@@ -21,7 +21,7 @@ from treegrpo.rewards.offline import JpegSize
 
 from treegrpo.errors import TreegrpoError
 
-TEXT_TO_IMAGE = ("sd3", "sd15")
+TEXT_TO_IMAGE = ("sd3", "flux", "sd15")
 """The model kinds a text-to-image reward scores unless it says otherwise."""
 
 

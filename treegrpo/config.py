@@ -287,7 +287,7 @@ def _kinds_of(cls: type) -> dict[str, str]:
 
 TRANSITIONS = ("flow_sde", "dance_sde", "cps", "ddim")
 WINDOWS = ("fixed", "geometric", "shifting", "adaptive")
-MODELS: list[str] = ["digits", "sd3", "sd15", "toy2d"]
+MODELS: list[str] = ["digits", "sd3", "flux", "sd15", "toy2d"]
 """Values of ``model.kind``; :func:`treegrpo.problems.register_problem` adds to it."""
 PARALLEL_MODES = ("ddp", "fsdp")
 """Values of ``train.parallel``: how ranks share the trained weights (:mod:`treegrpo.algos.distributed`)."""
@@ -304,12 +304,13 @@ class ModelConfig(_Section):
     kind: str = _opt("digits", "model family", choices=lambda: MODELS)
     path: str = _opt("", "local directory with the model weights (empty = embedded default)")
     rewards: list[str] = _opt(["classifier"], "reward names, comma-separated", min_items=1)
-    image_size: int = _opt(16, "image side in pixels (sd3, sd15)", min=1)
-    prompts: str = _opt("", "sd3/sd15 training prompts: .txt (one per line), .json, or a folder with train.json")
+    image_size: int = _opt(16, "image side in pixels (sd3, flux, sd15)", min=1)
+    prompts: str = _opt("", "sd3/flux/sd15 training prompts: .txt (one per line), .json, or a folder with train.json")
     eval_prompts: str = _opt("", "held-out prompts (same formats); empty = the test split of model.prompts")
     eval_count: int = _opt(64, "held-out prompts evaluated, 0 = all", min=0)
-    t5: bool = _opt(True, "sd3: load the T5 text encoder (false: its tokens are zeros, as diffusers does)")
-    max_sequence_length: int = _opt(256, "sd3: T5 tokens per prompt", min=1)
+    t5: bool = _opt(True, "sd3: load the T5 text encoder (false: its tokens are zeros, as diffusers does); "
+                          "flux needs it")
+    max_sequence_length: int = _opt(256, "sd3, flux: T5 tokens per prompt", min=1)
     frozen_precision: str = _opt("bf16", "dtype of the frozen VAE and text encoders", choices=("bf16", "fp32"))
     embedding_cache: str = _opt("", "folder caching prompt embeddings on disk, empty = memory only")
     embedding_memory: int = _opt(1024, "prompt embeddings kept in memory (LRU)", min=0)
@@ -357,7 +358,11 @@ class SamplingConfig(_Section):
     static_shapes: bool = _opt(False, "pad every sampling call to max_batch rows (one shape for train.compile)")
     chunks: int = _opt(1, "sample each iteration's prompts in this many chunks (scored as they finish)", min=1)
     background_scoring: bool = _opt(True, "with chunks > 1, score a chunk on a worker thread while the next is sampled")
-    guidance_scale: float = _opt(1.0, "classifier-free guidance scale, 1.0 = off", min=0)
+    guidance_scale: float = _opt(1.0, "classifier-free guidance scale, 1.0 = off; FLUX.1-dev: the distilled guidance "
+                                      "fed to its guidance embedding (one forward per row)", min=0)
+    true_cfg_scale: float = _opt(1.0, "FLUX.1-dev: FluxPipeline's true classifier-free guidance against "
+                                      "model.negative_prompt on top of the distilled guidance (two forwards per "
+                                      "row), 1.0 = off", min=0)
 
     def _check_fields(self) -> None:
         """The window of ``depth`` steps starting at ``window_start`` must fit in ``num_steps``;
@@ -519,15 +524,15 @@ class EvalConfig(_Section):
 
     section: ClassVar[str] = "eval"
 
-    rewards: list[str] = _opt([], "rewards reported, comma-separated; empty = model.rewards (sd3, sd15) or "
+    rewards: list[str] = _opt([], "rewards reported, comma-separated; empty = model.rewards (sd3, flux, sd15) or "
                                   "every offline reward (digits)")
     samples_per_prompt: int = _opt(8, "ODE samples per held-out prompt", min=1)
     num_steps: int = _opt(0, "denoising steps of evaluation samples, 0 = sampling.num_steps", min=0)
     seed: int = _opt(-1, "seed of the evaluation noise (the same for every policy), -1 = train.seed + 1", min=-1)
     base: bool = _opt(True, "treegrpo eval: also score the starting weights on the same noise (a 'base' row)")
-    diversity: bool = _opt(True, "report per-prompt diversity of the held-out samples (sd3, sd15: needs the CLIP "
-                                 "weights of eval.diversity_model)")
-    diversity_model: str = _opt("clipscore", "sd3, sd15: the open_clip model whose image embeddings measure "
+    diversity: bool = _opt(True, "report per-prompt diversity of the held-out samples (sd3, flux, sd15: needs the "
+                                 "CLIP weights of eval.diversity_model)")
+    diversity_model: str = _opt("clipscore", "sd3, flux, sd15: the open_clip model whose image embeddings measure "
                                              "diversity (its reward folder)", choices=("clipscore", "hpsv2"))
     out: str = _opt("", "treegrpo eval: JSON path, empty = <train.out_dir>/eval.json")
 
@@ -556,7 +561,7 @@ class Use(NamedTuple):
         return self.who() if callable(self.who) else self.who
 
 
-PIPELINE_KINDS = ("sd3", "sd15")
+PIPELINE_KINDS = ("sd3", "flux", "sd15")
 
 
 def _algorithms(applies: Callable[[Algorithm], bool]) -> Callable[[], str]:
@@ -616,12 +621,14 @@ USES: tuple[Use, ...] = (
          "model.embedding_memory", "model.precompute_embeddings", "model.negative_prompt", "model.vae_batch",
          "model.lora", "model.reward_dir", "eval.diversity_model"),
         lambda c: c.model.kind in PIPELINE_KINDS, f"model.kind={', '.join(PIPELINE_KINDS)}", "kind"),
-    Use(("model.t5", "model.max_sequence_length"), lambda c: c.model.kind == "sd3", "model.kind=sd3", "kind"),
-    Use(("sampling.schedule",), lambda c: c.model.kind != "sd15", "model.kind=digits, sd3, toy2d (flow models)",
+    Use(("model.t5", "model.max_sequence_length"), lambda c: c.model.kind in ("sd3", "flux"), "model.kind=sd3, flux",
         "kind"),
+    Use(("sampling.true_cfg_scale",), lambda c: c.model.kind == "flux", "model.kind=flux", "kind"),
+    Use(("sampling.schedule",), lambda c: c.model.kind != "sd15",
+        "model.kind=digits, sd3, flux, toy2d (flow models)", "kind"),
     Use(("sampling.cps_scoring",), lambda c: c.sampling.transition == "cps", "sampling.transition=cps", "transition"),
     Use(("model.path", "model.rewards", "model.eval_count", "sampling.guidance_scale"),
-        lambda c: c.model.kind != "toy2d", "model.kind=digits, sd3, sd15 (toy2d has one reward, 'target')", "kind"),
+        lambda c: c.model.kind != "toy2d", "model.kind=digits, sd3, flux, sd15 (toy2d has one reward, 'target')", "kind"),
 )
 """Which runs read which options; :meth:`Config.check_used` refuses a set option that this run would ignore."""
 
@@ -707,6 +714,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "sd3": (
         "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
         "train.out_dir=runs/sd3",
+    ),
+    "flux": (
+        "model.rewards=hpsv2", "model.image_size=512", "model.max_sequence_length=512",
+        "sampling.prompts_per_iteration=32", "sampling.guidance_scale=3.5", "train.out_dir=runs/flux",
     ),
     "sd15": (
         "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",

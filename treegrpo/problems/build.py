@@ -1,7 +1,7 @@
 """``build_problem(config)``: the problem ``model.kind`` names, checked before any weights load.
 
 Each kind registers a builder ``(config, **options) -> Problem``; the built-in ones are ``toy2d``,
-``digits`` and the diffusers pipelines (``sd3``, ``sd15``). A new model family is one
+``digits`` and the diffusers pipelines (``sd3``, ``flux``, ``sd15``). A new model family is one
 :func:`register_problem` call (and its name added to ``model.kind`` with
 :func:`treegrpo.config.register_choice`).
 """
@@ -120,4 +120,5 @@ def _pipeline(config: Config, *, fuse_model_lora: bool = True) -> Problem:
 register_problem("toy2d", _toy2d)
 register_problem("digits", _digits)
 register_problem("sd3", _pipeline)
+register_problem("flux", _pipeline)
 register_problem("sd15", _pipeline)

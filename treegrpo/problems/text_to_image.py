@@ -1,4 +1,4 @@
-"""Text-to-image training problems: a local SD3/SD3.5 or SD1.5-style pipeline, prompts and rewards.
+"""Text-to-image training problems: a local SD3/SD3.5, FLUX.1 or SD1.5-style pipeline, prompts and rewards.
 
 :func:`pipeline_problem` turns a loaded :class:`~treegrpo.envs.pipelines.TextToImageModel` into a
 :class:`~treegrpo.problems.Problem`: each iteration draws prompts, looks their embeddings up
@@ -18,8 +18,14 @@ from torch import Tensor
 
 from treegrpo.config import Config, ConfigError
 from treegrpo.devices import local_device
-from treegrpo.envs import GuidedDenoiser
-from treegrpo.envs.pipelines import TextToImageModel, check_image_size, check_layout, load_pipeline, resolve_model_path
+from treegrpo.envs.pipelines import (
+    TextToImageModel,
+    check_image_size,
+    check_layout,
+    check_true_cfg,
+    load_pipeline,
+    resolve_model_path,
+)
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
 from treegrpo.problems.base import Problem
 from treegrpo.problems.lora import check_lora_file, export_trained, fuse_lora
@@ -54,12 +60,15 @@ def pipeline_problem(
     diversity: ClipDiversity | None = None,
     schedule: str = "scheduler",
     cps_scoring: str = "flow_grpo",
+    true_cfg_scale: float = 1.0,
 ) -> Problem:
     """Train ``model``'s denoiser on ``train_prompts``, scored by ``rewards``.
 
     The prompt ids the trainer sees index ``train_prompts`` (training) or ``eval_prompts``
-    (evaluation); rewards receive the prompt texts. With ``guidance_scale != 1`` sampling uses
-    classifier-free guidance against ``negative_prompt`` (two model evaluations per row).
+    (evaluation); rewards receive the prompt texts. Guidance is the pipeline's own
+    (:meth:`TextToImageModel.guided_denoiser`): with ``guidance_scale != 1``, classifier-free guidance
+    against ``negative_prompt`` (two model evaluations per row); FLUX.1-dev feeds ``guidance_scale``
+    to its guidance embedding instead (one evaluation) and adds true CFG where ``true_cfg_scale != 1``.
     Held-out prompts are scored by ``eval_rewards`` (default: ``rewards``), sampled with
     ``eval_num_steps`` steps (0: ``num_steps``); ``diversity`` (if given) measures how far apart each
     held-out prompt's images are in CLIP space.
@@ -71,10 +80,10 @@ def pipeline_problem(
         raise ValueError(f"sampling.prompts_per_iteration: expected 1..{len(train_prompts)} (the number of "
                          f"training prompts), got {prompts_per_iteration}")
     device = model.device
-    denoiser = model.denoiser
-    if guidance_scale != 1.0:
-        denoiser = GuidedDenoiser(denoiser, guidance_scale, embeddings([negative_prompt]))
-    options = {"schedule": schedule, "cps_scoring": cps_scoring} if model.kind == "sd3" else {}
+    denoiser = model.guided_denoiser(guidance_scale, lambda: embeddings([negative_prompt]),
+                                     true_cfg_scale=true_cfg_scale)
+    flow = {"schedule": schedule, "cps_scoring": cps_scoring} if model.kind != "sd15" else {}
+    options = {**flow, "image_size": image_size}  # FLUX.1's schedule shifts with the image's token count
     step = model.transition(transition, num_steps, noise_level, shift, **options)
     eval_step = model.transition(transition, eval_num_steps, noise_level, shift, **options) if eval_num_steps else None
     eval_rewards = list(eval_rewards) or list(rewards)
@@ -127,7 +136,7 @@ def _eval_prompts(config: Config, train: list[str]) -> list[str]:
 
 
 def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
-    """The ``sd3``/``sd15`` problem a config describes (weights, prompts and rewards from local paths).
+    """The ``sd3``/``flux``/``sd15`` problem a config describes (weights, prompts and rewards from local paths).
 
     ``model.lora`` is fused in unless ``fuse_model_lora`` is false (``treegrpo eval`` scores the
     weights without it first, then fuses it with ``problem.apply_lora``).
@@ -142,6 +151,7 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
     root = resolve_model_path(m.path)
     check_layout(root, m.kind, t5=m.t5)
     check_image_size(root, m.kind, m.image_size)
+    check_true_cfg(root, m.kind, s.true_cfg_scale)
     train_prompts = load_prompts(m.prompts, "train")
     if len(train_prompts) < s.prompts_per_iteration:
         raise ConfigError(f"sampling.prompts_per_iteration: {s.prompts_per_iteration} is more than the "
@@ -182,4 +192,4 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
         noise_level=s.noise_level, shift=s.shift, prompts_per_iteration=s.prompts_per_iteration,
         guidance_scale=s.guidance_scale, negative_prompt=m.negative_prompt,
         eval_rewards=eval_rewards, eval_num_steps=config.eval.num_steps,
-        diversity=diversity, schedule=s.schedule, cps_scoring=s.cps_scoring)
+        diversity=diversity, schedule=s.schedule, cps_scoring=s.cps_scoring, true_cfg_scale=s.true_cfg_scale)
