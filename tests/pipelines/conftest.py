@@ -1,4 +1,4 @@
-"""Tiny random-weight SD3 and SD1.5 pipelines on disk, built once per session, and a prompt file."""
+"""Tiny random-weight SD3, FLUX.1 and SD1.5 pipelines on disk, built once per session, and a prompt file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from treegrpo.testing.pipelines import save_tiny_sd3_pipeline, save_tiny_sd15_pipeline
+from treegrpo.testing.pipelines import save_tiny_flux_pipeline, save_tiny_sd3_pipeline, save_tiny_sd15_pipeline
 
 PROMPTS = ["a red cat", "a blue dog", "two small birds", "a green house", "sunset over the sea", "a bowl of fruit"]
 
@@ -14,7 +14,8 @@ PROMPTS = ["a red cat", "a blue dog", "two small birds", "a green house", "sunse
 @pytest.fixture(scope="session")
 def pipelines(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pipelines")
-    return {"sd3": save_tiny_sd3_pipeline(root / "sd3"), "sd15": save_tiny_sd15_pipeline(root / "sd15")}
+    return {"sd3": save_tiny_sd3_pipeline(root / "sd3"), "flux": save_tiny_flux_pipeline(root / "flux"),
+            "sd15": save_tiny_sd15_pipeline(root / "sd15")}
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,37 @@ def test_eval_steps_change_the_samples(pipelines, prompt_file, reward_root, tmp_
         config = Config.from_yaml(CONFIGS["sd3"]).override([*overrides, f"eval.num_steps={steps}"])
         scores[steps] = held_out_scores(build_problem(config), config, samples_per_prompt=1).scores
     assert not torch.allclose(scores[0], scores[2])
+
+
+def test_flux_trains_and_evaluates_through_the_cli(pipelines, prompt_file, reward_root, tmp_path, capsys):
+    """`treegrpo train/eval --config configs/flux_dev.yaml`, shrunk: distilled guidance with true CFG on
+    top (two forwards per row), then base and LoRA rows on the paper's rewards."""
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    overrides = tiny_overrides(pipelines["flux"], prompt_file, train_dir, lora=True, rewards=reward_root)
+    overrides += ["sampling.true_cfg_scale=2.0", "model.negative_prompt=blurry", "sampling.window=fixed",
+                  "sampling.window_start=1"]
+    assert main(["train", "--config", str(CONFIGS["flux"]), *_flags(overrides)]) == 0
+    summary = json.loads((train_dir / "summary.json").read_text())
+    assert summary["config"]["sampling"]["guidance_scale"] == 3.5  # the config's distilled guidance
+    # per prompt: 1 prefix row, window rows 1 and 2, then 4 leaves x 1 step; true CFG doubles every row
+    assert summary["training"]["nfe_sampled"] == 2 * (1 + 1 + 2 + 4 * 1) * 2
+    capsys.readouterr()
+
+    lora = train_dir / "final" / LORA_FILE
+    evaluation = [o.replace(str(train_dir), str(eval_dir)) for o in overrides]
+    evaluation += [f"model.lora={lora}", f"eval.rewards={','.join(PAPER)}", "eval.samples_per_prompt=2"]
+    assert main(["eval", "--config", str(CONFIGS["flux"]), *_flags(evaluation)]) == 0
+    assert "HPSv2.1" in capsys.readouterr().out
+    result = json.loads((eval_dir / "eval.json").read_text())
+    assert [row["policy"] for row in result["rows"]] == ["base", f"+ lora {LORA_FILE}"]
+    base, tuned = (row["rewards"] for row in result["rows"])
+    assert set(base) == {*PAPER, "diversity/clip"}
+    assert any(abs(tuned[r]["mean"] - base[r]["mean"]) > 1e-6 for r in PAPER)  # the LoRA changes the images
+
+
+def test_true_cfg_on_a_model_without_distilled_guidance_is_refused_before_loading(pipelines, prompt_file,
+                                                                                  reward_root, tmp_path, capsys):
+    overrides = tiny_overrides(pipelines["sd3"], prompt_file, tmp_path, lora=True, rewards=reward_root)
+    assert main(["train", "--config", str(CONFIGS["sd3"]), *_flags(overrides), "--sampling.true_cfg_scale", "2"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "sampling.true_cfg_scale" in error[0] and "model.kind=flux" in error[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ STEPS = 4
 SIZE = 16  # pixels: 8 x 8 latents of 16 channels, 16 packed tokens
 PROMPTS = ["a red cat", "two small birds"]
 ITERATIONS = 20
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -149,21 +151,6 @@ def test_tree_and_trajectory_samples_are_on_policy(flux):
         assert check_on_policy(rollout, flux.denoiser, transition, cond, atol=1e-5) <= 1e-5
 
 
-def _training_api():
-    """``(pipeline_problem, Trainer, Config)`` wherever the restructuring has put them."""
-    try:
-        from treegrpo.problems.text_to_image import pipeline_problem
-    except ImportError:
-        from treegrpo.algos.t2i import pipeline_problem
-    try:
-        from treegrpo.config import Config
-    except ImportError:
-        from treegrpo.algos.config import Config
-    from treegrpo.algos.trainer import Trainer
-
-    return pipeline_problem, Trainer, Config
-
-
 class Brightness:
     """A toy reward: the mean pixel value of each image."""
 
@@ -173,38 +160,45 @@ class Brightness:
         return images.mean(dim=(1, 2, 3))
 
 
+@pytest.mark.filterwarnings("ignore:model.eval_prompts")
 def test_treegrpo_raises_a_toy_reward_and_the_lora_loads_in_flux_pipeline(flux_path, tmp_path, monkeypatch):
+    """configs/flux_dev.yaml, shrunk to a CPU run, through the user's path (config -> build_problem ->
+    Trainer) with a toy reward registered for ``model.kind=flux``."""
     from diffusers import FluxPipeline
-    from treegrpo.envs.prompts import PromptEmbeddings
+    from treegrpo.algos.trainer import Trainer
+    from treegrpo.rewards import REWARDS, register_reward
 
+    from treegrpo.config import Config
+    from treegrpo.problems import build_problem
     from treegrpo.problems.lora import LORA_FILE, fuse_lora
 
-    pipeline_problem, Trainer, Config = _training_api()
-    model = load_pipeline(flux_path, "flux", frozen_dtype=torch.float32, max_sequence_length=16)
-    # pipeline_problem does not pass image_size to the transition yet: FLUX's schedule needs it
-    transition = model.transition
-    monkeypatch.setattr(model, "transition", lambda *a, **k: transition(*a, **{"image_size": SIZE, **k}))
-    embeddings = PromptEmbeddings(model.encode, model.identity())
-    problem = pipeline_problem(model, train_prompts=PROMPTS, eval_prompts=PROMPTS, rewards=[Brightness()],
-                               embeddings=embeddings, image_size=SIZE, num_steps=STEPS, noise_level=0.9,
-                               prompts_per_iteration=2)
-    config = Config().override([
-        "loss.algorithm=treegrpo", "sampling.num_steps=4", "sampling.branching=2", "sampling.depth=2",
-        "sampling.prompts_per_iteration=2", "sampling.window=fixed", "sampling.window_start=0",
+    monkeypatch.delitem(REWARDS, "brightness", raising=False)  # the registration is undone after the test
+    register_reward("brightness", lambda **_: Brightness(), kinds=("flux",))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    config = Config.from_yaml(REPO / "configs" / "flux_dev.yaml").override([
+        f"model.path={flux_path}", f"model.prompts={prompts}",
+        "model.rewards=brightness", f"model.image_size={SIZE}", "model.max_sequence_length=16",
+        "model.frozen_precision=fp32", f"model.embedding_cache={tmp_path / 'embeddings'}", "eval.diversity=false",
+        f"sampling.num_steps={STEPS}", "sampling.branching=2", "sampling.depth=2", "sampling.prompts_per_iteration=2",
+        "sampling.window=fixed", "sampling.window_start=0", "sampling.max_batch=0", "sampling.noise_level=0.9",
         "loss.clip_range=0.2", "optim.lr=3e-3", "train.lora_rank=4", "train.lora_alpha=8",
-        "train.precision=fp32",  # LoRA on every linear layer (no train.lora_targets)
-        "train.device=cpu", f"train.out_dir={tmp_path / 'run'}", "train.inner_epochs=2",
-        "train.minibatch_parents=6", "train.checkpoint_every=1000", "train.sample_every=1000"
+        "train.lora_targets=",  # every linear layer: the config's attention/MLP targets move this toy too slowly
+        "train.precision=fp32", "train.gradient_checkpointing=false", "train.device=cpu",
+        f"train.out_dir={tmp_path / 'run'}", "train.inner_epochs=2", "train.minibatch_parents=6",
+        "train.checkpoint_every=1000", "train.sample_every=1000",
     ])
+    problem = build_problem(config)
     trainer = Trainer(problem, config)
     rewards = [trainer.step()["reward_mean"] for _ in range(ITERATIONS)]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.03, rewards  # seeds 0-3 gain 0.05-0.08; one iteration's images differ by about 0.01
+    assert last > first + 0.03, rewards  # one iteration's images differ by about 0.01
 
+    embeddings = problem.prompts(0, torch.Generator().manual_seed(0))[0]
     g = torch.Generator().manual_seed(0)
-    probe = (torch.randn(2, 16, 8, 8, generator=g), torch.tensor([500.0, 900.0]), embeddings(PROMPTS))
+    probe = (torch.randn(2, 16, 8, 8, generator=g), torch.tensor([500.0, 900.0]), embeddings)
     with torch.no_grad():
-        trained = model.denoiser(*probe)
+        trained = FluxDenoiser(problem.model.transformer)(*probe)
     assert problem.export(tmp_path / "final") == [tmp_path / "final" / LORA_FILE]
     stock = FluxPipeline.from_pretrained(flux_path, local_files_only=True)
     stock.load_lora_weights(tmp_path / "final")  # stock diffusers, nothing of ours

@@ -1,4 +1,4 @@
-"""One TreeGRPO iteration end to end on tiny SD3 and SD1.5 pipelines, LoRA and full fine-tuning,
+"""One TreeGRPO iteration end to end on tiny SD3, FLUX.1 and SD1.5 pipelines, LoRA and full fine-tuning,
 and the trained weights loading back into stock diffusers."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensordict import TensorDict
 from treegrpo.algos.trainer import Trainer
+from treegrpo.envs import FluxDenoiser
 from treegrpo.envs.pipelines import load_pipeline
 
 from treegrpo.cli import main
@@ -17,7 +19,8 @@ from treegrpo.problems import build_problem
 from treegrpo.problems.lora import LORA_FILE, fuse_lora
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = {"sd3": REPO / "configs" / "sd35_medium.yaml", "sd15": REPO / "configs" / "sd15.yaml"}
+CONFIGS = {"sd3": REPO / "configs" / "sd35_medium.yaml", "flux": REPO / "configs" / "flux_dev.yaml",
+           "sd15": REPO / "configs" / "sd15.yaml"}
 
 
 def tiny_overrides(path: Path, prompts: Path, out: Path, lora: bool, rewards: Path) -> list[str]:
@@ -25,7 +28,7 @@ def tiny_overrides(path: Path, prompts: Path, out: Path, lora: bool, rewards: Pa
     HPSv2 (the configs' reward) from a tiny random-weight checkpoint."""
     return [f"model.reward_dir={rewards}",
         f"model.path={path}", f"model.prompts={prompts}", "model.image_size=16",
-        *(["model.max_sequence_length=16"] if path.name == "sd3" else []),
+        *(["model.max_sequence_length=16"] if path.name in ("sd3", "flux") else []),
         f"model.embedding_cache={out / 'embeddings'}", "model.eval_count=2", "sampling.num_steps=4",
         "sampling.branching=2", "sampling.depth=2", "sampling.prompts_per_iteration=2", "sampling.max_batch=0",
         "train.iterations=1", "train.device=cpu", "train.precision=fp32", f"train.out_dir={out}",
@@ -37,6 +40,10 @@ def tiny_overrides(path: Path, prompts: Path, out: Path, lora: bool, rewards: Pa
 def network_output(network: torch.nn.Module, kind: str) -> torch.Tensor:
     """The network's prediction on fixed random inputs (a fingerprint of its weights)."""
     g = torch.Generator().manual_seed(0)
+    if kind == "flux":  # through the adapter: packed 16-channel latents, ids, distilled guidance 3.5
+        cond = TensorDict({"encoder_hidden_states": torch.randn(2, 7, 32, generator=g),
+                           "pooled_projections": torch.randn(2, 16, generator=g)}, batch_size=[2])
+        return FluxDenoiser(network)(torch.randn(2, 16, 8, 8, generator=g), torch.tensor([500.0, 900.0]), cond)
     x = torch.randn(2, 4, 8, 8, generator=g)
     if kind == "sd3":
         return network(hidden_states=x, timestep=torch.tensor([500.0, 900.0]),
@@ -47,10 +54,12 @@ def network_output(network: torch.nn.Module, kind: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-@pytest.mark.parametrize("kind", ["sd3", "sd15"])
+@pytest.mark.parametrize("kind", ["sd3", "flux", "sd15"])
 def test_one_iteration_trains_and_exports_what_diffusers_loads(pipelines, prompt_file, reward_root, tmp_path, kind,
                                                                lora):
     from diffusers import (
+        FluxPipeline,
+        FluxTransformer2DModel,
         ModelMixin,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -71,9 +80,9 @@ def test_one_iteration_trains_and_exports_what_diffusers_loads(pipelines, prompt
     assert not torch.allclose(trained, before), "one update must change the policy"
     exported = problem.export(tmp_path / "final")
 
-    stock_class = StableDiffusion3Pipeline if kind == "sd3" else StableDiffusionPipeline
+    stock_class = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline, "sd15": StableDiffusionPipeline}[kind]
     stock = stock_class.from_pretrained(pipelines[kind], local_files_only=True)
-    stock_network = stock.transformer if kind == "sd3" else stock.unet
+    stock_network = stock.unet if kind == "sd15" else stock.transformer
     torch.testing.assert_close(network_output(stock_network, kind), before, rtol=1e-5, atol=1e-5)
     if lora:
         assert exported == [tmp_path / "final" / LORA_FILE]
@@ -83,9 +92,9 @@ def test_one_iteration_trains_and_exports_what_diffusers_loads(pipelines, prompt
         fuse_lora(fused, tmp_path / "final")
         torch.testing.assert_close(network_output(fused.network, kind), trained, rtol=1e-4, atol=1e-5)
     else:
-        folder = "transformer" if kind == "sd3" else "unet"
+        folder = "unet" if kind == "sd15" else "transformer"
         assert exported == [tmp_path / "final" / folder]
-        network_class = SD3Transformer2DModel if kind == "sd3" else UNet2DConditionModel
+        network_class = {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel, "sd15": UNet2DConditionModel}[kind]
         reloaded = network_class.from_pretrained(tmp_path / "final" / folder)
         torch.testing.assert_close(network_output(reloaded, kind), trained, rtol=1e-5, atol=1e-6)
 
