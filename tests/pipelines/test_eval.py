@@ -92,12 +92,13 @@ def test_eval_steps_change_the_samples(pipelines, prompt_file, reward_root, tmp_
 
 
 def test_flux_trains_and_evaluates_through_the_cli(pipelines, prompt_file, reward_root, tmp_path, capsys):
-    """`treegrpo train/eval --config configs/flux_dev.yaml`, shrunk: distilled guidance with true CFG on
-    top (two forwards per row), then base and LoRA rows on the paper's rewards."""
+    """`treegrpo train/eval --config configs/flux_dev.yaml`, shrunk: bf16 base with float32 LoRA, distilled
+    guidance with true CFG on top (two forwards per row), then base and LoRA rows on the paper's rewards."""
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
     overrides = tiny_overrides(pipelines["flux"], prompt_file, train_dir, lora=True, rewards=reward_root)
-    overrides += ["sampling.true_cfg_scale=2.0", "model.negative_prompt=blurry", "sampling.window=fixed",
-                  "sampling.window_start=1"]
+    overrides = [o for o in overrides if not o.startswith("train.precision")]
+    overrides += ["train.precision=bf16", "sampling.true_cfg_scale=2.0", "model.negative_prompt=blurry",
+                  "sampling.window=fixed", "sampling.window_start=1"]
     assert main(["train", "--config", str(CONFIGS["flux"]), *_flags(overrides)]) == 0
     summary = json.loads((train_dir / "summary.json").read_text())
     assert summary["config"]["sampling"]["guidance_scale"] == 3.5  # the config's distilled guidance
