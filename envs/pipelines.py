@@ -279,23 +279,26 @@ class TextToImageModel:
         """The stochastic step ``name`` on this pipeline's schedule (flow: with ``shift``; ``schedule``
         ``dancegrpo`` for DanceGRPO's, ``cps_scoring`` for how ``cps`` scores, see :class:`FlowCPS`).
 
-        FLUX.1's ``scheduler`` schedule is FluxPipeline's (:meth:`FlowTimesteps.flux`): its shift
-        depends on the image's token count, so ``image_size`` is required, and ``shift`` only applies
-        to ``dancegrpo`` and to a scheduler without ``use_dynamic_shifting``. SD3 and SD1.5 schedules
-        do not depend on the resolution; ``image_size`` is only checked against the latent grid there.
+        FLUX.1's ``scheduler`` schedule is FluxPipeline's (:meth:`FlowTimesteps.flux`) with the
+        pipeline's own scheduler config: FLUX.1-dev's shift depends on the image's token count, so
+        ``image_size`` is required; FLUX.1-schnell's is its static shift (1). ``shift`` applies to FLUX
+        only with ``schedule="dancegrpo"``. SD3 and SD1.5 schedules do not depend on the resolution;
+        ``image_size`` is only checked against the latent grid there.
         """
         if image_size is not None:
             self.latent_shape(image_size)
         if self.kind in ("sd3", "flux"):
             from diffusers import FlowMatchEulerDiscreteScheduler
 
-            scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config, shift=shift)
+            config = self.pipeline.scheduler.config
             if self.kind == "flux" and schedule == "scheduler":
                 if image_size is None:
                     raise ArgumentError("image_size: FLUX.1's schedule shifts with the image's token count; pass "
                                         "transition(..., image_size=model.image_size)")
+                scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
                 timesteps = FlowTimesteps.flux(scheduler, num_steps, image_seq_len=self.image_tokens(image_size))
             else:
+                scheduler = FlowMatchEulerDiscreteScheduler.from_config(config, shift=shift)
                 timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift, scheduler=scheduler)
             return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
         from diffusers import DDIMScheduler

@@ -545,12 +545,15 @@ class Use(NamedTuple):
     fields: tuple[str, ...]
     applies: Callable[[Config], bool]
     who: str | Callable[[], str]
-    by: str = "algorithm"  # what decides: "algorithm" (loss.algorithm), "kind" (model.kind) or "transition"
+    by: str = "algorithm"  # what decides: "algorithm" (loss.algorithm), "kind" (model.kind), "schedule"
+    #                         (model.kind with sampling.schedule) or "transition"
 
     def context(self, config: Config) -> str:
         """The setting that rules the option out, as the error names it."""
         if self.by == "kind":
             return f"model.kind={config.model.kind}"
+        if self.by == "schedule":
+            return f"model.kind={config.model.kind} with sampling.schedule={config.sampling.schedule}"
         if self.by == "transition":
             return f"sampling.transition={config.sampling.transition}"
         return f"loss.algorithm={config.loss.algorithm}" + (
@@ -624,6 +627,9 @@ USES: tuple[Use, ...] = (
     Use(("model.t5", "model.max_sequence_length"), lambda c: c.model.kind in ("sd3", "flux"), "model.kind=sd3, flux",
         "kind"),
     Use(("sampling.true_cfg_scale",), lambda c: c.model.kind == "flux", "model.kind=flux", "kind"),
+    Use(("sampling.shift",), lambda c: c.model.kind != "flux" or c.sampling.schedule == "dancegrpo",
+        "a model.kind other than flux, or sampling.schedule=dancegrpo (FLUX.1 samples on its scheduler's own "
+        "shift)", "schedule"),
     Use(("sampling.schedule",), lambda c: c.model.kind != "sd15",
         "model.kind=digits, sd3, flux, toy2d (flow models)", "kind"),
     Use(("sampling.cps_scoring",), lambda c: c.sampling.transition == "cps", "sampling.transition=cps", "transition"),

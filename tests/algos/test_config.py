@@ -380,6 +380,9 @@ REFUSED = [
     (["model.kind=sd15", "model.t5=false"], "model.t5", "model.kind=sd15", "model.kind=sd3"),
     (["model.kind=toy2d", "sampling.guidance_scale=3"], "sampling.guidance_scale", "model.kind=toy2d", "digits"),
     (["model.kind=toy2d", "model.rewards=aesthetic_proxy"], "model.rewards", "model.kind=toy2d", "digits"),
+    (["model.kind=flux", "sampling.shift=1"], "sampling.shift", "model.kind=flux with sampling.schedule=scheduler",
+     "sampling.schedule=dancegrpo"),
+    (["model.kind=sd3", "sampling.true_cfg_scale=2"], "sampling.true_cfg_scale", "model.kind=sd3", "model.kind=flux"),
 ]
 
 

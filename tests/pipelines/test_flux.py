@@ -14,7 +14,13 @@ import torch
 from treegrpo.envs import FluxDenoiser, TrajectorySampler, TreeSampler, check_on_policy, sample_forest
 from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.flux import latent_image_ids, pack_latents, unpack_latents
-from treegrpo.envs.pipelines import PipelineLayoutError, check_image_size, detect_kind, load_pipeline
+from treegrpo.envs.pipelines import (
+    PipelineLayoutError,
+    check_image_size,
+    check_true_cfg,
+    detect_kind,
+    load_pipeline,
+)
 from treegrpo.envs.timesteps import FlowTimesteps, resolution_shift_mu
 
 from treegrpo.testing.pipelines import save_tiny_flux_pipeline
@@ -122,6 +128,34 @@ def test_ode_samples_equal_the_stock_pipeline(flux, true_cfg):
     other = sample_forest(flux.guided_denoiser(1.0, lambda: negative, true_cfg_scale=true_cfg), transition, cond,
                           sde_steps=(), branching=(), noise=noise, num_prompts=2).final
     assert not torch.allclose(other, ours)
+
+
+def test_schnell_samples_on_its_own_static_shift_and_equals_the_stock_pipeline(tmp_path):
+    """FLUX.1-schnell's structure: no guidance embedding, a static scheduler shift of 1 (no dynamic
+    shifting); sampling.shift's default 3 must not replace it."""
+    import json
+
+    path = save_tiny_flux_pipeline(tmp_path / "schnell", guidance_embeds=False)
+    config_file = path / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "use_dynamic_shifting": False, "shift": 1.0}))
+    schnell = load_pipeline(path, "flux", frozen_dtype=torch.float32, max_sequence_length=16)
+    transition = schnell.transition("flow_sde", STEPS, 0.7, shift=3.0, image_size=SIZE).deterministic()
+    expected = torch.cat([torch.linspace(1, 1 / STEPS, STEPS, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    torch.testing.assert_close(transition.timesteps.sigmas, expected)
+
+    cond = schnell.encode(PROMPTS)
+    denoiser = schnell.guided_denoiser(1.0, lambda: schnell.encode([""]))
+    assert denoiser.evaluations_per_row == 1 and denoiser.guidance_scale is None
+    noise = torch.randn(2, *schnell.latent_shape(SIZE), generator=torch.Generator().manual_seed(0))
+    ours = sample_forest(denoiser, transition, cond, sde_steps=(), branching=(), noise=noise, num_prompts=2).final
+    stock = schnell.pipeline(latents=pack_latents(noise), output_type="latent", prompt_embeds=cond["encoder_hidden_states"],
+                             pooled_prompt_embeds=cond["pooled_projections"], num_inference_steps=STEPS,
+                             height=SIZE, width=SIZE).images
+    torch.testing.assert_close(pack_latents(ours), stock, rtol=1e-5, atol=1e-5)
+    check_true_cfg(path, "flux", 1.0)
+    with pytest.raises(ArgumentError, match="sampling.true_cfg_scale: 2.0 given, but only a FLUX.1 model with distilled"):
+        check_true_cfg(path, "flux", 2.0)  # read from transformer/config.json, before any weights load
 
 
 def test_guidance_rules(flux):
