@@ -2,18 +2,26 @@
 
 A reward model maps ``(images [B, C, H, W] in [0, 1], prompts: list of B strings)`` to ``[B]``
 float32 scores, without gradients, on the images' device; a score depends only on its own image
-and prompt, never on the batch. :func:`build_reward` makes one by name (see :data:`REWARDS`).
+and prompt, never on the batch. :func:`build_reward` makes one by name (see :data:`REWARDS`);
+:func:`for_evaluation` gives the view that preprocesses exactly as the official scorer does.
 Importable as ``treegrpo.rewards`` (the source lives in the top-level ``rewards/`` folder).
 """
 
 from __future__ import annotations
 
-from treegrpo.rewards.base import RewardModel
+from treegrpo.rewards.base import PreprocessingMode, RewardModel, for_evaluation
 from treegrpo.rewards.clip_models import Aesthetic, OpenClipCosine, PickScore
 from treegrpo.rewards.diversity import ClipDiversity, embedding_diversity, pixel_diversity
 from treegrpo.rewards.imagereward import ImageReward
 from treegrpo.rewards.offline import JpegSize
-from treegrpo.rewards.preprocess import clip_preprocess
+from treegrpo.rewards.pil_resize import pil_bicubic_resize
+from treegrpo.rewards.preprocess import (
+    Preprocess,
+    clip_preprocess,
+    clip_processor_preprocess,
+    hpsv2_preprocess,
+    torchvision_clip_preprocess,
+)
 from treegrpo.rewards.registry import (
     REWARDS,
     RewardEntry,
@@ -35,15 +43,22 @@ __all__ = [
     "MissingRewardWeightsError",
     "OpenClipCosine",
     "PickScore",
+    "Preprocess",
+    "PreprocessingMode",
     "RewardEntry",
     "RewardModel",
     "UnknownRewardError",
     "build_reward",
     "check_reward_names",
     "clip_preprocess",
+    "clip_processor_preprocess",
     "embedding_diversity",
+    "for_evaluation",
+    "hpsv2_preprocess",
+    "pil_bicubic_resize",
     "pixel_diversity",
     "register_reward",
     "reward_dir",
     "rewards_for",
+    "torchvision_clip_preprocess",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from torch import Tensor
 
@@ -26,3 +27,24 @@ def check_batch(images: Tensor, prompts: Sequence[str], name: str, channels: tup
     if isinstance(prompts, str) or len(prompts) != images.shape[0]:
         got = "one str" if isinstance(prompts, str) else f"{len(prompts)} prompts"
         raise ValueError(f"{name}: expected {images.shape[0]} prompts (one per image), got {got}")
+
+
+class PreprocessingMode:
+    """Mixin for scorers with two preprocessing modes (see :mod:`treegrpo.rewards.preprocess`).
+
+    ``exact_preprocessing = True`` reproduces the official scorer's preprocessing for the 8-bit image
+    it would be given (evaluation); ``False`` skips the 8-bit rounding for speed (training)."""
+
+    exact_preprocessing: bool = False
+
+    def with_exact_preprocessing(self, exact: bool = True) -> Self:
+        """A view of this scorer in the other mode: a shallow copy, so the weights are shared, not copied."""
+        view = copy.copy(self)
+        view.exact_preprocessing = bool(exact)
+        return view
+
+
+def for_evaluation(reward: RewardModel) -> RewardModel:
+    """``reward`` as evaluation scores it: with exact preprocessing where it has the choice (sharing its
+    weights), else ``reward`` itself."""
+    return reward.with_exact_preprocessing(True) if isinstance(reward, PreprocessingMode) else reward

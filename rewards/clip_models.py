@@ -8,6 +8,11 @@ predictor (transformers CLIP). Each loads its checkpoint from ``<reward_dir>/<na
 - ``aesthetic``: the LAION improved aesthetic predictor: an MLP on the L2-normalised CLIP ViT-L/14
   image embedding (about 6 for SD3.5-M).
 
+Each scorer preprocesses as its official code does (:mod:`treegrpo.rewards.preprocess`): hpsv2's
+resize-longer-side-and-pad, open_clip's and OpenAI CLIP's torchvision resize and crop, transformers'
+CLIP processor's; ``exact_preprocessing`` (or :func:`~treegrpo.rewards.base.for_evaluation`) adds the
+8-bit rounding of the official PIL path.
+
 A folder may hold ``open_clip_config.json`` (open_clip's ``{embed_dim, vision_cfg, text_cfg}``) to
 use another architecture than ViT-H-14: the tests build tiny random-weight models that way.
 """
@@ -20,9 +25,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from treegrpo.rewards.base import check_batch
+from treegrpo.rewards.base import PreprocessingMode, check_batch
 from treegrpo.rewards.heads import mlp_head
-from treegrpo.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess
+from treegrpo.rewards.preprocess import (
+    Preprocess,
+    clip_processor_preprocess,
+    hpsv2_preprocess,
+    torchvision_clip_preprocess,
+)
 from treegrpo.rewards.weights import require, reward_dir
 
 HPS_FILE = "HPS_v2.1_compressed.pt"
@@ -47,8 +57,9 @@ def _open_clip_model(folder: Path, checkpoint: Path, name: str, device: torch.de
 
     config_file = folder / OPEN_CLIP_CONFIG
     config = json.loads(config_file.read_text()) if config_file.is_file() else open_clip.get_model_config("ViT-H-14")
+    state = load_state_dict(require(checkpoint, name))  # before building the model: ViT-H-14 takes seconds
     model = open_clip.CLIP(**config)
-    missing, _unexpected = model.load_state_dict(load_state_dict(require(checkpoint, name)), strict=False)
+    missing, _unexpected = model.load_state_dict(state, strict=False)
     if missing:
         raise ValueError(f"{name}: {checkpoint} lacks {len(missing)} weights of the architecture (first: "
                          f"{missing[0]}); is it the right checkpoint for {config_file if config_file.is_file() else 'ViT-H-14'}?")
@@ -56,20 +67,26 @@ def _open_clip_model(folder: Path, checkpoint: Path, name: str, device: torch.de
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
-class OpenClipCosine(nn.Module):
+def _image_size(model: nn.Module) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+class OpenClipCosine(PreprocessingMode, nn.Module):
     """``cos(image, text)`` of an open_clip model: HPSv2.1 and CLIPScore."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str) -> None:
+    def __init__(self, model: nn.Module, tokenizer, name: str, preprocess: Preprocess,
+                 exact_preprocessing: bool = False) -> None:
         super().__init__()
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple)
-                              else model.visual.image_size)
+        self.preprocess, self.exact_preprocessing = preprocess, exact_preprocessing
+        self.image_size = preprocess.size
 
     @torch.no_grad()
     def image_embeddings(self, images: Tensor) -> Tensor:
         """``[B, D]`` unit-norm image embeddings (on the model's device) of images ``[B, 3, H, W]`` in ``[0, 1]``."""
         device = next(self.model.parameters()).device
-        pixels = clip_preprocess(images.to(device), self.image_size, OPENAI_MEAN, OPENAI_STD)
+        pixels = self.preprocess(images.to(device), exact=self.exact_preprocessing)
         return self.model.encode_image(pixels, normalize=True)
 
     @torch.no_grad()
@@ -80,50 +97,52 @@ class OpenClipCosine(nn.Module):
         return (image * text).sum(-1).float().to(images.device)
 
 
-def hpsv2(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> OpenClipCosine:
-    """HPSv2.1 from ``<reward_dir>/hpsv2/HPS_v2.1_compressed.pt``."""
+def hpsv2(root: str | Path | None = None, device: torch.device | str = "cpu", exact_preprocessing: bool = False,
+          **_) -> OpenClipCosine:
+    """HPSv2.1 from ``<reward_dir>/hpsv2/HPS_v2.1_compressed.pt``, preprocessed as ``hpsv2.score`` does."""
     folder = reward_dir(root) / "hpsv2"
     model, tokenizer = _open_clip_model(folder, folder / HPS_FILE, "hpsv2", torch.device(device))
-    return OpenClipCosine(model, tokenizer, "hpsv2")
+    return OpenClipCosine(model, tokenizer, "hpsv2", hpsv2_preprocess(_image_size(model)), exact_preprocessing)
 
 
-def clipscore(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> OpenClipCosine:
-    """CLIPScore (cosine) from ``<reward_dir>/clipscore/open_clip_pytorch_model.bin`` (LAION ViT-H-14)."""
+def clipscore(root: str | Path | None = None, device: torch.device | str = "cpu", exact_preprocessing: bool = False,
+              **_) -> OpenClipCosine:
+    """CLIPScore (cosine) from ``<reward_dir>/clipscore/open_clip_pytorch_model.bin`` (LAION ViT-H-14),
+    preprocessed as open_clip's eval transform does."""
     folder = reward_dir(root) / "clipscore"
     model, tokenizer = _open_clip_model(folder, folder / OPEN_CLIP_FILE, "clipscore", torch.device(device))
-    return OpenClipCosine(model, tokenizer, "clipscore")
+    return OpenClipCosine(model, tokenizer, "clipscore", torchvision_clip_preprocess(_image_size(model)),
+                          exact_preprocessing)
 
 
-def _processor_stats(folder: Path, default_size: int) -> tuple[int, Sequence[float], Sequence[float]]:
-    """Crop size, mean and std from ``preprocessor_config.json`` (OpenAI's when absent)."""
+def _processor_config(folder: Path) -> dict:
+    """``preprocessor_config.json`` of a transformers folder (empty when absent: the processor's defaults)."""
     config_file = folder / "preprocessor_config.json"
-    if not config_file.is_file():
-        return default_size, OPENAI_MEAN, OPENAI_STD
-    config = json.loads(config_file.read_text())
-    crop = config.get("crop_size", default_size)
-    size = crop.get("height", default_size) if isinstance(crop, dict) else int(crop)
-    return size, config.get("image_mean", OPENAI_MEAN), config.get("image_std", OPENAI_STD)
+    return json.loads(config_file.read_text()) if config_file.is_file() else {}
 
 
-class PickScore(nn.Module):
-    """PickScore_v1: ``logit_scale.exp() * cos(image, text)`` of a transformers ``CLIPModel``."""
+class PickScore(PreprocessingMode, nn.Module):
+    """PickScore_v1: ``logit_scale.exp() * cos(image, text)`` of a transformers ``CLIPModel``, the image
+    preprocessed as its ``CLIPImageProcessor`` does."""
 
     name = "pickscore"
 
-    def __init__(self, folder: Path, device: torch.device) -> None:
+    def __init__(self, folder: Path, device: torch.device, exact_preprocessing: bool = False) -> None:
         super().__init__()
         from transformers import AutoTokenizer, CLIPModel
 
         require(folder / "config.json", "pickscore")
         self.model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.size, self.mean, self.std = _processor_stats(folder, self.model.config.vision_config.image_size)
+        self.preprocess = clip_processor_preprocess(_processor_config(folder),
+                                                    self.model.config.vision_config.image_size)
+        self.exact_preprocessing = exact_preprocessing
 
     @torch.no_grad()
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_batch(images, prompts, self.name)
         device = self.model.logit_scale.device
-        pixels = clip_preprocess(images.to(device), self.size, self.mean, self.std)
+        pixels = self.preprocess(images.to(device), exact=self.exact_preprocessing)
         tokens = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
         image = nn.functional.normalize(_projected(self.model.get_image_features(pixel_values=pixels)), dim=-1)
         text = nn.functional.normalize(_projected(self.model.get_text_features(**tokens.to(device))), dim=-1)
@@ -135,17 +154,19 @@ def _projected(features) -> Tensor:
     return features if isinstance(features, Tensor) else features.pooler_output
 
 
-def pickscore(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> PickScore:
+def pickscore(root: str | Path | None = None, device: torch.device | str = "cpu", exact_preprocessing: bool = False,
+              **_) -> PickScore:
     """PickScore from the transformers folder ``<reward_dir>/pickscore/``."""
-    return PickScore(reward_dir(root) / "pickscore", torch.device(device))
+    return PickScore(reward_dir(root) / "pickscore", torch.device(device), exact_preprocessing)
 
 
-class Aesthetic(nn.Module):
-    """LAION aesthetic score: the MLP on the L2-normalised CLIP ViT-L/14 image embedding."""
+class Aesthetic(PreprocessingMode, nn.Module):
+    """LAION aesthetic score: the MLP on the L2-normalised CLIP ViT-L/14 image embedding, the image
+    preprocessed as the predictor's own inference does (OpenAI CLIP's torchvision transform)."""
 
     name = "aesthetic"
 
-    def __init__(self, folder: Path, device: torch.device) -> None:
+    def __init__(self, folder: Path, device: torch.device, exact_preprocessing: bool = False) -> None:
         super().__init__()
         from transformers import CLIPVisionModelWithProjection
 
@@ -155,17 +176,21 @@ class Aesthetic(nn.Module):
         self.head = mlp_head(self.clip.config.projection_dim)
         self.head.load_state_dict({key.removeprefix("layers."): value for key, value in state.items()})
         self.to(device).eval().requires_grad_(False)
-        self.size, self.mean, self.std = _processor_stats(clip_folder, self.clip.config.image_size)
+        # Size and statistics from the folder's processor config; the resize and crop are OpenAI CLIP's.
+        stats = clip_processor_preprocess(_processor_config(clip_folder), self.clip.config.image_size)
+        self.preprocess = torchvision_clip_preprocess(stats.size, stats.mean, stats.std)
+        self.exact_preprocessing = exact_preprocessing
 
     @torch.no_grad()
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_batch(images, prompts, self.name)
         device = next(self.head.parameters()).device
-        pixels = clip_preprocess(images.to(device), self.size, self.mean, self.std)
+        pixels = self.preprocess(images.to(device), exact=self.exact_preprocessing)
         embedding = nn.functional.normalize(self.clip(pixel_values=pixels).image_embeds, dim=-1)
         return self.head(embedding).squeeze(-1).float().to(images.device)
 
 
-def aesthetic(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> Aesthetic:
+def aesthetic(root: str | Path | None = None, device: torch.device | str = "cpu", exact_preprocessing: bool = False,
+              **_) -> Aesthetic:
     """The aesthetic predictor from ``<reward_dir>/aesthetic/``."""
-    return Aesthetic(reward_dir(root) / "aesthetic", torch.device(device))
+    return Aesthetic(reward_dir(root) / "aesthetic", torch.device(device), exact_preprocessing)

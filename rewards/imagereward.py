@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from treegrpo.rewards.base import check_batch
+from treegrpo.rewards.base import PreprocessingMode, check_batch
 from treegrpo.rewards.clip_models import load_state_dict
 from treegrpo.rewards.heads import mlp_head
-from treegrpo.rewards.preprocess import OPENAI_MEAN, OPENAI_STD, clip_preprocess
+from treegrpo.rewards.preprocess import torchvision_clip_preprocess
 from treegrpo.rewards.weights import require, reward_dir
 
 if TYPE_CHECKING:
@@ -104,12 +104,13 @@ def _load_strict(module: nn.Module, state: dict[str, Tensor], part: str, checkpo
                          f"{len(unexpected)} unexpected weights, first {first!r}); is it ImageReward.pt?")
 
 
-class ImageReward(nn.Module):
-    """ImageReward v1.0: the standardised MLP score of BLIP's image-grounded ``[CLS]`` text state."""
+class ImageReward(PreprocessingMode, nn.Module):
+    """ImageReward v1.0: the standardised MLP score of BLIP's image-grounded ``[CLS]`` text state; the
+    image preprocessed as ImageReward's own transform does (torchvision resize and crop on PIL)."""
 
     name = "imagereward"
 
-    def __init__(self, folder: Path, device: torch.device) -> None:
+    def __init__(self, folder: Path, device: torch.device, exact_preprocessing: bool = False) -> None:
         super().__init__()
         from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
 
@@ -129,6 +130,8 @@ class ImageReward(nn.Module):
         _load_strict(self.head, head_state, "MLP head", checkpoint)
         self.to(device).eval().requires_grad_(False)
         self.image_size = config.image_size
+        self.preprocess = torchvision_clip_preprocess(config.image_size)
+        self.exact_preprocessing = exact_preprocessing
         # BLIP's tokenizer: bert-base-uncased plus [DEC] (bos) and [ENC]; ImageReward's vocabulary has both.
         self.tokenizer = BertTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
@@ -137,7 +140,7 @@ class ImageReward(nn.Module):
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_batch(images, prompts, self.name)
         device = next(self.head.parameters()).device
-        pixels = clip_preprocess(images.to(device), self.image_size, OPENAI_MEAN, OPENAI_STD)
+        pixels = self.preprocess(images.to(device), exact=self.exact_preprocessing)
         image_states = self.vision(pixel_values=pixels).last_hidden_state
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                                 max_length=MAX_PROMPT_TOKENS, return_tensors="pt").to(device)
@@ -149,6 +152,7 @@ class ImageReward(nn.Module):
         return ((raw - SCORE_MEAN) / SCORE_STD).float().to(images.device)
 
 
-def imagereward(root: str | Path | None = None, device: torch.device | str = "cpu", **_) -> ImageReward:
+def imagereward(root: str | Path | None = None, device: torch.device | str = "cpu", exact_preprocessing: bool = False,
+                **_) -> ImageReward:
     """ImageReward v1.0 from ``<reward_dir>/imagereward/``."""
-    return ImageReward(reward_dir(root) / "imagereward", torch.device(device))
+    return ImageReward(reward_dir(root) / "imagereward", torch.device(device), exact_preprocessing)

@@ -64,7 +64,8 @@ def check_reward_names(names: Sequence[str], field: str, *, kind: str) -> None:
 
 def build_reward(name: str, *, kind: str | None = None, **options: Any) -> RewardModel:
     """The reward model registered as ``name`` (for ``kind``, if given), built with ``options``
-    (``root``: its weights folder, ``device``)."""
+    (``root``: its weights folder, ``device``; the learned text-to-image rewards also take
+    ``exact_preprocessing``, see :func:`~treegrpo.rewards.base.for_evaluation`)."""
     known = rewards_for(kind) if kind else sorted(REWARDS)
     if name not in known:
         where = f" for model.kind={kind}" if kind else ""

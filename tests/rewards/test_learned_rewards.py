@@ -3,13 +3,12 @@ interface checks for all of them, and each CLIP-based scorer against its library
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from treegrpo.rewards import MissingRewardWeightsError, build_reward, clip_preprocess
 
 from tests.rewards.tiny_rewards import TINY_OPEN_CLIP, save_tiny_rewards
+from treegrpo.testing import official_preprocessing as official
 
 LEARNED = ["hpsv2", "clipscore", "pickscore", "aesthetic", "imagereward"]
 PROMPTS = [f"prompt number {i}" for i in range(16)]
@@ -25,9 +24,10 @@ def images():
     return torch.rand(16, 3, 48, 40, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
 @pytest.mark.parametrize("name", LEARNED)
-def test_batch_of_one_equals_batch_of_sixteen_and_repeats_exactly(reward_root, images, name):
-    reward = build_reward(name, root=reward_root)
+def test_batch_of_one_equals_batch_of_sixteen_and_repeats_exactly(reward_root, images, name, exact):
+    reward = build_reward(name, root=reward_root, exact_preprocessing=exact)
     batched = reward(images, PROMPTS)
     assert batched.shape == (16,) and batched.dtype == torch.float32 and torch.isfinite(batched).all()
     singles = torch.cat([reward(images[i: i + 1], PROMPTS[i: i + 1]) for i in range(16)])
@@ -52,58 +52,55 @@ def test_missing_weights_name_the_file_and_where_it_goes(tmp_path, name, file):
     assert "TREEGRPO_REWARD_DIR" in message and "model.reward_dir" in message
 
 
-def _pil(images: torch.Tensor) -> list[Image.Image]:
-    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
-
-
 @pytest.mark.parametrize("smooth", [False, True], ids=["noise", "smooth"])
 def test_preprocessing_matches_open_clip_pil_transform(images, smooth):
-    """Our torch resize/crop/normalise against open_clip's own PIL transform (what hpsv2 uses).
+    """CLIPScore's preprocessing against open_clip's own eval transform (PIL resize, centre crop).
 
-    PIL rounds the resized pixels to 8 bits (1/255 / std = 0.015 after normalisation); on pure noise
-    the two bicubic kernels also differ at single pixels, on smooth images they agree to that rounding.
-    """
+    Exact mode equals it to float rounding. The fast mode skips Pillow's 8-bit rounding between and
+    after its passes (1/255 / std = 0.015 after normalisation); on pure noise the unclipped float pass
+    also differs at single pixels, on smooth images it agrees to that rounding."""
     import open_clip
 
     if smooth:
         images = torch.nn.functional.interpolate(images[..., :6, :5], size=(96, 80), mode="bilinear")
     quantised = (images * 255).round() / 255
-    reference = torch.stack([open_clip.image_transform(32, is_train=False)(im) for im in _pil(quantised)])
+    reference = torch.stack([open_clip.image_transform(32, is_train=False)(im) for im in official.to_pil(quantised)])
+    assert (clip_preprocess(quantised, 32, exact=True) - reference).abs().max() < 1e-5
     difference = (clip_preprocess(quantised, 32) - reference).abs()
     assert difference.mean() < 0.006
     assert difference.max() < (0.02 if smooth else 0.25)
 
 
 def test_hpsv2_is_the_cosine_of_open_clip_embeddings(reward_root, images):
-    """The score equals open_clip's own pipeline (PIL preprocessing, tokenizer, normalised features)."""
+    """The evaluation score equals open_clip's own model fed hpsv2's preprocessing (its eval transform:
+    resize the longer side, pad), with open_clip's tokenizer and normalised features."""
     import open_clip
     from treegrpo.rewards.clip_models import HPS_FILE, load_state_dict
 
     model = open_clip.CLIP(**TINY_OPEN_CLIP).eval()
     model.load_state_dict(load_state_dict(reward_root / "hpsv2" / HPS_FILE))
     quantised = (images * 255).round() / 255
-    pixels = torch.stack([open_clip.image_transform(32, is_train=False)(im) for im in _pil(quantised)])
+    pixels = official.apply(official.hpsv2_transform(32), quantised)
     with torch.no_grad():
         image = model.encode_image(pixels, normalize=True)
         text = model.encode_text(open_clip.tokenize(PROMPTS), normalize=True)
     reference = (image * text).sum(-1)
-    torch.testing.assert_close(build_reward("hpsv2", root=reward_root)(quantised, PROMPTS), reference, atol=5e-3, rtol=0)
+    scores = build_reward("hpsv2", root=reward_root, exact_preprocessing=True)(quantised, PROMPTS)
+    torch.testing.assert_close(scores, reference, atol=1e-5, rtol=1e-4)
 
 
-def test_aesthetic_matches_transformers_clip_processor(reward_root, images):
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+def test_aesthetic_matches_the_predictors_clip_preprocessing(reward_root, images):
+    """The LAION predictor's inference: OpenAI CLIP's transform, the L2-normalised embedding, the MLP."""
+    from transformers import CLIPVisionModelWithProjection
 
-    reward = build_reward("aesthetic", root=reward_root)
-    folder = reward_root / "aesthetic" / "clip-vit-large-patch14"
-    processor = CLIPImageProcessor.from_pretrained(folder)
-    clip = CLIPVisionModelWithProjection.from_pretrained(folder).eval()
+    reward = build_reward("aesthetic", root=reward_root, exact_preprocessing=True)
+    clip = CLIPVisionModelWithProjection.from_pretrained(reward_root / "aesthetic" / "clip-vit-large-patch14").eval()
     quantised = (images * 255).round() / 255
-    pixels = processor(images=_pil(quantised), return_tensors="pt")["pixel_values"]
+    pixels = official.apply(official.torchvision_transform(32), quantised)
     with torch.no_grad():
         embedding = torch.nn.functional.normalize(clip(pixel_values=pixels).image_embeds, dim=-1)
         reference = reward.head(embedding).squeeze(-1)
-    torch.testing.assert_close(reward(quantised, PROMPTS), reference, atol=5e-3, rtol=0)
+    torch.testing.assert_close(reward(quantised, PROMPTS), reference, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_batches_are_one_line_errors(reward_root, images):
