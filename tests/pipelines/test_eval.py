@@ -124,3 +124,23 @@ def test_true_cfg_on_a_model_without_distilled_guidance_is_refused_before_loadin
     assert main(["train", "--config", str(CONFIGS["sd3"]), *_flags(overrides), "--sampling.true_cfg_scale", "2"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "sampling.true_cfg_scale" in error[0] and "model.kind=flux" in error[0]
+
+
+def test_held_out_scores_use_the_official_preprocessing(pipelines, prompt_file, reward_root, tmp_path):
+    """Evaluation scores through for_evaluation (exact mode); training rewards keep the fast mode."""
+    from treegrpo.rewards import build_reward, for_evaluation
+
+    from tests.pipelines.conftest import PROMPTS
+
+    overrides = tiny_overrides(pipelines["sd3"], prompt_file, tmp_path, lora=True, rewards=reward_root)
+    config = Config.from_yaml(CONFIGS["sd3"]).override([*overrides, "model.rewards=imagereward",
+                                                        "eval.rewards=imagereward,hpsv2"])
+    problem = build_problem(config)
+    final = torch.randn(2, *problem.latent_shape, generator=torch.Generator().manual_seed(3))
+    images, held_out = problem.decode(final), PROMPTS[4:]
+    imagereward, hpsv2 = (build_reward(name, root=reward_root) for name in ("imagereward", "hpsv2"))
+    exact = torch.stack([for_evaluation(imagereward)(images, held_out), for_evaluation(hpsv2)(images, held_out)], -1)
+    torch.testing.assert_close(problem.eval_reward(final, torch.arange(2)), exact, rtol=1e-5, atol=1e-6)
+    fast = imagereward(images, PROMPTS[:2])
+    torch.testing.assert_close(problem.reward(final, torch.arange(2))[:, 0], fast, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(for_evaluation(imagereward)(images, PROMPTS[:2]), fast, rtol=0, atol=1e-7)

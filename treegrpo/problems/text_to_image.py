@@ -29,7 +29,7 @@ from treegrpo.envs.pipelines import (
 from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
 from treegrpo.problems.base import Problem
 from treegrpo.problems.lora import check_lora_file, export_trained, fuse_lora
-from treegrpo.rewards import RewardModel, build_reward, check_reward_names
+from treegrpo.rewards import RewardModel, build_reward, check_reward_names, for_evaluation
 from treegrpo.rewards.diversity import ClipDiversity
 
 __all__ = [
@@ -69,9 +69,10 @@ def pipeline_problem(
     (:meth:`TextToImageModel.guided_denoiser`): with ``guidance_scale != 1``, classifier-free guidance
     against ``negative_prompt`` (two model evaluations per row); FLUX.1-dev feeds ``guidance_scale``
     to its guidance embedding instead (one evaluation) and adds true CFG where ``true_cfg_scale != 1``.
-    Held-out prompts are scored by ``eval_rewards`` (default: ``rewards``), sampled with
-    ``eval_num_steps`` steps (0: ``num_steps``); ``diversity`` (if given) measures how far apart each
-    held-out prompt's images are in CLIP space.
+    Held-out prompts are scored by ``eval_rewards`` (default: ``rewards``) with each scorer's exact
+    official preprocessing (:func:`~treegrpo.rewards.for_evaluation`; training keeps the fast one),
+    sampled with ``eval_num_steps`` steps (0: ``num_steps``); ``diversity`` (if given) measures how
+    far apart each held-out prompt's images are in CLIP space.
     """
     train_prompts, eval_prompts = list(train_prompts), list(eval_prompts)
     if not rewards:
@@ -86,7 +87,7 @@ def pipeline_problem(
     options = {**flow, "image_size": image_size}  # FLUX.1's schedule shifts with the image's token count
     step = model.transition(transition, num_steps, noise_level, shift, **options)
     eval_step = model.transition(transition, eval_num_steps, noise_level, shift, **options) if eval_num_steps else None
-    eval_rewards = list(eval_rewards) or list(rewards)
+    eval_rewards = [for_evaluation(r) for r in (list(eval_rewards) or list(rewards))]  # the official preprocessing
 
     def score(final: Tensor, texts: list[str], scorers: Sequence[RewardModel] = rewards) -> Tensor:
         images = model.decode(final)
