@@ -14,5 +14,5 @@ RESULTS = _CHECKOUT_RESULTS if _CHECKOUT_RESULTS.is_dir() else Path.cwd() / "ben
 """Where the scripts write their JSON and tables by default."""
 
 SCRIPTS = ("compare_methods", "backup_speed", "backup_weights", "background_scoring", "engine_speed",
-           "gpu_iteration", "precision_ratios", "predicted_floor")
+           "gpu_iteration", "precision_ratios", "predicted_floor", "reward_preprocessing")
 """The benchmark scripts (modules of this package)."""
