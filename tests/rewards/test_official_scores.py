@@ -1,6 +1,6 @@
 """End to end: every learned scorer's evaluation score (exact preprocessing, :func:`for_evaluation`)
 equals the score of the official preprocessing (PIL, torchvision, transformers in
-tests/rewards/official.py) fed into the same model, for square, non-square and half-pixel-offset
+treegrpo.testing.official_preprocessing) fed into the same model, for square, non-square and half-pixel-offset
 images. The tiny models read 32 px, so the half-pixel case is 245x224: its long side resizes to
 int(32 * 245 / 224) = 35, a crop offset of 1.5 (transformers 1, torchvision 2), and hpsv2 pads
 its 29-pixel side by an odd 3."""

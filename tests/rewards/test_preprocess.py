@@ -1,4 +1,4 @@
-"""Each scorer's preprocessing pinned to its official definition (tests/rewards/official.py: PIL,
+"""Each scorer's preprocessing pinned to its official definition (treegrpo.testing.official_preprocessing: PIL,
 torchvision, transformers) at square, non-square and half-pixel-offset sizes, for 8-bit and float
 images; and the torch reproduction of Pillow's 8-bit bicubic resize against Pillow itself."""
 
