@@ -80,7 +80,6 @@ class OpenClipCosine(PreprocessingMode, nn.Module):
         super().__init__()
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.preprocess, self.exact_preprocessing = preprocess, exact_preprocessing
-        self.image_size = preprocess.size
 
     @torch.no_grad()
     def image_embeddings(self, images: Tensor) -> Tensor:

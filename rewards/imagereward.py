@@ -129,7 +129,6 @@ class ImageReward(PreprocessingMode, nn.Module):
         _load_strict(self.text, text_state, "text encoder", checkpoint)
         _load_strict(self.head, head_state, "MLP head", checkpoint)
         self.to(device).eval().requires_grad_(False)
-        self.image_size = config.image_size
         self.preprocess = torchvision_clip_preprocess(config.image_size)
         self.exact_preprocessing = exact_preprocessing
         # BLIP's tokenizer: bert-base-uncased plus [DEC] (bos) and [ENC]; ImageReward's vocabulary has both.
