@@ -21,18 +21,27 @@ Notation (diffusers' ``FluxPipeline`` name in brackets):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 from treegrpo.envs._checks import ArgumentError, check_float
 from treegrpo.envs.models import Cond, Denoiser, _field, _module_dtype
 
-__all__ = ["DISTILLED_GUIDANCE", "FluxDenoiser", "latent_image_ids", "pack_latents", "text_ids", "unpack_latents"]
+__all__ = ["DISTILLED_GUIDANCE", "FluxDenoiser", "has_distilled_guidance", "latent_image_ids", "pack_latents",
+           "text_ids", "unpack_latents"]
 
 DISTILLED_GUIDANCE = 3.5
 """FluxPipeline's default ``guidance_scale`` for FLUX.1-dev (and Flow-GRPO's and DanceGRPO's)."""
 
 TIME_SCALE = 1000.0
 """FluxPipeline passes ``timestep / 1000`` to the transformer, which multiplies it back."""
+
+
+def has_distilled_guidance(transformer_config: Mapping) -> bool:
+    """Whether a ``FluxTransformer2DModel`` config (loaded, or read from its ``config.json``) has a
+    guidance embedding (``guidance_embeds``: FLUX.1-dev yes, FLUX.1-schnell no)."""
+    return bool(transformer_config.get("guidance_embeds", False))
 
 
 def pack_latents(x: Tensor) -> Tensor:
@@ -82,7 +91,7 @@ class FluxDenoiser(Denoiser):
     def __init__(self, transformer: nn.Module, guidance_scale: float | None = None) -> None:
         super().__init__()
         self.transformer = transformer
-        distilled = bool(getattr(transformer.config, "guidance_embeds", False))
+        distilled = has_distilled_guidance(transformer.config)
         if guidance_scale is not None and not distilled:
             raise ArgumentError(f"guidance_scale: {guidance_scale} given, but this FLUX transformer has no guidance "
                                 "embedding (guidance_embeds=false, as FLUX.1-schnell); use classifier-free guidance "

@@ -29,7 +29,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 from treegrpo.envs._checks import ArgumentError
-from treegrpo.envs.flux import FluxDenoiser
+from treegrpo.envs.flux import FluxDenoiser, has_distilled_guidance
 from treegrpo.envs.models import Cond, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, Transition, flow_transition
@@ -150,7 +150,7 @@ def check_true_cfg(path: Path, kind: str, true_cfg_scale: float) -> None:
     guidance: only FLUX.1-dev-style transformers (``guidance_embeds``) take it."""
     if true_cfg_scale == 1.0:
         return
-    if kind != "flux" or not _component_config(path, LAYOUTS[kind].denoiser).get("guidance_embeds", False):
+    if kind != "flux" or not has_distilled_guidance(_component_config(path, LAYOUTS[kind].denoiser)):
         raise ArgumentError(f"sampling.true_cfg_scale: {true_cfg_scale} given, but only a FLUX.1 model with distilled "
                             "guidance (guidance_embeds=true) takes it; use sampling.guidance_scale for "
                             "classifier-free guidance")
@@ -322,7 +322,7 @@ class TextToImageModel:
         pipeline: classifier-free guidance against ``uncond()`` (:class:`GuidedDenoiser`), none at
         ``guidance_scale = 1``. ``uncond`` is called only when a negative branch is needed.
         """
-        distilled = self.kind == "flux" and bool(getattr(self.network.config, "guidance_embeds", False))
+        distilled = self.kind == "flux" and has_distilled_guidance(self.network.config)
         if distilled:
             denoiser: Denoiser = FluxDenoiser(self.network, guidance_scale)
             scale = true_cfg_scale

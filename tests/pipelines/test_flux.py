@@ -13,7 +13,7 @@ import pytest
 import torch
 from treegrpo.envs import FluxDenoiser, TrajectorySampler, TreeSampler, check_on_policy, sample_forest
 from treegrpo.envs._checks import ArgumentError
-from treegrpo.envs.flux import latent_image_ids, pack_latents, unpack_latents
+from treegrpo.envs.flux import has_distilled_guidance, latent_image_ids, pack_latents, unpack_latents
 from treegrpo.envs.pipelines import (
     PipelineLayoutError,
     check_image_size,
@@ -169,6 +169,8 @@ def test_guidance_rules(flux):
                                      num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
                                      axes_dims_rope=(4, 6, 6))
     assert FluxDenoiser(schnell).guidance_scale is None
+    assert has_distilled_guidance(flux.network.config) and not has_distilled_guidance(schnell.config)
+    assert not has_distilled_guidance({})  # a config.json without the key: no guidance embedding
     with pytest.raises(ArgumentError, match="has no guidance embedding"):
         FluxDenoiser(schnell, guidance_scale=3.5)
 

@@ -83,8 +83,8 @@ def pipeline_problem(
     device = model.device
     denoiser = model.guided_denoiser(guidance_scale, lambda: embeddings([negative_prompt]),
                                      true_cfg_scale=true_cfg_scale)
-    flow = {"schedule": schedule, "cps_scoring": cps_scoring} if model.kind != "sd15" else {}
-    options = {**flow, "image_size": image_size}  # FLUX.1's schedule shifts with the image's token count
+    # FLUX.1's schedule shifts with the image's token count; SD1.5's DDIM reads neither schedule option
+    options = {"schedule": schedule, "cps_scoring": cps_scoring, "image_size": image_size}
     step = model.transition(transition, num_steps, noise_level, shift, **options)
     eval_step = model.transition(transition, eval_num_steps, noise_level, shift, **options) if eval_num_steps else None
     eval_rewards = [for_evaluation(r) for r in (list(eval_rewards) or list(rewards))]  # the official preprocessing
