@@ -8,6 +8,7 @@ DDPO's: normalise by running statistics of each prompt across iterations.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from torch import Tensor
 
 import treeadv
 from treeadv import Tree
+from treegrpo.errors import TreegrpoWarning
 
 AGGREGATIONS = ("advantage", "reward")
 
@@ -29,6 +31,29 @@ def combine_rewards(rewards: Tensor, weights: Sequence[float] | None) -> Tensor:
     if w.numel() != rewards.shape[1]:
         raise ValueError(f"reward_weights: expected {rewards.shape[1]} weights, got {w.numel()}")
     return rewards @ w.to(rewards)
+
+
+def constant_groups(rewards: Tensor, group: Tensor) -> tuple[int, int]:
+    """``(constant, groups)``: how many groups of ``[L]``/``[L, m]`` rewards (by ``[L]`` group ids)
+    hold one value in every reward column, out of how many groups. Such a group's normalised
+    advantages are all 0: it teaches the policy nothing."""
+    values = rewards.detach().reshape(rewards.shape[0], -1).double()  # [L, m]
+    _, inverse = torch.unique(group, return_inverse=True)
+    count = int(inverse.max()) + 1 if inverse.numel() else 0
+    index = inverse.to(values.device)[:, None].expand_as(values)
+    low = values.new_full((count, values.shape[1]), float("inf")).scatter_reduce(0, index, values, "amin")
+    high = values.new_full((count, values.shape[1]), float("-inf")).scatter_reduce(0, index, values, "amax")
+    return int((high == low).all(1).sum()), count
+
+
+def warn_if_nothing_to_learn(rewards: Tensor, group: Tensor) -> None:
+    """One line when the rewards are constant within every group of an iteration (groups of more than
+    one leaf): every advantage is then 0, so the iteration trains nothing."""
+    constant, count = constant_groups(rewards, group)
+    if count and constant == count and rewards.shape[0] > count:
+        warnings.warn(f"rewards are constant within all {count} groups of this iteration ({constant} of {count}), so "
+                      "every advantage is 0 and nothing is learned; check that the reward varies with the image",
+                      TreegrpoWarning, stacklevel=3)
 
 
 def clip_advantages(advantage: Tensor, limit: float | None) -> Tensor:
@@ -63,6 +88,7 @@ class GroupAdvantage:
     def __call__(self, tree: Tree, rewards: Tensor, prompt_ids: Tensor | None = None) -> treeadv.BackupResult:
         """``[N]`` edge advantages (and backup weights) from ``[L]``/``[L, m]`` rewards in leaf order."""
         group = tree.group[tree.leaves()]
+        warn_if_nothing_to_learn(rewards, group)
         if self.aggregate == "reward":
             rewards = combine_rewards(rewards, self.reward_weights)
         leaf = treeadv.leaf_advantages(rewards, group, weights=self.reward_weights if rewards.dim() > 1 else None,
@@ -114,6 +140,7 @@ class PerPromptStatTracker:
         """``[N]`` edge advantages: tracker-normalised leaves, each edge taking its subtree's leaves."""
         if prompt_ids is None:
             raise ValueError("prompt_ids: the per-prompt tracker needs each leaf's prompt id")
+        warn_if_nothing_to_learn(rewards, torch.zeros_like(prompt_ids))  # the tracker's group: the whole batch
         leaf = self.update(prompt_ids, combine_rewards(rewards, self.reward_weights))
         return treeadv.backup_with_weights(tree, tree.scatter_leaves(leaf), self.estimator)
 

@@ -34,8 +34,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from treegrpo.algos.state_schema import state_depth_problem, training_state_problem
 
 from treegrpo.errors import TreegrpoError
+from treegrpo.formats import FileFormatError, check_safetensors
 
 MODEL_FILE, STATE_TENSORS, STATE_JSON, CHECKSUMS, LATEST = (
     "model.safetensors", "state.safetensors", "state.json", "checksums.json", "latest")
@@ -191,12 +193,26 @@ def remove_staging(root: Path) -> int:
         return 0
     for leftover in root.iterdir():
         if leftover.name.startswith((".iter-", f".{LATEST}.")):
-            if leftover.is_dir():
+            if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free on the file system holding ``path`` (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def no_space_error(folder: Path, needed: int, what: str) -> CheckpointError:
+    """The one line of a full disk: the folder, the bytes needed and the bytes free."""
+    return CheckpointError(f"checkpoint: {folder} has {free_bytes(folder)} bytes free but {what} needs about "
+                           f"{needed} bytes ({os.strerror(errno.ENOSPC)}); free some space or lower "
+                           "train.keep_checkpoints; the previous checkpoint and latest are intact")
 
 
 def _write_error(path: Path, error: OSError) -> CheckpointError:
@@ -221,15 +237,19 @@ def save_checkpoint(
     if bad:
         raise CheckpointError(f"checkpoint: refusing to save iteration {iteration}: {len(bad)} tensor(s) hold NaN or "
                               f"inf (first: {bad[0]}); the last good checkpoint is kept")
-    if final.exists():
+    if os.path.lexists(final):
         raise CheckpointError(f"checkpoint: {final} already exists; a checkpoint is never written over another")
+    text = json.dumps({"format": FORMAT, "state": data}, allow_nan=True) + "\n"
+    needed = sum(t.numel() * t.element_size() for t in (*weights.values(), *tensors.values())) + len(text) + (64 << 10)
+    if free_bytes(root) < needed:
+        raise no_space_error(root, needed, f"checkpoint {iteration}")
     staging = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
         save_file(weights, str(staging / MODEL_FILE), metadata={"format": str(FORMAT)})
         save_file(tensors, str(staging / STATE_TENSORS), metadata={"format": str(FORMAT)})
-        (staging / STATE_JSON).write_text(json.dumps({"format": FORMAT, "state": data}, allow_nan=True) + "\n")
+        (staging / STATE_JSON).write_text(text)
         files = (MODEL_FILE, STATE_TENSORS, STATE_JSON)
         checksums = {name: _sha256(staging / name) for name in files}
         (staging / CHECKSUMS).write_text(json.dumps(checksums, indent=1, sort_keys=True) + "\n")
@@ -242,16 +262,39 @@ def save_checkpoint(
         staging = None
         _fsync(root)
         _atomic_write_text(root / LATEST, final.name)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+            raise no_space_error(root, needed, f"checkpoint {iteration}") from None
+        if isinstance(error, SafetensorError):
+            raise CheckpointError(f"checkpoint: cannot write {final}: {str(error).splitlines()[0][:120]}") from None
         raise _write_error(final, error) from None
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    written = sorted((p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)),
-                     key=lambda p: int(p.name[5:]))
-    for old in [p for p in written if p != final][: max(0, len(written) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(root, keep, final)
     return final
+
+
+def _written_by_save(folder: Path) -> bool:
+    """Whether ``folder`` is a real folder holding only the files :func:`save_checkpoint` writes."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    return all(p.name in (MODEL_FILE, STATE_TENSORS, STATE_JSON, CHECKSUMS) and p.is_file() and not p.is_symlink()
+               for p in folder.iterdir())
+
+
+def prune(root: Path, keep: int, newest: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints under ``root``; returns what was deleted.
+
+    Only folders :func:`save_checkpoint` wrote are counted or deleted (real ``iter-XXXXXX`` folders
+    holding its four files); a link, or a folder with anything else in it, is left alone. Everything
+    is checked before anything is deleted."""
+    written = sorted((p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and _written_by_save(p)),
+                     key=lambda p: int(p.name[5:]))
+    doomed = [p for p in written if p != newest][: max(0, len(written) - keep)]
+    for old in doomed:
+        shutil.rmtree(old, ignore_errors=True)
+    return doomed
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -261,16 +304,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     anything else, such as a path into another run, is a :class:`CheckpointError`.
     """
     pointer = Path(run_dir) / "checkpoints" / LATEST
-    if not pointer.exists():
+    if not os.path.lexists(pointer):
         return None
+    expected = "expected a checkpoint of this run (a file naming iter-XXXXXX in the same checkpoints/ folder)"
+    if pointer.is_symlink() or not pointer.is_file():
+        raise CheckpointError(f"checkpoint: {pointer} is a link or not a file; {expected}")
     try:
-        name = pointer.read_text(encoding="utf-8").strip()
+        fd = os.open(pointer, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            raw = os.read(fd, 64)
+        finally:
+            os.close(fd)
+        name = raw.decode("ascii").strip()
     except (OSError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint: cannot read {pointer} ({type(error).__name__})") from None
-    if not CHECKPOINT_NAME.fullmatch(name):
-        raise CheckpointError(f"checkpoint: {pointer} names {name[:80]!r}; expected a checkpoint of this run "
-                              "(iter-XXXXXX in the same checkpoints/ folder)")
-    return pointer.parent / name
+    if not CHECKPOINT_NAME.fullmatch(name):  # its content is never echoed: it may be any file's
+        raise CheckpointError(f"checkpoint: {pointer} does not name a checkpoint; {expected}")
+    folder = pointer.parent / name
+    if folder.is_symlink():
+        raise CheckpointError(f"checkpoint: {folder} is a link; {expected}, not a link that may lead into another run")
+    return folder
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -280,12 +333,17 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint: {path} is not a checkpoint folder")
+    if path.is_symlink() and CHECKPOINT_NAME.fullmatch(path.name):
+        raise CheckpointError(f"checkpoint: {path} is a link; a run's checkpoint is a real folder (a link may lead "
+                              "into another run)")
     if (path / LEGACY_STATE).exists() and not (path / STATE_JSON).exists():
         raise CheckpointError(f"checkpoint: {path} was written by an older treegrpo ({LEGACY_STATE} is a pickle, which "
                               "is never loaded because it can run code); retrain or convert it in a trusted session")
     for name in (MODEL_FILE, STATE_TENSORS, STATE_JSON, CHECKSUMS):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint: {path / name} is missing; expected a folder written by save_checkpoint")
+        if (path / name).is_symlink():
+            raise CheckpointError(f"checkpoint: {path / name} is a link; expected a file written by save_checkpoint")
     try:
         checksums = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
@@ -297,14 +355,32 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             raise CheckpointError(f"checkpoint: {path / name} does not match its sha256 in {CHECKSUMS} (the file is "
                                   "corrupt or was changed)")
     try:
+        for name in (MODEL_FILE, STATE_TENSORS):
+            check_safetensors(path / name, "checkpoint")
         weights = load_file(str(path / MODEL_FILE))
         tensors = load_file(str(path / STATE_TENSORS))
+    except FileFormatError as error:
+        raise CheckpointError(str(error)) from None
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"checkpoint: cannot read the tensors in {path}: {str(error).splitlines()[0][:120]}") from None
+        raise CheckpointError(f"checkpoint: cannot read the tensors in {path} ({type(error).__name__})") from None
+    bad = non_finite(weights) + [f"state {name}" for name in non_finite(tensors)]
+    if bad:
+        raise CheckpointError(f"checkpoint: {path} holds {len(bad)} tensor(s) with NaN or inf (first: {bad[0][:60]}); "
+                              "save_checkpoint never writes one, so the files were changed")
     try:
         document = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not valid JSON (or is nested too deep)") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("state"), dict):
         raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not a treegrpo state (format {FORMAT})")
-    return weights, decode_state(document["state"], tensors)
+    problem = state_depth_problem(document["state"])
+    if problem is None:
+        try:
+            state = decode_state(document["state"], tensors)
+        except (TypeError, ValueError, KeyError, IndexError):
+            problem = "holds an entry the state codec cannot decode"
+        else:
+            problem = training_state_problem(state)
+    if problem is not None:  # checked whatever the checksums say: they may have been recomputed
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} {problem}; expected a state written by save_checkpoint")
+    return weights, state

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from treegrpo.algos.baseline import baseline_key, measure_start, read_baseline, write_baseline
 from treegrpo.algos.checkpoint import latest_checkpoint
 from treegrpo.algos.distributed import barrier
 from treegrpo.algos.evaluation import (
@@ -23,7 +24,7 @@ from treegrpo.algos.evaluation import (
     held_out_scores,
     paper_table,
 )
-from treegrpo.algos.report import diversity_kept, plot_reward_curve, read_json, summary_table, write_json
+from treegrpo.algos.report import diversity_kept, plot_reward_curve, summary_table, write_json
 from treegrpo.algos.run_folder import claim_run_folder
 from treegrpo.algos.trainer import Trainer
 from treegrpo.envs.pipelines import LAYOUTS
@@ -39,30 +40,42 @@ def run(config: Config, *, problem: Problem | None = None, progress: bool = True
     The run folder is claimed first, before the model loads (:func:`claim_run_folder`: a folder
     that is unwritable, in use, or holds an earlier run that is neither resumed nor overwritten is
     a one-line error). Held-out rewards of the starting policy are measured once (kept in
-    ``eval_before.json`` so a resumed run still reports them), then again after training; the
+    ``eval_before.json`` with what they measured, so a resumed run reports them when its eval
+    settings are the same and measures the starting policy again when not: :mod:`~treegrpo.algos.baseline`),
+    then again after training; the
     table is printed and the numbers go to ``summary.json``. Returns the summary. Under ``torchrun``
     every rank trains and evaluates (the same held-out samples); rank 0 prints and writes.
     """
     folder = claim_run_folder(config.validate().train, main=ranks_from_env().is_main)
     try:
-        with Trainer(problem or build_problem(config), config) as trainer:
-            return _run(trainer, config, progress)
+        problem = problem or build_problem(config)
+        key = baseline_key(problem, config)
+        before = None
+        run_dir = Path(config.train.out_dir)
+        if config.train.resume and latest_checkpoint(run_dir) is not None:
+            before, why = read_baseline(run_dir / "eval_before.json", key)
+            if before is None:  # measured before the checkpoint loads: the starting policy, not the resumed one
+                print(f"eval_before.json: measuring the starting policy again ({'; '.join(why[:4])})", flush=True)
+                before = measure_start(problem, config)
+                if ranks_from_env().is_main:
+                    write_baseline(run_dir / "eval_before.json", key, before)
+        with Trainer(problem, config) as trainer:
+            return _run(trainer, config, progress, key, before)
     finally:
         folder.release()
 
 
-def _run(trainer: Trainer, config: Config, progress: bool) -> dict[str, Any]:
+def _run(trainer: Trainer, config: Config, progress: bool, key: dict[str, Any],
+         before: dict[str, float] | None) -> dict[str, Any]:
     run_dir, main = trainer.run_dir, trainer.ranks.is_main
-    before_path = run_dir / "eval_before.json"
-    resumed_before = config.train.resume and before_path.is_file()  # a fresh run never reads an old file
     barrier()  # every rank has looked before rank 0 writes
-    if resumed_before:
-        before = read_json(before_path)
-    else:
+    if trainer.iteration == 0:  # a fresh start measures its own starting policy
         before = trainer.evaluate(log=True)
         if main:
-            write_json(before, before_path)
+            write_baseline(run_dir / "eval_before.json", key, before)
         trainer.save_grid("before.png")
+    elif before is None:
+        raise ConfigError(f"train.resume: {run_dir / 'eval_before.json'} was not measured at the start of this run")
     start = time.perf_counter()
     history = trainer.fit(progress=progress)
     seconds = time.perf_counter() - start

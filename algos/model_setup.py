@@ -37,6 +37,32 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name]
 
 
+def _matches(name: str, target: str) -> bool:
+    """peft's rule for a string target: the module's full name, or its suffix after a dot."""
+    return name == target or name.endswith(f".{target}")
+
+
+def check_lora(host: nn.Module, rank: int, targets: Sequence[str]) -> None:
+    """Refuse, in one line and before peft allocates anything, a target that names no module of
+    ``host`` and a ``rank`` above a targeted layer's width ``max(in, out)``: the update ``B A`` has
+    rank at most ``min(in, out)``, so such a rank only allocates (a huge one stalls doing so)."""
+    from treegrpo.config import ConfigError
+
+    modules = [(name, module) for name, module in host.named_modules() if name]
+    linear = linear_module_names(host)
+    for target in targets:
+        if not any(_matches(name, target) for name, _ in modules):
+            shown = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in linear})[:8])
+            raise ConfigError(f"train.lora_targets: {target[:80]!r} matches no module of {type(host).__name__}; "
+                              f"expected module-name suffixes such as {shown or 'its linear layers'}")
+    for name, module in modules:
+        if (not targets and isinstance(module, nn.Linear)) or any(_matches(name, t) for t in targets):
+            width = max(getattr(module, "in_features", rank), getattr(module, "out_features", rank))
+            if rank > width:
+                raise ConfigError(f"train.lora_rank: {rank} exceeds the width of {name} ({module.in_features} -> "
+                                  f"{module.out_features}); expected an int in [1, {width}] for this model")
+
+
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str] = (), *, seed: int = 0) -> list[str]:
     """Add rank-``rank`` LoRA adapters and freeze everything else; returns the adapted module names.
 
@@ -58,6 +84,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str]
             names = list(targets) or linear_module_names(host)
             if not names:
                 raise ValueError(f"lora_targets: {type(host).__name__} has no linear layers to adapt")
+            check_lora(host, rank, list(targets))
             config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=names, init_lora_weights=True)
             try:
                 if hasattr(host, "add_adapter"):

@@ -125,6 +125,28 @@ def check_layout(path: Path, kind: str, *, t5: bool = True) -> None:
             if kind == "flux" and name.endswith("_2"):
                 extra = " (FLUX.1's T5, which it cannot run without)"
             raise PipelineLayoutError(f"model.path: {path / name} is missing; expected {layout.describe()}{extra}")
+    check_weight_files(path)
+
+
+def check_weight_files(path: Path) -> None:
+    """Refuse, before any loader parses them, a component folder whose weights are only pickles
+    (``.bin``, ``.pt``: loading one can run code) and a ``.safetensors`` file that is not one
+    (a renamed pickle, a damaged header), each in one line naming the file."""
+    from treegrpo.formats import PICKLE_SUFFIXES, FileFormatError, check_safetensors
+
+    for component in sorted(p for p in path.iterdir() if p.is_dir()):
+        files = [p for p in component.iterdir() if p.is_file()]
+        safetensors = [p for p in files if p.name.endswith(".safetensors")]
+        pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+        if pickles and not safetensors:
+            raise PipelineLayoutError(f"model.path: {pickles[0]} is a pickle and {component} has no .safetensors "
+                                      "weights; pickles can run code when loaded and are refused (convert them to "
+                                      "safetensors)")
+        for file in safetensors:
+            try:
+                check_safetensors(file, "model.path")
+            except FileFormatError as error:
+                raise PipelineLayoutError(str(error)) from None
 
 
 def image_multiple(path: Path, kind: str) -> int:

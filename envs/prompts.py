@@ -34,6 +34,12 @@ __all__ = [
     "load_prompts",
 ]
 
+MAX_FILE_BYTES = 1 << 30
+"""Largest prompt file read (HPDv2's train.json is a few hundred MB): a bigger one is refused before reading."""
+MAX_PROMPT_CHARS = 4096
+"""Longest prompt: text encoders read 77 (CLIP) to 512 (T5) tokens; a longer line is a wrong file, and
+tokenising megabytes of one line stalls for minutes."""
+
 SPLITS = ("train", "test")
 """The splits :func:`load_prompts` reads from a folder (``train.json``, ``test.json``)."""
 
@@ -57,6 +63,10 @@ def _records(data: object, source: str) -> list[str]:
 
 def _read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise PromptFileError(f"prompts: {path} is {size} bytes; expected a prompt file of at most "
+                                  f"{MAX_FILE_BYTES} bytes")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise PromptFileError(f"prompts: {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
@@ -64,7 +74,12 @@ def _read_text(path: Path) -> str:
         raise PromptFileError(f"prompts: cannot read {path} ({os.strerror(error.errno or 0)})") from None
 
 
-def _clean(texts: Sequence[str]) -> list[str]:
+def _clean(texts: Sequence[str], source: Path) -> list[str]:
+    """Stripped, non-empty, first-seen-once prompts; one over :data:`MAX_PROMPT_CHARS` is refused."""
+    long = next((i for i, t in enumerate(texts) if len(t) > MAX_PROMPT_CHARS), None)
+    if long is not None:
+        raise PromptFileError(f"prompts: {source} prompt {long + 1} is {len(texts[long])} characters long; expected at "
+                              f"most {MAX_PROMPT_CHARS} (one prompt per line)")
     return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
 
@@ -86,13 +101,15 @@ def load_prompts(path: str | Path, split: str | None = "train") -> list[str]:
             data = json.loads(_read_text(path))
         except json.JSONDecodeError as error:
             raise PromptFileError(f"prompts: {path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+        except RecursionError:
+            raise PromptFileError(f"prompts: {path} nests too deep; expected a list of prompts") from None
         if isinstance(data, dict):
             if split not in data:
                 raise PromptFileError(f"prompts: {path} has splits {sorted(data)}, not {split!r}")
             data = data[split]
-        texts = _clean(_records(data, str(path)))
+        texts = _clean(_records(data, str(path)), path)
     else:
-        texts = _clean(_read_text(path).splitlines())
+        texts = _clean(_read_text(path).splitlines(), path)
     if not texts:
         raise PromptFileError(f"prompts: {path} holds no prompts")
     return texts

@@ -42,14 +42,30 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
 def load_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or a torch checkpoint (weights only; ``state_dict`` unwrapped)."""
+    """Tensors of a ``.safetensors`` file or a torch checkpoint (weights only; ``state_dict`` unwrapped).
+
+    The format is checked from the file's bytes first (:mod:`treegrpo.formats`), and a checkpoint
+    ``torch.load`` refuses (a pickle that would run code) or cannot read is one line, not a traceback."""
+    import pickle
+    import zipfile
+
+    from treegrpo.formats import FileFormatError, check_weights_file
+
+    what = f"reward weights {path.parent.name}"
+    check_weights_file(path, what)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise FileFormatError(f"{what}: {path} cannot be loaded as weights only ({type(error).__name__}: a pickle "
+                              "that needs more than tensors is refused, since it could run code)") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise FileFormatError(f"{what}: {path} does not hold a mapping of tensors")
+    return {str(key).removeprefix("module."): value for key, value in state.items() if isinstance(value, Tensor)}
 
 
 def _open_clip_model(folder: Path, checkpoint: Path, name: str, device: torch.device):

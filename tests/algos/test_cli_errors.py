@@ -70,7 +70,8 @@ def test_a_full_disk_is_one_line_at_the_cli(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "save_file", full)
     message = _one_line_error(capsys, ["train", *TOY, "--train.out_dir", str(tmp_path)])
-    assert message.startswith("checkpoint: cannot write ") and "No space left on device" in message
+    assert message.startswith("checkpoint: ") and "bytes free but checkpoint 1 needs about" in message
+    assert "No space left on device" in message
 
 
 def test_too_little_space_for_one_checkpoint_is_refused_at_the_start(tmp_path, capsys, monkeypatch):
@@ -78,7 +79,7 @@ def test_too_little_space_for_one_checkpoint_is_refused_at_the_start(tmp_path, c
 
     monkeypatch.setattr(run_folder, "free_bytes", lambda path: 1000)
     message = _one_line_error(capsys, ["train", *TOY, "--train.out_dir", str(tmp_path)])
-    assert message.startswith("train.out_dir: ") and "MiB free but one checkpoint needs" in message
+    assert message.startswith("train.out_dir: ") and "has 1000 bytes free but 4 more checkpoint(s)" in message
 
 
 def test_huge_rewards_still_give_advantages():

@@ -16,6 +16,7 @@ from torch import nn
 
 from treegrpo.config import ConfigError
 from treegrpo.envs.pipelines import LAYOUTS, TextToImageModel
+from treegrpo.formats import FileFormatError, check_safetensors
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -79,6 +80,10 @@ def check_lora_file(path: str | Path) -> tuple[Path, str]:
     if not weight_name.endswith(".safetensors"):
         raise ConfigError(f"model.lora: {path} is not a .safetensors file; other formats are pickles, which can run "
                           "code when loaded, and are refused")
+    try:  # the name is not the format: a renamed pickle is refused by its bytes
+        check_safetensors(folder / weight_name, "model.lora")
+    except FileFormatError as error:
+        raise ConfigError(str(error)) from None
     return folder, weight_name
 
 
