@@ -328,3 +328,97 @@ def test_a_failed_write_leaves_no_staging_and_names_the_disk_error(tmp_path, mon
     monkeypatch.undo()
     path = save_checkpoint(tmp_path, 1, weights, {"iteration": 1})
     assert torch.equal(load_file(str(path / MODEL_FILE))["w"], weights["w"])
+
+
+# ---------------------------------------------------------------------------------------------- 6. crafted states
+
+
+def _rewrite_state(checkpoint: Path, edit) -> None:
+    """Change state.json with ``edit(document) -> text`` and recompute its sha256, as an attacker would."""
+    document = json.loads((checkpoint / STATE_JSON).read_text())
+    (checkpoint / STATE_JSON).write_text(edit(document))
+    sums = json.loads((checkpoint / CHECKSUMS).read_text())
+    sums[STATE_JSON] = hashlib.sha256((checkpoint / STATE_JSON).read_bytes()).hexdigest()
+    (checkpoint / CHECKSUMS).write_text(json.dumps(sums))
+
+
+def _without(key):
+    def edit(document):
+        del document["state"][key]
+        return json.dumps(document)
+    return edit
+
+
+def _replace(path, value):
+    def edit(document):
+        node = document["state"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        return json.dumps(document)
+    return edit
+
+
+def _deep(document):
+    return '{"format": 2, "state": {"iteration": 0, "history": ' + "[" * 200_000 + "]" * 200_000 + "}}"
+
+
+def _wide_moment(document):
+    document["state"]["optimizer"]["state"]["__items__"][0][1]["exp_avg"] = document["state"]["rng"]["torch"]
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (_without("optimizer"), "lacks the key 'optimizer'"),
+    (_deep, "is not valid JSON (or is nested too deep)"),
+    (_replace(["iteration"], "7"), "holds a str under 'iteration', expected int"),
+    (_replace(["history"], [[1, 2]]), "holds a 'history' entry that is not a record"),
+    (_replace(["rng", "numpy"], {"__tuple__": ["MT19937", 5, 0, 0, 0.0]}), "does not fit this run ("),
+    (_replace(["rng", "python"], 3), "holds an RNG state without a valid 'python' part"),
+    (_wide_moment, "holds an optimizer tensor of shape"),
+    (_replace(["advantage"], {"__items__": [[[1], 2]]}), "holds an entry the state codec cannot decode"),
+])
+def test_a_crafted_state_with_valid_checksums_is_one_line(tmp_path, edit, says, capsys):
+    run_dir = _trained(tmp_path)
+    _rewrite_state(latest_checkpoint(run_dir), edit)
+    flags = ["--model.kind", "toy2d", "--sampling.num_steps", "6", "--sampling.shift", "1",
+             "--sampling.prompts_per_iteration", "2", "--train.out_dir", str(run_dir), "--optim.lr", "3e-3",
+             "--loss.clip_range", "0.2", "--train.minibatch_parents", "2", "--train.checkpoint_every", "2",
+             "--train.deterministic", "--train.iterations", "4", "--train.resume", "--train.allow_config_change"]
+    capsys.readouterr()
+    assert main(["train", *flags]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "%|" not in line]
+    assert len(err) == 1 and err[0].startswith("treegrpo: error: checkpoint: ") and says in err[0], err
+
+
+def test_non_finite_weights_are_refused_by_eval_whatever_the_checksums_say(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    run_dir = _trained(tmp_path)
+    checkpoint = latest_checkpoint(run_dir)
+    weights = load_file(str(checkpoint / MODEL_FILE))
+    name = next(iter(weights))
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(checkpoint / MODEL_FILE))
+    sums = json.loads((checkpoint / CHECKSUMS).read_text())
+    sums[MODEL_FILE] = hashlib.sha256((checkpoint / MODEL_FILE).read_bytes()).hexdigest()
+    (checkpoint / CHECKSUMS).write_text(json.dumps(sums))
+    flags = ["--model.kind", "toy2d", "--sampling.num_steps", "6", "--sampling.shift", "1",
+             "--sampling.prompts_per_iteration", "2", "--train.out_dir", str(run_dir)]
+    capsys.readouterr()
+    assert main(["eval", *flags, "--eval.samples_per_prompt", "2"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "NaN or inf" in err[0] and "nan ± nan" not in captured.out
+
+
+def test_a_pickle_named_like_safetensors_is_refused_by_its_bytes(tmp_path):
+    from treegrpo.problems.lora import LORA_FILE, check_lora_file
+
+    (tmp_path / LORA_FILE).write_bytes(pickle.dumps(_Payload(tmp_path / "marker")))
+    with pytest.raises(ConfigError, match=r"^model.lora: .* is a pickle or a torch checkpoint, not a safetensors"):
+        check_lora_file(tmp_path)
+    (tmp_path / LORA_FILE).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(ConfigError, match=r"its header is not a JSON object"):
+        check_lora_file(tmp_path / LORA_FILE)
+    assert not (tmp_path / "marker").exists()

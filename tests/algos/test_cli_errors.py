@@ -30,6 +30,12 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     (["--sampling.branching", "1"], "sampling.branching: 1 with sampling.trees_per_prompt=1 gives each prompt one"),
     (["--loss.algorithm", "grpo", "--sampling.group_size", "1"], "sampling.group_size: 1 gives each prompt one"),
     (["--sampling.transition", "ddim"], "sampling.transition: the toy2d model is a flow model"),
+    (["--train.seed", "99999999999999999999999"], "train.seed: expected an int in [0, 4294967295], got 9999"),
+    (["--eval.seed", "18446744073709551616"], "eval.seed: expected an int in [-1, 4294967295]"),
+    (["--train.lora_rank", "2", "--train.lora_targets", "nosuchmodule"],
+     "train.lora_targets: 'nosuchmodule' matches no module of ResidualVelocity; expected module-name suffixes"),
+    (["--train.lora_rank", "100000"], "train.lora_rank: 100000 exceeds the width of net.0 (3 -> 64)"),
+    (["--loss.adv_clip", "1e-12"], "loss.adv_clip: 1e-12 clips every advantage"),
 ])
 def test_bad_inputs_are_one_line_before_any_work(flags, starts, tmp_path, capsys):
     message = _one_line_error(capsys, ["train", *TOY, "--train.out_dir", str(tmp_path / "run"), *flags])
@@ -103,3 +109,31 @@ def test_learnable_configurations_pass_and_ddpo_may_use_groups_of_one():
     Config().override(["sampling.branching=1", "sampling.trees_per_prompt=2"])
     with pytest.raises(ConfigError, match="^train.out_dir: is empty"):
         Config().override(["train.out_dir="])
+
+
+def test_rewards_constant_in_every_group_warn_in_one_line_with_the_count(tmp_path, capsys, monkeypatch):
+    from treegrpo.problems import toy2d as problems
+
+    build = problems.toy2d_problem
+
+    def constant(*args, **kwargs):
+        problem = build(*args, **kwargs)
+        problem.reward = lambda final, ids: torch.ones(final.shape[0])
+        return problem
+
+    monkeypatch.setattr(problems, "toy2d_problem", constant)
+    from treegrpo.errors import TreegrpoWarning
+
+    with pytest.warns(TreegrpoWarning) as caught:
+        assert main(["train", *TOY, "--train.out_dir", str(tmp_path), "--eval.samples_per_prompt", "2"]) == 0
+    expected = ("rewards are constant within all 2 groups of this iteration (2 of 2), so every advantage is 0 and "
+                "nothing is learned; check that the reward varies with the image")
+    assert [str(w.message) for w in caught if w.category is TreegrpoWarning] == [expected]
+
+
+def test_constant_groups_counts_groups_with_one_value_in_every_column():
+    from treegrpo.algos.advantages import constant_groups
+
+    rewards = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, 3.0], [0.5, 0.5], [0.5, 0.5]])
+    assert constant_groups(rewards, torch.tensor([0, 0, 1, 1, 2, 2])) == (2, 3)
+    assert constant_groups(rewards[:, 0], torch.tensor([0, 0, 0, 0, 1, 1])) == (2, 2)
