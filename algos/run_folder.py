@@ -253,6 +253,9 @@ def _run_id(path: Path) -> str:
     if record is not None and record["role"] != "run":
         raise ConfigError(f"train.out_dir: {path} is the {record.get('name', 'output')} folder of the run in "
                           f"{record['folder']}; choose another out_dir")
+    owner = next((parent for parent in path.parents if (parent / MARKER).is_file()), None)
+    if record is None and owner is not None:  # e.g. another run's own checkpoints/ folder
+        raise ConfigError(f"train.out_dir: {path} lies inside the run in {owner}; choose another out_dir")
     if record is None:
         record = {"run": uuid.uuid4().hex, "role": "run", "folder": str(path)}
         _write_marker(path, record)

@@ -18,9 +18,11 @@ per-field flags. ``--print-config`` prints the resolved configuration as TOML an
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import runpy
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -235,6 +237,16 @@ def _pretrain(config: Config, args: argparse.Namespace) -> int:
 HANDLERS = {"train": _train, "eval": _eval, "bench": _bench, "pretrain": _pretrain}
 
 
+MAX_ERROR_CHARS = 2000
+
+
+def _shortened(message: str) -> str:
+    """An error line of readable length: a huge value echoed in it (a 20 MB path) is cut."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return f"{message[:MAX_ERROR_CHARS]}... ({len(message) - MAX_ERROR_CHARS} more characters cut)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), resolve the config and run the subcommand."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -247,13 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return HANDLERS[args.command](config, args)
     except (TreegrpoError, FileNotFoundError) as error:  # bad options, files, folders, checkpoints, NaNs
-        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {_shortened(' '.join(str(error).split()))}", file=sys.stderr)
         return 2
     except OSError as error:  # the disk: full, read-only, permissions
         if error.errno is None:
             raise
         where = f" ({error.filename})" if error.filename else ""
-        print(f"{PROG}: error: {os.strerror(error.errno)}{where}", file=sys.stderr)
+        if error.errno == errno.ENOSPC and error.filename:  # the folder and what is left on its disk
+            folder = Path(error.filename).parent
+            free = shutil.disk_usage(folder).free if folder.is_dir() else 0
+            where = f" writing {error.filename}: {folder} has {free} bytes free; free some space there"
+        print(f"{PROG}: error: {_shortened(os.strerror(error.errno) + where)}", file=sys.stderr)
         return 2
 
 
