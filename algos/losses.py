@@ -29,6 +29,7 @@ from torchrl.objectives import LossModule
 from treegrpo.algos.model_setup import adapters_disabled
 from treegrpo.envs.gaussian import gaussian_kl
 from treegrpo.envs.models import Cond, Denoiser
+from treegrpo.envs.numerics import edge_sensitivity
 from treegrpo.envs.transitions import Transition
 
 from treegrpo.algorithms import ALGORITHMS, Algorithm, algorithm, register_algorithm
@@ -107,7 +108,7 @@ class EdgeLoss(LossModule):
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
     out_keys: ClassVar[list[str]] = ["loss_objective", "loss_kl", "approx_kl", "ratio_mean", "ratio_std", "kl",
-                                     "log_ratio"]
+                                     "log_ratio", "ratio_sensitivity"]
 
     def __init__(self, model: Denoiser, transition: Transition, *, kl_coef: float = 0.0,
                  reference: Denoiser | str | None = None) -> None:
@@ -197,6 +198,14 @@ class EdgeLoss(LossModule):
             return nullcontext()
         return adapters_disabled(self.model)
 
+    def rounding_terms(self, td: TensorDictBase, mean: Tensor, std: Tensor) -> dict[str, Tensor]:
+        """``{"ratio_sensitivity": [M, K]}``: how far each edge's log-ratio moves per unit of relative
+        rounding in the mean (:func:`~treegrpo.envs.numerics.ratio_sensitivity`); the trainer's
+        on-policy statistics divide the first minibatch's ``log_ratio`` by it, at no extra forward."""
+        keys = self.tensor_keys
+        return {"ratio_sensitivity": edge_sensitivity(self.transition, td.get(keys.latent), td.get(keys.sample), mean,
+                                                      std, td.get(keys.step))}
+
     def edge_terms(self, td: TensorDictBase) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Checks the keys, then ``(new log-probs [M, K], behaviour log-probs, advantages, mask)`` and
         the policy's ``mean, std`` at the parents (for the KL)."""
@@ -215,7 +224,7 @@ class PPOClipLoss(EdgeLoss):
     """
 
     out_keys: ClassVar[list[str]] = ["loss_objective", "loss_kl", "clip_fraction", "approx_kl", "ratio_mean",
-                                     "ratio_std", "kl", "log_ratio"]
+                                     "ratio_std", "kl", "log_ratio", "ratio_sensitivity"]
 
     def __init__(self, model: Denoiser, transition: Transition, *, clip_range: float = 1e-4,
                  clip_high: float | None = None, kl_coef: float = 0.0, reference: Denoiser | str | None = None) -> None:
@@ -243,6 +252,7 @@ class PPOClipLoss(EdgeLoss):
         new_log_prob, old_log_prob, advantage, mask, mean, std = self.edge_terms(td)
         terms = self.objective(new_log_prob, old_log_prob, advantage, mask)
         terms.update(self.kl_terms(td, mean, std))
+        terms.update(self.rounding_terms(td, mean, std))
         return TensorDict(terms, batch_size=[])
 
 
@@ -265,6 +275,7 @@ class ReinforceLoss(EdgeLoss):
             "ratio_std": real.std(unbiased=False) if real.numel() else log_ratio.new_zeros(()),
             "log_ratio": log_ratio,
             **self.kl_terms(td, mean, std),
+            **self.rounding_terms(td, mean, std),
         }
         return TensorDict(terms, batch_size=[])
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from treegrpo.algos.advantages import clip_advantages
 from treegrpo.algos.batch import select_steps
@@ -56,17 +57,25 @@ from treegrpo.algos.reporting import Scalars, iteration_metrics, save_grid
 from treegrpo.algos.run_folder import check_space, claim_run_folder
 from treegrpo.algos.scoring import sample_and_score
 from treegrpo.algos.sharding import Shard, gather_forest, minibatch_rows, piece_seed, prompt_rows, shard_prompts
+from treegrpo.algos.state_schema import optimizer_shape_problem
 from treegrpo.algos.update import Optimisation, optimise
-from treegrpo.envs import OnPolicyError, Rollout, WindowSchedule, check_on_policy, parent_batch
+from treegrpo.envs import OnPolicyError, Rollout, WindowSchedule, parent_batch, rescore_children
 from treegrpo.envs.models import Cond
+from treegrpo.envs.numerics import (
+    OnPolicyStats,
+    OnPolicyWarning,
+    active_dropout,
+    diagnose,
+    edge_sensitivity,
+    on_policy_stats,
+    rounding_unit,
+)
 from treegrpo.envs.precision import model_precision
 
 import treeadv
 from treegrpo.config import Config, ConfigError, config_changes
 from treegrpo.errors import TreegrpoError
 from treegrpo.problems import Problem
-
-ON_POLICY_ATOL = 1e-5  # largest |ratio - 1| the on-policy check accepts before an update
 
 
 class NonFiniteTrainingError(TreegrpoError, FloatingPointError):
@@ -159,11 +168,14 @@ class Trainer:
         self.evaluations: list[dict[str, float]] = []  # held-out results logged during the run (train.eval_every)
         self._start_of_iteration: dict[str, Any] | None = None  # RNG and tracker state before this iteration
         self._saved: int | None = None  # the iteration this trainer last wrote a checkpoint of
+        self._warned: set[str] = set()  # kinds of on-policy findings already printed
         if self.folder is not None and self.ranks.is_main:
-            check_space(self.folder.path, self.checkpoint_bytes())
+            check_space(self.folder.path / "checkpoints", self.checkpoint_bytes(), train.keep_checkpoints)
         if train.resume and not self.resume():
-            raise ConfigError(f"train.resume: there is no checkpoint in {self.run_dir / 'checkpoints'} to continue; "
-                              "check train.out_dir, or drop --train.resume to start a new run there")
+            if self.folder is None or not self.folder.unfinished:
+                raise ConfigError(f"train.resume: there is no checkpoint and no earlier run in {self.run_dir} to "
+                                  "continue; check train.out_dir, or drop --train.resume to start a new run there")
+            print(f"train.resume: {self.run_dir} holds a run stopped before its first checkpoint; starting it afresh")
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -218,16 +230,21 @@ class Trainer:
         epochs = minibatch_rows(batch, shard, cfg.train.minibatch_parents, cfg.train.inner_epochs,
                                 self.generators["shuffle"])
         counters = {"nfe_sampled": float(rollout.nfe), "images": float(rollout.final.shape[0])}
-        checked = {}
-        if cfg.train.check_on_policy:
+        checked: dict[str, float] = {}
+        if cfg.train.check_on_policy != "off" and cfg.train.rescore_on_policy:  # the full pass, when asked
             checked = self.check_on_policy(batch, epochs[0], cond, rollout)
             counters["forward_rows_check"] = float(batch.batch_size[0])
         advantaged = time.perf_counter()
 
+        def first_minibatches(scored: list[tuple[TensorDictBase, TensorDictBase]]) -> None:
+            if not checked:  # the ratios of what was scored before the first step: no extra forward
+                checked.update(self.judge_on_policy(self.stats_of(scored), rollout))
+
         # 3. clipped updates over minibatches of parents
         terms, work = optimise(self.loss, self.policy, batch, [rows for epoch in epochs for rows in epoch],
                                self.optimisation, accumulation=cfg.optim.grad_accumulation,
-                               precision=self.precision_context, guard=self.guard)
+                               precision=self.precision_context, guard=self.guard,
+                               before_update=first_minibatches if cfg.train.check_on_policy != "off" else None)
         counters.update(work)
         if self.ranks.distributed:  # loss terms averaged, counters summed over ranks
             terms = mean_over_ranks(terms, self.device)
@@ -241,7 +258,8 @@ class Trainer:
                                     (start, sampled, advantaged, time.perf_counter()),
                                     self.optimisation.scheduler.get_last_lr()[0])
         self.iteration += 1
-        self.history.append({k: v for k, v in metrics.items() if "/" not in k})
+        self.history.append({k.replace("onpolicy/", "onpolicy_"): v for k, v in metrics.items()
+                             if "/" not in k or k.startswith("onpolicy/")})
         return metrics
 
     def _begin_iteration(self) -> None:
@@ -336,58 +354,116 @@ class Trainer:
                     raise CheckpointError(f"checkpoint: {path} holds {name} of shape {tuple(weights[name].shape)}, "
                                           f"the model {tuple(full_tensor(p).shape)}")
                 p.copy_(shard_like(weights[name], p))
-        self.optimisation.optimizer.load_state_dict(optimizer_state_sharded(state["optimizer"], list(self.named_params.values())))
-        self.optimisation.scheduler.load_state_dict(state["scheduler"])
-        if changed:  # allowed: the user's optimiser settings win over the checkpoint's
-            self.optimisation.set_options(self.config.optim)
-        if self.optimisation.ema and state["ema"] is not None:
-            self.optimisation.ema.load_state_dict(state["ema"])
-        restore_rng(state["rng"], self.generators)
-        window = self.sampler.schedule
-        if window and state["window"]:
-            window.load_state_dict(state["window"])
-        if hasattr(self.advantage, "load_state_dict"):
-            self.advantage.load_state_dict(state["advantage"])
+        problem = optimizer_shape_problem(state["optimizer"], [tuple(full_tensor(p).shape) for p in self.named_params.values()])
+        if problem is not None:
+            raise CheckpointError(f"checkpoint: {path / 'state.json'} {problem}; expected a state of this model")
+        try:  # a state.json that passed the schema but does not fit this run's optimiser, RNGs or tracker
+            self.optimisation.optimizer.load_state_dict(optimizer_state_sharded(state["optimizer"], list(self.named_params.values())))
+            self.optimisation.scheduler.load_state_dict(state["scheduler"])
+            if changed:  # allowed: the user's optimiser settings win over the checkpoint's
+                self.optimisation.set_options(self.config.optim)
+            if self.optimisation.ema and state["ema"] is not None:
+                self.optimisation.ema.load_state_dict(state["ema"])
+            restore_rng(state["rng"], self.generators)
+            window = self.sampler.schedule
+            if window and state["window"]:
+                window.load_state_dict(state["window"])
+            if hasattr(self.advantage, "load_state_dict"):
+                self.advantage.load_state_dict(state["advantage"])
+        except TreegrpoError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as error:
+            raise CheckpointError(f"checkpoint: {path / 'state.json'} does not fit this run ({type(error).__name__} "
+                                  "while restoring it); expected a state written by this run's trainer") from None
         self.iteration, self.history = state["iteration"], list(state["history"])
         self.evaluations = list(state.get("evaluations", []))
         self._saved = self.iteration if path.parent == self.run_dir / "checkpoints" else None
         return True
 
-    @torch.no_grad()
-    def check_on_policy(self, batch: TensorDictBase, minibatches: list[Tensor], cond: Any,
-                        rollout: Rollout) -> dict[str, float]:
-        """Before any update, re-score every edge the way the update will: the loss's own
-        ``log_probs``, in its minibatches and under the run's precision. Raises
-        :class:`~treegrpo.envs.OnPolicyError` if an importance ratio is off 1 by more than
-        ``ON_POLICY_ATOL`` (sampling and the loss disagree on the model, its precision or its
-        inputs); returns the ratio statistics (``onpolicy/*``). A loss without ``log_probs`` is
-        checked by :func:`treegrpo.envs.check_on_policy` on the rollout instead."""
-        log_probs = getattr(self.loss, "log_probs", None)
-        if log_probs is None:
-            with self.precision_context():
-                worst = check_on_policy(rollout, self.model, self.problem.transition, cond, atol=ON_POLICY_ATOL,
-                                        max_batch=self.config.sampling.max_batch or None)
-            return {"onpolicy/max_deviation": worst}
-        log_ratios = []
-        with self.precision_context():
-            for rows in minibatches:
-                minibatch = batch[rows]
-                new = log_probs(minibatch)[0].double()
-                log_ratios.append((new - minibatch["log_prob"].double())[minibatch["mask"]])
-        deviation = (torch.cat(log_ratios).exp() - 1).abs() if log_ratios else torch.zeros(1, dtype=torch.float64)
-        worst = float(deviation.max()) if deviation.numel() else 0.0
+    def stats_of(self, scored: list[tuple[TensorDictBase, TensorDictBase]]) -> OnPolicyStats | None:
+        """The on-policy statistics of minibatches the loss scored with unchanged weights: their
+        ``log_ratio`` against the rounding scale ``ratio_sensitivity`` of the run's arithmetic
+        (``None`` when the loss reports no ``log_ratio``)."""
+        if not scored or any("log_ratio" not in terms.keys() for _, terms in scored):  # noqa: SIM118 - TensorDict has no `in`
+            return None
+        has_scale = all("ratio_sensitivity" in terms.keys() for _, terms in scored)  # noqa: SIM118
         clip = getattr(self.loss, "clip_range", None)
-        stats = {"onpolicy/max_deviation": worst, "onpolicy/ratio_std": float(deviation.std(unbiased=False))
-                 if deviation.numel() > 1 else 0.0}
-        if clip is not None:
-            stats["onpolicy/clipped_fraction"] = float((deviation > clip).double().mean())
-        if not worst <= ON_POLICY_ATOL:
-            raise OnPolicyError(
-                f"importance ratio: max |ratio - 1| = {worst:.3g} > {ON_POLICY_ATOL:g} before any update "
-                f"({stats.get('onpolicy/clipped_fraction', 0.0):.0%} of edges outside the clip range); sampling and "
-                f"the loss score the edges differently (train.precision={self.config.train.precision}; a model in "
-                "train mode with dropout, or inputs the loss does not see, also do this)")
-        return stats
+        return on_policy_stats(
+            torch.cat([terms["log_ratio"] for _, terms in scored]),
+            torch.cat([minibatch["mask"] for minibatch, _ in scored]),
+            torch.cat([terms["ratio_sensitivity"] for _, terms in scored]) if has_scale else None,
+            rounding_unit(self.config.train.precision, self.device),
+            (clip, getattr(self.loss, "clip_high", clip)) if clip is not None else None)
+
+    def judge_on_policy(self, stats: OnPolicyStats | None, rollout: Rollout) -> dict[str, float]:
+        """Tell rounding from a bug (:func:`~treegrpo.envs.numerics.diagnose`) and act on
+        ``train.check_on_policy``: ``strict`` raises :class:`~treegrpo.envs.OnPolicyError` (on every
+        rank together, before any step), ``warn`` prints one line per kind of finding, once.
+        Rounding that puts edges outside the clip range is a warning in both modes. Returns the
+        ``onpolicy/*`` metrics."""
+        train = self.config.train
+        if stats is None:
+            self._warn_once("no_log_ratio", f"{type(self.loss).__name__} reports no log_ratio, so the trainer has no "
+                            "on-policy statistics; set train.rescore_on_policy=true for the full check")
+            return {}
+        problem = diagnose(stats, precision=train.precision, sampled_precision=rollout.precision,
+                           dropout=active_dropout(self.model), other_model=self._other_model())
+        if not all_true(problem is None or train.check_on_policy != "strict", self.device):
+            raise OnPolicyError(f"iteration {self.iteration}: importance ratio: "
+                                f"{problem or 'another rank found sampling and the loss out of agreement'} "
+                                "(train.check_on_policy=strict; warn continues)")
+        if problem is not None:
+            self._warn_once(problem.split(":")[0], f"iteration {self.iteration}: importance ratio: {problem} "
+                            "(train.check_on_policy=warn: training continues; strict stops)")
+        elif stats.clipped_fraction > 0:
+            self._warn_once("clipped", (
+                f"iteration {self.iteration}: rounding (u = {stats.unit:.2g} at train.precision={train.precision}) puts "
+                f"{stats.clipped_fraction:.1%} of edges outside the clip range before any update (ratio std "
+                f"{stats.ratio_std:.2g}, loss.clip_range {self.loss.clip_range:g}); PPO clips them as if off-policy: "
+                "widen loss.clip_range or compute in higher precision"))
+        return stats.metrics()
+
+    def _other_model(self) -> str | None:
+        """How the sampler's and the loss's models differ, when they are different modules (a copy that
+        one side updates and the other does not); ``None`` when either holds no ``model``."""
+        sampler, loss = getattr(self.sampler, "model", None), getattr(self.loss, "model", None)
+        if sampler is None or loss is None or _unwrapped(sampler) is _unwrapped(loss):
+            return None
+        return (f"the sampler samples with one {type(_unwrapped(sampler)).__name__} and the loss scores with another "
+                "module; give both the same model object")
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned and self.ranks.is_main:
+            warnings.warn(message, OnPolicyWarning, stacklevel=3)
+        self._warned.add(kind)
+
+    @torch.no_grad()
+    def check_on_policy(self, batch: TensorDictBase, minibatches: list[Tensor], cond: Cond,
+                        rollout: Rollout) -> dict[str, float]:
+        """The full check (``train.rescore_on_policy``): before any update, re-score every row of the
+        batch the way the update will (the loss's own ``log_probs``, in its minibatches, under the
+        run's precision), at the cost of one extra forward per parent, then judge the statistics as
+        :meth:`judge_on_policy` does. A loss without ``log_probs`` is re-scored by
+        :func:`treegrpo.envs.rescore_children` on the rollout instead."""
+        log_probs = getattr(self.loss, "log_probs", None)
+        scored = []
+        with self.precision_context():
+            if log_probs is None:
+                scored_batch, log_prob, sensitivity = rescore_children(
+                    self.model, self.problem.transition, rollout.tree, cond,
+                    max_batch=self.config.sampling.max_batch or None)
+                terms = TensorDict({"log_ratio": log_prob - scored_batch["log_prob"],
+                                    "ratio_sensitivity": sensitivity}, batch_size=[])
+                scored.append((scored_batch, terms))
+            else:
+                for rows in minibatches:
+                    minibatch = batch[rows]
+                    new, mean, std = log_probs(minibatch)
+                    sensitivity = edge_sensitivity(self.problem.transition, minibatch["latent"], minibatch["sample"],
+                                                   mean, std, minibatch["step"])
+                    scored.append((minibatch, TensorDict(
+                        {"log_ratio": new - minibatch["log_prob"], "ratio_sensitivity": sensitivity}, batch_size=[])))
+        return self.judge_on_policy(self.stats_of(scored), rollout)
 
     def guard(self, value: Tensor, name: str) -> None:
         """Stop, on every rank together, when ``value`` is not finite (or false) on any rank.
@@ -469,6 +545,13 @@ class Trainer:
         return save_grid(self.problem, self.model, path, seed=self.config.train.seed,
                          max_batch=self.config.sampling.max_batch or None, precision=self.precision_context,
                          num_prompts=num_prompts)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module under DDP's and torch.compile's wrappers (the one whose weights are trained)."""
+    while isinstance(getattr(model, "module", None), nn.Module) or isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:

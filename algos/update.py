@@ -22,6 +22,8 @@ from treegrpo.algos.losses import EdgeLoss, total_loss
 from treegrpo.config import OptimConfig
 
 Guard = Callable[[Tensor, str], None]
+BeforeUpdate = Callable[[list[tuple[TensorDictBase, TensorDictBase]]], None]
+"""Called once with the ``(minibatch, loss terms)`` pairs scored before the first optimiser step."""
 
 
 class EMA:
@@ -92,9 +94,11 @@ class Optimisation:
 
 def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatches: Sequence[Tensor],
              optimisation: Optimisation, *, accumulation: int, precision: Callable[[], AbstractContextManager],
-             guard: Guard) -> tuple[dict[str, float], dict[str, float]]:
+             guard: Guard, before_update: BeforeUpdate | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """One pass of ``loss`` over ``minibatches`` (row indices into ``batch``), an optimiser step every
     ``accumulation`` minibatches (the all-reduce of ``policy``'s gradients only then).
+    ``before_update`` sees the minibatches scored with the sampling weights, right before the first
+    step changes them: their ratios are the run's on-policy statistics, at no extra forward.
 
     Returns ``(terms, counters)``: the scalar loss terms averaged over minibatches with their sum
     ``loss`` and ``ratio_mean/step_s``, ``ratio_std/step_s`` per SDE step; and the work done
@@ -104,6 +108,7 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
     per_step: dict[int, list[Tensor]] = {}
     counters = dict.fromkeys(("edges_trained", "forward_rows", "backward_rows", "optimizer_steps"), 0.0)
     optimisation.optimizer.zero_grad(set_to_none=True)
+    unchanged: list[tuple[TensorDictBase, TensorDictBase]] = []  # scored before any step
     for micro, rows in enumerate(minibatches, start=1):
         minibatch = batch[rows]
         steps_optimiser = micro % accumulation == 0 or micro == len(minibatches)
@@ -124,7 +129,11 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
         for step in torch.unique(minibatch["step"]).tolist() if log_ratio is not None else ():
             rows_at = minibatch["step"] == step
             per_step.setdefault(step, []).append(log_ratio[rows_at][minibatch["mask"][rows_at]])
+        if before_update is not None and counters["optimizer_steps"] == 0:
+            unchanged.append((minibatch, terms))
         if steps_optimiser:
+            if before_update is not None and counters["optimizer_steps"] == 0:
+                before_update(unchanged)
             optimisation.apply(guard)
             counters["optimizer_steps"] += 1
     optimisation.scheduler.step()

@@ -187,7 +187,7 @@ def config_for(args: argparse.Namespace, method: str, mode: str, out: Path):
     overrides = [
         f"sampling.num_steps={args.steps}", f"sampling.prompts_per_iteration={args.prompts}",
         f"sampling.max_batch={args.max_batch}", "loss.clip_range=1e-4", "optim.lr=1e-5",
-        f"train.minibatch_parents={args.minibatch}", f"train.precision={args.precision}", "train.check_on_policy=false",
+        f"train.minibatch_parents={args.minibatch}", f"train.precision={args.precision}", "train.check_on_policy=warn",
         f"train.compile={str(args.compile).lower()}", f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         f"train.device={args.device}", f"train.out_dir={out}", "train.log_every=100000",
         "train.checkpoint_every=100000", "train.sample_every=100000",
@@ -320,6 +320,8 @@ def run_method(args, method: str, mode: str, device: torch.device, scratch: Path
         "flops_per_image_forward": flops, "tflops_per_second": total_flops / seconds / 1e12,
         "mfu": total_flops / seconds / (args.peak_tflops * 1e12) if args.peak_tflops else None,
         "peak_memory_gib": peak_memory, **passes, "top_operators": top_operators,
+        # the on-policy statistics of the real kernels (worst over the timed iterations; docs/algos.md)
+        **{key.replace("/", "_"): max(m[key] for _, m in runs) for key in metrics if key.startswith("onpolicy/")},
     }
     del trainer, problem, transformer
     if device.type == "cuda":

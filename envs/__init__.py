@@ -18,6 +18,7 @@ from treegrpo.envs.edges import (
     edge_log_probs,
     importance_ratios,
     parent_batch,
+    rescore_children,
 )
 from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy, gather_cond
 from treegrpo.envs.flux import FluxDenoiser
@@ -32,6 +33,13 @@ from treegrpo.envs.gaussian import (
     gaussian_log_prob,
 )
 from treegrpo.envs.models import CallableDenoiser, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
+from treegrpo.envs.numerics import (
+    OnPolicyStats,
+    assume_rounding,
+    on_policy_stats,
+    ratio_sensitivity,
+    rounding_unit,
+)
 from treegrpo.envs.precision import model_precision
 from treegrpo.envs.rollout import Rollout, concat_rollouts, tree_nfe, tree_rollout
 from treegrpo.envs.sampler import TrajectorySampler, TreeSampler, sample_forest
@@ -66,6 +74,7 @@ __all__ = [
     "GeometricWindow",
     "GuidedDenoiser",
     "OnPolicyError",
+    "OnPolicyStats",
     "Rollout",
     "SD3Denoiser",
     "ShiftingWindow",
@@ -74,6 +83,7 @@ __all__ = [
     "TreeSampler",
     "UNetDenoiser",
     "WindowSchedule",
+    "assume_rounding",
     "check_ode_limit",
     "check_on_policy",
     "concat_rollouts",
@@ -90,8 +100,12 @@ __all__ = [
     "gaussian_log_prob",
     "importance_ratios",
     "model_precision",
+    "on_policy_stats",
     "parent_batch",
+    "ratio_sensitivity",
+    "rescore_children",
     "reward_progress_rule",
+    "rounding_unit",
     "sample_forest",
     "tree_nfe",
     "tree_rollout",

@@ -18,6 +18,14 @@ from tensordict import TensorDict
 from torch import Tensor
 from treegrpo.envs.env import DenoisingPolicy, gather_cond
 from treegrpo.envs.models import Cond, Denoiser
+from treegrpo.envs.numerics import (
+    OnPolicyStats,
+    active_dropout,
+    diagnose,
+    edge_sensitivity,
+    on_policy_stats,
+    rounding_unit,
+)
 from treegrpo.envs.precision import model_precision
 from treegrpo.envs.rollout import Rollout
 from treegrpo.envs.sampler import sample_forest
@@ -102,24 +110,34 @@ def _expand(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(*mask.shape, *([1] * (like.dim() - 1)))
 
 
-def _expand(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.view(*mask.shape, *([1] * (like.dim() - 1)))
+def _score_parents(model: Denoiser, transition: Transition, tree: Tree, cond: Cond,
+                   max_batch: int | None) -> tuple[TensorDict, Tensor, Tensor, Tensor]:
+    """The tree's :func:`parent_batch`, the ``[M, K]`` scores of its children, and the parents' ``mean, std``."""
+    batch = parent_batch(tree)
+    latent, step = batch["latent"], batch["step"]
+    prediction = DenoisingPolicy(model, transition, cond, max_batch=max_batch).predict(latent, step, batch["cond_index"])
+    mean, std = transition.mean_std(latent, prediction, step)
+    return batch, transition.score_children(batch["sample"], mean, std), mean, std
+
+
+def rescore_children(
+    model: Denoiser, transition: Transition, tree: Tree, cond: Cond, *, max_batch: int | None = None
+) -> tuple[TensorDict, Tensor, Tensor]:
+    """Re-score a tree's edges as a loss does: its :func:`parent_batch` ``[M]``, the ``[M, K]``
+    log-prob of every child under ``model`` (one model row per parent, its ``K`` children scored
+    against that Gaussian by :meth:`Transition.score_children`), and each child's rounding
+    sensitivity (:func:`~treegrpo.envs.numerics.ratio_sensitivity`). Gradients flow to the model
+    when enabled."""
+    batch, scored, mean, std = _score_parents(model, transition, tree, cond, max_batch)
+    return batch, scored, edge_sensitivity(transition, batch["latent"], batch["sample"], mean, std, batch["step"])
 
 
 def edge_log_probs(
     model: Denoiser, transition: Transition, tree: Tree, cond: Cond, *, max_batch: int | None = None
 ) -> Tensor:
-    """Log-prob ``[N]`` of each node's stored ``sample`` under ``model`` (0 at roots).
-
-    Scores the tree's :func:`parent_batch` as a loss does: one model row per parent, its children
-    scored against that one Gaussian by :meth:`Transition.score_children`. Gradients flow to the
-    model when enabled.
-    """
-    batch = parent_batch(tree)
-    latent, step = batch["latent"], batch["step"]
-    prediction = DenoisingPolicy(model, transition, cond, max_batch=max_batch).predict(latent, step, batch["cond_index"])
-    mean, std = transition.mean_std(latent, prediction, step)
-    scored = transition.score_children(batch["sample"], mean, std)  # [M, K]
+    """Log-prob ``[N]`` of each node's stored ``sample`` under ``model`` (0 at roots), scored as a
+    loss scores (:func:`rescore_children`). Gradients flow to the model when enabled."""
+    batch, scored, _, _ = _score_parents(model, transition, tree, cond, max_batch)
     mask = batch["mask"]
     out = torch.zeros(tree.num_nodes, dtype=scored.dtype, device=scored.device)
     return out.index_copy(0, batch["child"][mask], scored[mask])
@@ -141,31 +159,33 @@ def check_on_policy(
     transition: Transition,
     cond: Cond,
     *,
-    atol: float = 1e-5,
+    atol: float | None = None,
     max_batch: int | None = None,
     precision: str = "fp32",
-) -> float:
-    """Assert that re-scoring the stored edges with unchanged parameters gives ratio 1.
+) -> OnPolicyStats:
+    """Re-score every stored edge with unchanged parameters and check that the ratios are 1 up to rounding.
 
-    Re-scores under ``precision`` (:func:`~treegrpo.envs.precision.model_precision`): it must be
-    the one the rollout was sampled under and the loss will score under, or the ratios are off 1
-    before any update. Returns the largest ``|ratio - 1|``; raises :class:`OnPolicyError` above
-    ``atol``. Cheap enough (one forward per internal node, no grad) to run before every update.
+    The full check (one no-grad forward per internal node), run when asked: the trainer reads the
+    same statistics off its first minibatch at no cost. Re-scores under ``precision``
+    (:func:`~treegrpo.envs.precision.model_precision`), which must be the one the rollout was sampled
+    under. Raises :class:`OnPolicyError` naming the likely cause (:func:`~treegrpo.envs.numerics.diagnose`)
+    when the rollout was sampled under another precision, or when a deviation exceeds what rounding
+    in that precision makes (:data:`~treegrpo.envs.numerics.ROUNDING_Z`); ``atol`` instead bounds
+    ``|ratio - 1|`` absolutely, which only holds where sampling and re-scoring see the same batch
+    shapes (``max_batch=1`` on both sides, or a batch-invariant model). Returns the statistics.
     """
     device = rollout.tree.parent.device
-    with model_precision(precision, device):
-        ratios = importance_ratios(model, transition, rollout.tree, cond, max_batch=max_batch)
-    if ratios.numel() == 0:
-        return 0.0
-    worst = float((ratios - 1).abs().max())
-    if not worst <= atol:
-        edge = int((ratios - 1).abs().argmax())
-        raise OnPolicyError(
-            f"importance ratio: max |ratio - 1| = {worst:.3g} > {atol:g} at edge {edge} before any update; "
-            f"the stored log-probs do not match the sampler's Gaussian re-scored under precision={precision} "
-            "(was the rollout sampled under another precision or model?)"
-        )
-    return worst
+    with torch.no_grad(), model_precision(precision, device):
+        batch, scored, sensitivity = rescore_children(model, transition, rollout.tree, cond, max_batch=max_batch)
+    stats = on_policy_stats(scored - batch["log_prob"], batch["mask"], sensitivity, rounding_unit(precision, device))
+    problem = diagnose(stats, precision=precision, sampled_precision=rollout.precision,
+                       dropout=active_dropout(model), where="on re-scoring")
+    if problem is None and atol is not None and not stats.max_deviation <= atol:
+        problem = (f"max |ratio - 1| = {stats.max_deviation:.3g} > atol {atol:g} on re-scoring "
+                   f"(rounding z {stats.rounding_z:.3g}; an absolute bound holds only for equal batch shapes)")
+    if problem is not None:
+        raise OnPolicyError(f"importance ratio: {problem}")
+    return stats
 
 
 def check_ode_limit(
@@ -181,7 +201,9 @@ def check_ode_limit(
 
     Runs every step as an SDE step under :meth:`Transition.deterministic` and every step as an ODE
     step under ``transition``; returns the largest final-latent difference (exactly 0 for the
-    flow SDEs and DDIM, rounding for CPS, whose zero-noise mean is written differently).
+    flow SDEs and DDIM, rounding for CPS, whose zero-noise mean is written differently). The
+    default ``atol=0`` relies on both runs calling the model on the same batches (one row per
+    tree at every step, so the same shapes): kernels chosen by shape then round alike.
     """
     prompts = num_prompts if num_prompts is not None else int(cond.shape[0])
     if noise.shape[0] % prompts:

@@ -33,6 +33,7 @@ from tensordict import TensorDict
 from torch import Tensor
 from treegrpo.envs._checks import check_int
 from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy
+from treegrpo.envs.numerics import autocast_precision
 
 from treeadv import Tree
 
@@ -48,6 +49,7 @@ class Rollout:
     nfe: int = 0  # model evaluations (rows x evaluations per row; guidance counts two)
     calls: list[tuple[int, int]] = field(default_factory=list)  # (step, rows) of each model call
     env: DenoisingEnv | None = field(default=None, repr=False)  # the environment that stepped it
+    precision: str | None = None  # the autocast precision it was sampled under (None: not recorded)
 
     @property
     def final(self) -> Tensor:
@@ -78,7 +80,8 @@ def concat_rollouts(rollouts: Sequence[Rollout], prompt_offsets: Sequence[int]) 
         tree.payload["cond_index"] = rollout.tree.payload["cond_index"] + offset
         trees.append(tree)
     return Rollout(tree=Tree.concat(trees, distinct_groups=False), sde_steps=rollouts[0].sde_steps,
-                   nfe=sum(r.nfe for r in rollouts), calls=[call for r in rollouts for call in r.calls])
+                   nfe=sum(r.nfe for r in rollouts), calls=[call for r in rollouts for call in r.calls],
+                   precision=rollouts[0].precision)
 
 
 def tree_nfe(num_steps: int, branching: int, depth: int, window_start: int) -> int:
@@ -121,6 +124,7 @@ def tree_rollout(
     check_int("trees_per_prompt", trees_per_prompt, minimum=1)
     check_int("num_prompts", num_prompts, minimum=1)
     num_trees = num_prompts * trees_per_prompt
+    precision = autocast_precision(env.device)
     x = initial_noise(noise, env.latent_shape, num_trees, generator, env.device)
     cond_index = torch.arange(num_prompts, device=x.device).repeat_interleave(trees_per_prompt)
     # the environment's own reset, without TorchRL's per-call bookkeeping (it is stateless)
@@ -155,7 +159,7 @@ def tree_rollout(
     )
     calls = policy.calls[calls_before:]
     nfe = sum(rows for _, rows in calls) * policy.model.evaluations_per_row
-    return Rollout(tree=tree, sde_steps=steps, nfe=nfe, calls=list(calls), env=env)
+    return Rollout(tree=tree, sde_steps=steps, nfe=nfe, calls=list(calls), env=env, precision=precision)
 
 
 def check_sde_steps(sde_steps: Sequence[int], num_steps: int) -> tuple[int, ...]:

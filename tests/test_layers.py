@@ -11,17 +11,18 @@ FOLDERS = {"treeadv": "treeadv", "treegrpo": "treegrpo", "envs": "treegrpo.envs"
            "embedded": "treegrpo.embedded", "rewards": "treegrpo.rewards", "benchmarks": "treegrpo.benchmarks"}
 
 # Each package (or core module) and the packages it may import, lowest layer first.
-CORE = {"treegrpo.errors", "treegrpo.algorithms", "treegrpo.config", "treegrpo.devices"}
+CORE = {"treegrpo.errors", "treegrpo.formats", "treegrpo.algorithms", "treegrpo.config", "treegrpo.devices"}
 ALLOWED: dict[str, set[str]] = {
     "treeadv": set(),
     "treegrpo.errors": set(),
+    "treegrpo.formats": {"treegrpo.errors"},
     "treegrpo.algorithms": {"treegrpo.errors"},
     "treegrpo.config": {"treegrpo.errors", "treegrpo.algorithms", "treeadv"},
     "treegrpo.devices": {"treegrpo.config"},
     "treegrpo.presets": {"treegrpo.config"},
-    "treegrpo.testing": set(),
-    "treegrpo.envs": {"treeadv", "treegrpo.errors"},
-    "treegrpo.rewards": {"treegrpo.errors"},
+    "treegrpo.testing": {"treegrpo.envs", "treegrpo.problems", "treegrpo.errors", "treeadv"},
+    "treegrpo.envs": {"treeadv", "treegrpo.errors", "treegrpo.formats"},
+    "treegrpo.rewards": {"treegrpo.errors", "treegrpo.formats"},
     "treegrpo.embedded": {"treegrpo.envs", "treegrpo.rewards", "treegrpo.errors", "treeadv"},
     "treegrpo.problems": {"treegrpo.embedded", "treegrpo.rewards", "treegrpo.envs", *CORE, "treeadv"},
     "treegrpo.algos": {"treegrpo.problems", "treegrpo.rewards", "treegrpo.envs", *CORE, "treeadv"},

@@ -24,11 +24,12 @@ import os
 import runpy
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
 from treegrpo.config import MODELS, Config, ModelConfig, Option, options, preset_config, read_config_file
-from treegrpo.errors import TreegrpoError
+from treegrpo.errors import TreegrpoError, TreegrpoWarning
 
 __all__ = ["build_parser", "main", "resolve_config"]
 
@@ -237,6 +238,21 @@ def _pretrain(config: Config, args: argparse.Namespace) -> int:
 HANDLERS = {"train": _train, "eval": _eval, "bench": _bench, "pretrain": _pretrain}
 
 
+def _one_line_warnings() -> None:
+    """Print the toolkit's own warnings as ``treegrpo: warning: <message>``, others as Python does."""
+    python_format = warnings.formatwarning
+    if getattr(python_format, "one_line", False):
+        return
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if issubclass(category, TreegrpoWarning):
+            return f"{PROG}: warning: {' '.join(str(message).split())}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    format_warning.one_line = True
+    warnings.formatwarning = format_warning
+
+
 MAX_ERROR_CHARS = 2000
 
 
@@ -250,6 +266,7 @@ def _shortened(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), resolve the config and run the subcommand."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    _one_line_warnings()
     try:
         load_plugins(argv)  # first: what a plugin registers is a valid choice of the parser
         args = build_parser().parse_args(argv)

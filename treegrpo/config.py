@@ -192,7 +192,10 @@ def number_or_word(value: str) -> float | str:
 
 def _coerce(kind: str, value: Any, meta: Mapping[str, Any]) -> Any:
     """Loosen TOML/JSON values to the field's type: ints for floats, tuples for lists, numbers for
-    number-or-word strings."""
+    number-or-word strings, a word for a bool where a former bool field became a choice (``from_bool``)."""
+    if "from_bool" in meta and (isinstance(value, bool) or str(value).strip().lower() in _BOOL_WORDS):
+        truth = value if isinstance(value, bool) else _BOOL_WORDS[str(value).strip().lower()]
+        return meta["from_bool"][int(truth)]
     if kind == "float" and _is_int(value):
         return float(value)
     if kind == "str" and "or_words" in meta and _is_number(value):
@@ -259,7 +262,7 @@ class _Section:
         f = cls._field(name)
         kind = cls._kinds()[name]
         try:
-            return _parse(kind, text)
+            return _coerce(kind, _parse(kind, text), f.metadata)
         except ValueError:
             raise ConfigError(f"{cls.section}.{name}: expected {_expected(kind, f.metadata)}, got {text!r}") from None
 
@@ -387,6 +390,10 @@ def _estimators() -> list[str]:
     return treeadv.registered_estimators()
 
 
+MIN_ADV_CLIP = 0.1
+"""Smallest non-zero ``loss.adv_clip``: below it every advantage is clipped to nearly nothing."""
+
+
 @dataclass
 class LossConfig(_Section):
     """Which algorithm's loss, its clipping, KL and advantage settings."""
@@ -444,8 +451,14 @@ class LossConfig(_Section):
         return kwargs
 
     def _check_fields(self) -> None:
-        """The estimator must accept its options (its own checks, e.g. a temperature > 0)."""
+        """The estimator must accept its options (its own checks, e.g. a temperature > 0); an
+        advantage clip must leave the advantages (z-scores, of order 1) something to learn from."""
         import treeadv
+
+        if 0 < self.adv_clip < MIN_ADV_CLIP:
+            raise ConfigError(f"loss.adv_clip: {self.adv_clip:g} clips every advantage (group z-scores, of order 1) "
+                              f"to +-{self.adv_clip:g}, so the policy learns nothing; use 0 (off) or a value >= "
+                              f"{MIN_ADV_CLIP:g} (peers use 5)")
 
         options = self.estimator_kwargs()  # its own one-line error for a malformed item
         try:
@@ -479,7 +492,8 @@ class TrainConfig(_Section):
     iterations: int = _opt(100, "training iterations (sample, then optimise)", min=1)
     inner_epochs: int = _opt(1, "optimisation epochs over each iteration's edges", min=1)
     minibatch_parents: int = _opt(16, "parent nodes per minibatch; each serves all its child edges", min=1)
-    seed: int = _opt(0, "random seed", min=0)
+    seed: int = _opt(0, "random seed (32 bits: every generator seeded from it, seed * 1000003 + epoch, fits in 64)",
+                     min=0, max=2**32 - 1)
     precision: str = _opt("fp32", "training precision", choices=("fp32", "bf16"))
     lora_rank: int = _opt(0, "LoRA rank via peft, 0 = full fine-tuning", min=0)
     lora_alpha: float = _opt(16.0, "LoRA alpha", min=0, min_open=True)
@@ -489,7 +503,12 @@ class TrainConfig(_Section):
     compile: bool = _opt(False, "torch.compile the model")
     compile_backend: str = _opt("inductor", "torch.compile backend", choices=("inductor", "aot_eager", "eager"))
     deterministic: bool = _opt(False, "torch deterministic algorithms (exact resume tests)")
-    check_on_policy: bool = _opt(True, "assert importance ratio 1 before the first update of each iteration")
+    check_on_policy: str = _opt(
+        "warn", "importance ratios before the first update of each iteration, read off the first minibatch (no extra "
+        "forward): off; warn (log them, one line when beyond rounding); strict (stop when beyond rounding)",
+        choices=("off", "warn", "strict"), from_bool=("off", "strict"))
+    rescore_on_policy: bool = _opt(False, "with check_on_policy: re-score every row of the batch before the update "
+                                          "(the full check; one extra forward per parent)")
     out_dir: str = _opt("runs/treegrpo", "directory for logs, samples and checkpoints")
     log_every: int = _opt(1, "iterations between log lines", min=1)
     checkpoint_every: int = _opt(10, "iterations between checkpoints", min=1)
@@ -528,7 +547,8 @@ class EvalConfig(_Section):
                                   "every offline reward (digits)")
     samples_per_prompt: int = _opt(8, "ODE samples per held-out prompt", min=1)
     num_steps: int = _opt(0, "denoising steps of evaluation samples, 0 = sampling.num_steps", min=0)
-    seed: int = _opt(-1, "seed of the evaluation noise (the same for every policy), -1 = train.seed + 1", min=-1)
+    seed: int = _opt(-1, "seed of the evaluation noise (the same for every policy), -1 = train.seed + 1", min=-1,
+                     max=2**32 - 1)
     base: bool = _opt(True, "treegrpo eval: also score the starting weights on the same noise (a 'base' row)")
     diversity: bool = _opt(True, "report per-prompt diversity of the held-out samples (sd3, flux, sd15: needs the "
                                  "CLIP weights of eval.diversity_model)")
@@ -642,7 +662,7 @@ USES: tuple[Use, ...] = (
 MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
     *(f"train.{name}" for name in ("iterations", "log_every", "checkpoint_every", "sample_every", "eval_every",
                                    "keep_checkpoints", "resume", "overwrite", "allow_config_change", "out_dir",
-                                   "device", "dist_backend", "check_on_policy", "compile", "compile_backend",
+                                   "device", "dist_backend", "check_on_policy", "rescore_on_policy", "compile", "compile_backend",
                                    "gradient_checkpointing", "deterministic")),
     "train.parallel", "sampling.chunks",  # how the work is shared out: any world size resumes any checkpoint
     *(f"sampling.{name}" for name in ("max_batch", "static_shapes", "background_scoring")),

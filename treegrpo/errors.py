@@ -17,4 +17,8 @@ class TreegrpoError(Exception):
         super().__init__(" ".join(str(message).split("\n")))
 
 
-__all__ = ["TreegrpoError"]
+class TreegrpoWarning(UserWarning):
+    """Something the user should know that does not stop the run; the command prints it as one line."""
+
+
+__all__ = ["TreegrpoError", "TreegrpoWarning"]

@@ -27,7 +27,7 @@ NON_DEFAULT = {  # every section off its defaults, and still a consistent run (n
                  "noise_level": 0.3, "transition": "cps", "cps_scoring": "density"},
     "loss": {"clip_range": 2e-4, "reward_weights": [0.8], "temperature": 0.5, "kl_coef": 0.04},
     "optim": {"lr": 3e-5, "beta2": 0.99, "grad_accumulation": 4, "warmup_iterations": 5},
-    "train": {"iterations": 7, "precision": "bf16", "resume": True, "check_on_policy": False, "out_dir": "r/x"},
+    "train": {"iterations": 7, "precision": "bf16", "resume": True, "check_on_policy": "off", "out_dir": "r/x"},
     "eval": {"rewards": ["hpsv2", "clipscore"], "samples_per_prompt": 2, "num_steps": 40, "seed": 5, "base": False},
 }
 
@@ -126,8 +126,10 @@ def test_missing_toml_file_names_the_path(tmp_path) -> None:
         ("train.resume=true", "train", "resume", True),
         ("train.resume=YES", "train", "resume", True),
         ("train.resume=1", "train", "resume", True),
-        ("train.check_on_policy=no", "train", "check_on_policy", False),
-        ("train.check_on_policy=0", "train", "check_on_policy", False),
+        ("train.check_on_policy=strict", "train", "check_on_policy", "strict"),
+        ("train.check_on_policy=no", "train", "check_on_policy", "off"),  # the former bool still reads
+        ("train.check_on_policy=true", "train", "check_on_policy", "strict"),
+        ("train.rescore_on_policy=1", "train", "rescore_on_policy", True),
         ("train.compile=False", "train", "compile", False),
         ("sampling.transition=dance_sde", "sampling", "transition", "dance_sde"),
         ("model.path=", "model", "path", ""),
@@ -228,11 +230,11 @@ def test_precedence_defaults_then_toml_then_flags(tmp_path, capsys) -> None:
 
 def test_cli_flags_of_every_type(capsys) -> None:
     config = _print_config(
-        ["eval", "--no-train.check_on_policy", "--model.rewards", "a,b", "--loss.reward_weights", "1,3",
+        ["eval", "--no-train.rescore_on_policy", "--train.check_on_policy", "off", "--model.rewards", "a,b", "--loss.reward_weights", "1,3",
          "--optim.lr", "2e-5", "--sampling.transition", "ddim", "--train.out_dir", "x y"],
         capsys,
     )
-    assert config.train.check_on_policy is False
+    assert config.train.check_on_policy == "off" and config.train.rescore_on_policy is False
     assert config.model.rewards == ["a", "b"] and config.loss.reward_weights == [1.0, 3.0]
     assert config.optim.lr == 2e-5 and config.sampling.transition == "ddim" and config.train.out_dir == "x y"
 

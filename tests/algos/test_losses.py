@@ -13,6 +13,7 @@ from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler
 
 from tests.envs.tiny_models import reference_edges
 from treegrpo.problems import toy2d_problem
+from treegrpo.testing.numerics import assert_close_up_to_rounding
 
 
 def test_ppo_clip_objective_by_hand():
@@ -24,7 +25,8 @@ def test_ppo_clip_objective_by_hand():
     # per edge max(-A r, -A clip(r)): (1.5,A=1) -> -1.2; (0.5,A=1) -> -0.5; (1.0,A=-1) -> 1.0
     torch.testing.assert_close(out["loss_objective"], torch.tensor((-1.2 - 0.5 + 1.0) / 3))
     torch.testing.assert_close(out["clip_fraction"], torch.tensor(2 / 3))
-    torch.testing.assert_close(out["ratio_mean"], torch.tensor(1.0))
+    # the loss's batch of parents has other shapes than sampling's frontiers: 1 up to kernel rounding
+    assert_close_up_to_rounding(out["ratio_mean"], torch.tensor(1.0))
 
 
 def test_asymmetric_clip_bounds_by_hand():
@@ -116,7 +118,8 @@ def test_loss_is_on_policy_before_any_update_and_one_forward_serves_k_edges():
     problem.model.forward = lambda x, t, c: rows.append(x.shape[0]) or forward(x, t, c)
     out = PPOClipLoss(problem.model, problem.transition, clip_range=0.1)(batch)
     assert rows == [batch.batch_size[0]]
-    torch.testing.assert_close(out["ratio_mean"], torch.tensor(1.0))
+    # the loss's batch of parents has other shapes than sampling's frontiers: 1 up to kernel rounding
+    assert_close_up_to_rounding(out["ratio_mean"], torch.tensor(1.0))
     assert float(out["clip_fraction"]) == 0.0
 
 

@@ -19,6 +19,8 @@ from treegrpo.envs import (
     tree_nfe,
 )
 
+from treegrpo.testing.numerics import assert_close_up_to_rounding
+
 from .tiny_models import LATENT_SHAPE, text_cond, tiny_sd3, tiny_unet
 
 
@@ -32,6 +34,7 @@ def unet(tmp_path_factory):
     return tiny_unet(tmp_path_factory.mktemp("unet"))
 
 
+@pytest.mark.exact_numerics  # against an independent reference computed at the same shapes
 def test_sd3_adapter_is_the_transformer_call(sd3):
     cond = text_cond(3)
     x, t = torch.randn(3, *LATENT_SHAPE), torch.tensor([900.0, 500.0, 10.0])
@@ -41,6 +44,7 @@ def test_sd3_adapter_is_the_transformer_call(sd3):
         torch.testing.assert_close(SD3Denoiser(sd3)(x, t, cond), expected)
 
 
+@pytest.mark.exact_numerics  # against an independent reference computed at the same shapes
 def test_unet_adapter_is_the_unet_call(unet):
     cond = text_cond(2, pooled=False)
     x, t = torch.randn(2, *LATENT_SHAPE), torch.tensor([999, 20])
@@ -54,6 +58,7 @@ def test_adapter_names_a_missing_conditioning_key(sd3):
         SD3Denoiser(sd3)(torch.randn(2, *LATENT_SHAPE), torch.ones(2), text_cond(2, pooled=False))
 
 
+@pytest.mark.exact_numerics  # against an independent reference computed at the same shapes
 def test_guidance_combines_conditional_and_unconditional_in_one_call():
     data = GaussianData(torch.zeros(2), torch.eye(2))
     calls = []
@@ -91,9 +96,9 @@ def test_tree_sampling_an_sd3_transformer_is_on_policy_and_batch_independent(sd3
             sampler = TreeSampler(model, transition, branching=3, depth=2, trees_per_prompt=2, max_batch=max_batch)
             rollout = sampler.sample(cond, latent_shape=LATENT_SHAPE, window_start=2, generator=torch.Generator().manual_seed(0))
             finals.append(rollout)
-        assert check_on_policy(finals[0], model, transition, cond, max_batch=4) <= 1e-5
-    torch.testing.assert_close(finals[1].final, finals[0].final, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(finals[1].tree.log_prob, finals[0].tree.log_prob, rtol=1e-5, atol=1e-5)
+        assert check_on_policy(finals[0], model, transition, cond, max_batch=4).is_rounding  # up to rounding
+    assert_close_up_to_rounding(finals[1].final, finals[0].final)  # micro-batches of 3: other rounding
+    assert_close_up_to_rounding(finals[1].tree.log_prob, finals[0].tree.log_prob)
 
 
 def test_tree_sampling_a_unet_with_ddim_is_on_policy(unet):
@@ -104,7 +109,7 @@ def test_tree_sampling_a_unet_with_ddim_is_on_policy(unet):
     with torch.no_grad():
         sampler = TreeSampler(model, transition, branching=2, depth=3)
         rollout = sampler.sample(cond, latent_shape=LATENT_SHAPE, window_start=4, generator=torch.Generator().manual_seed(0))
-        assert check_on_policy(rollout, model, transition, cond) <= 1e-5
+        assert check_on_policy(rollout, model, transition, cond).is_rounding  # up to rounding
     assert rollout.final.shape == (2 * 8, *LATENT_SHAPE)
 
 

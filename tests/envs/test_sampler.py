@@ -22,6 +22,7 @@ from treegrpo.envs import (
 )
 
 from tests.envs.tiny_models import reference_edges
+from treegrpo.testing.numerics import assert_close_up_to_rounding
 
 DATA = GaussianData(torch.zeros(6), torch.eye(6) * 0.5)
 
@@ -65,6 +66,7 @@ def test_frontiers_of_all_prompts_share_one_call_split_by_max_batch():
     assert rollout.nfe == trees * tree_nfe(10, 3, 2, 2)
 
 
+@pytest.mark.exact_numerics  # against an independent reference computed at the same shapes
 def test_tree_layout_and_payload():
     _, transition, sampler = _sampler(10, 3, 2, trees=2)
     rollout = sampler.sample(None, num_prompts=2, latent_shape=(6,), window_start=4, generator=torch.Generator().manual_seed(0))
@@ -89,7 +91,7 @@ def test_tree_layout_and_payload():
 def test_importance_ratio_is_one_before_any_update():
     model, transition, sampler = _sampler(10, 3, 3, trees=2)
     rollout = sampler.sample(None, num_prompts=2, latent_shape=(6,), window_start=3, generator=torch.Generator().manual_seed(0))
-    assert check_on_policy(rollout, model, transition, None, max_batch=5) <= 1e-5
+    assert check_on_policy(rollout, model, transition, None, max_batch=5).is_rounding  # up to rounding
 
 
 def test_on_policy_check_catches_a_changed_model():
@@ -115,8 +117,9 @@ def test_static_shapes_pad_every_call_and_change_nothing_else():
     plain_batches, plain = results[False]
     assert set(padded_batches) == {7} and len(padded_batches) == len(plain_batches)
     assert padded.nfe == plain.nfe == 6 * tree_nfe(10, 3, 2, 2) and padded.calls == plain.calls
-    torch.testing.assert_close(padded.final, plain.final, rtol=0, atol=0)
-    torch.testing.assert_close(padded.tree.log_prob, plain.tree.log_prob, rtol=0, atol=0)
+    # padded calls have other batch shapes, so other kernel rounding (exact on batch-invariant kernels)
+    assert_close_up_to_rounding(padded.final, plain.final)
+    assert_close_up_to_rounding(padded.tree.log_prob, plain.tree.log_prob)
 
 
 def test_results_do_not_depend_on_micro_batch_size():
@@ -125,8 +128,8 @@ def test_results_do_not_depend_on_micro_batch_size():
         _, _, sampler = _sampler(10, 3, 3, trees=2, max_batch=max_batch)
         outs.append(sampler.sample(None, num_prompts=2, latent_shape=(6,), window_start=2, generator=torch.Generator().manual_seed(5)))
     for other in outs[1:]:
-        torch.testing.assert_close(other.final, outs[0].final, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(other.tree.log_prob, outs[0].tree.log_prob, rtol=1e-5, atol=1e-5)
+        assert_close_up_to_rounding(other.final, outs[0].final)  # other micro-batches, other rounding
+        assert_close_up_to_rounding(other.tree.log_prob, outs[0].tree.log_prob)
 
 
 @pytest.mark.parametrize("make", [lambda ts: FlowSDE(ts, 0.7), lambda ts: FlowSDE(ts, 0.7, reduce="sum")])
@@ -153,7 +156,7 @@ def test_edge_log_probs_use_one_row_per_parent():
     scored = edge_log_probs(model, transition, rollout.tree, None)
     assert model.batches == [1 + 3 + 9]
     child = rollout.tree.parent >= 0
-    torch.testing.assert_close(scored[child], rollout.tree.log_prob[child])
+    assert_close_up_to_rounding(scored[child], rollout.tree.log_prob[child])  # one call of 13 rows against per-step calls
 
 
 def test_trajectory_sampler_independent_and_shared_noise():

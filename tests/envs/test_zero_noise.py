@@ -104,7 +104,7 @@ def test_all_steps_means_every_noisy_step_and_the_rest_are_counted(name):
     assert sampler.skipped_steps == ((9,) if name in SILENT_LAST else ())
     rollout = sampler.sample(None, num_prompts=2, latent_shape=(4,), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(rollout.tree.log_prob).all()
-    assert check_on_policy(rollout, _model(transition), transition, None, max_batch=1) == 0.0
+    assert check_on_policy(rollout, _model(transition), transition, None, max_batch=1).is_rounding  # up to rounding
 
 
 @pytest.mark.parametrize("name", sorted(SILENT_LAST))
@@ -127,7 +127,7 @@ def test_the_last_legal_window_passes_the_check_at_any_micro_batch(name):
                              generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(rollout.tree.log_prob).all()
     for max_batch in (1, 5, None):
-        assert check_on_policy(rollout, model, transition, None, max_batch=max_batch) <= 1e-6
+        assert check_on_policy(rollout, model, transition, None, max_batch=max_batch).is_rounding  # up to rounding
     children = rollout.tree.payload["sample"][rollout.tree.depth == 3].view(-1, 3, 4)
     assert (children[:, 0] != children[:, 1]).all()  # the deepest level really branched
 

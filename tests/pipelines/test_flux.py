@@ -104,6 +104,7 @@ def test_resolution_shift_matches_flux_pipeline(flux):
     torch.testing.assert_close(dance.timesteps.sigmas, FlowTimesteps.dancegrpo(STEPS, shift=3.0).sigmas)
 
 
+@pytest.mark.exact_numerics  # against an independent reference computed at the same shapes
 @pytest.mark.parametrize("true_cfg", [1.0, 2.0], ids=["distilled", "true-cfg"])
 def test_ode_samples_equal_the_stock_pipeline(flux, true_cfg):
     """Our ODE sampler on unpacked latents reproduces FluxPipeline on the packed ones, then the images."""
@@ -130,6 +131,7 @@ def test_ode_samples_equal_the_stock_pipeline(flux, true_cfg):
     assert not torch.allclose(other, ours)
 
 
+@pytest.mark.exact_numerics  # against an independent reference computed at the same shapes
 def test_schnell_samples_on_its_own_static_shift_and_equals_the_stock_pipeline(tmp_path):
     """FLUX.1-schnell's structure: no guidance embedding, a static scheduler shift of 1 (no dynamic
     shifting); sampling.shift's default 3 must not replace it."""
@@ -184,7 +186,7 @@ def test_tree_and_trajectory_samples_are_on_policy(flux):
     trajectories = TrajectorySampler(flux.denoiser, transition, group_size=2).sample(
         cond, latent_shape=flux.latent_shape(SIZE), generator=generator)
     for rollout in (tree, trajectories):
-        assert check_on_policy(rollout, flux.denoiser, transition, cond, atol=1e-5) <= 1e-5
+        assert check_on_policy(rollout, flux.denoiser, transition, cond).is_rounding  # up to rounding
 
 
 class Brightness:

@@ -1,0 +1,134 @@
+"""On-policy statistics under fp32, simulated TF32 and simulated bf16 numerics, and what the check costs.
+
+For the digits default (its preset: TreeGRPO k=3, d=3, clip range 1e-2) and a one-layer SD3
+transformer at SD3.5's latent size (16x64x64, clip range 1e-4 as Flow-GRPO's), trains a few
+iterations with the trainer's default check (statistics read off the first minibatch) and reports,
+over those iterations, the largest ``|ratio - 1|``, the ratio's std, the share of edges outside the
+clip range and the largest rounding z (``|log rho| / (u S)``, docs/algos.md). ``fp32`` is this
+machine's own arithmetic; ``tf32`` and ``bf16`` wrap every denoiser forward in
+:func:`treegrpo.testing.simulated_gpu_numerics` (rounding ``1e-3`` and ``4e-3`` that depend on the
+batch shape). ``--timing`` also measures the default digits run's seconds per iteration with the
+statistics (no extra forward) and with the full re-scoring pass (``train.rescore_on_policy``,
+what every iteration paid before).
+
+    python benchmarks/onpolicy_numerics.py [--iterations 3] [--timing 20] [--out benchmarks/results/onpolicy_numerics.json]
+
+Writes the JSON and, beside it, the Markdown table docs/algos.md includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from treegrpo.algos.trainer import Trainer
+from treegrpo.benchmarks import RESULTS
+from treegrpo.envs.numerics import ROUNDING_Z
+
+from treegrpo.config import Config, preset_config
+from treegrpo.problems import build_problem
+from treegrpo.testing.numerics import sd35_latent_problem, simulated_gpu_numerics
+
+NUMERICS = ("fp32", "tf32", "bf16")
+
+
+def numerics(name: str):
+    return contextlib.nullcontext() if name == "fp32" else simulated_gpu_numerics(name)
+
+
+def trainer_for(problem_name: str, out: str, extra: list[str]) -> Trainer:
+    common = [f"train.out_dir={out}", "train.checkpoint_every=100000", "train.sample_every=100000", *extra]
+    if problem_name == "digits":
+        config = preset_config("digits").override(common)
+        return Trainer(build_problem(config), config)
+    config = Config().override(["model.kind=toy2d", "sampling.num_steps=10", "sampling.prompts_per_iteration=2",
+                                "sampling.branching=3", "sampling.depth=2", "train.minibatch_parents=4",
+                                "loss.clip_range=1e-4", "optim.lr=1e-5", *common], check_used=False)
+    return Trainer(sd35_latent_problem(prompts=2, num_steps=10), config)
+
+
+def statistics(problem_name: str, numeric: str, iterations: int) -> dict[str, Any]:
+    """The worst on-policy statistics over ``iterations`` and the warnings the run printed."""
+    with numerics(numeric), tempfile.TemporaryDirectory() as out, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = trainer_for(problem_name, out, [])
+        rows = [trainer.step() for _ in range(iterations)]
+        trainer.close()
+    worst = {key: max(row[key] for row in rows) for key in rows[0] if key.startswith("onpolicy/")}
+    return {"problem": problem_name, "numerics": numeric, "iterations": iterations,
+            "clip_range": trainer.config.loss.clip_range, "unit": rows and trainer_unit(numeric),
+            **{key.split("/")[1]: value for key, value in worst.items()},
+            "rounding": worst["onpolicy/rounding_z"] <= ROUNDING_Z,
+            "warnings": sorted({str(w.message).split(":")[1].split("(")[0].strip() for w in caught})}
+
+
+def trainer_unit(numeric: str) -> float:
+    from treegrpo.envs.numerics import UNIT_ROUNDOFF
+
+    from treegrpo.testing.numerics import LEVELS
+
+    return UNIT_ROUNDOFF["fp32"] if numeric == "fp32" else LEVELS[numeric]
+
+
+def seconds_per_iteration(iterations: int, rescore: bool) -> dict[str, float]:
+    """The default digits run's mean seconds per iteration (after one warm-up) and forward rows."""
+    with tempfile.TemporaryDirectory() as out:
+        trainer = trainer_for("digits", out, [f"train.rescore_on_policy={str(rescore).lower()}"])
+        trainer.step()
+        start, rows = time.perf_counter(), []
+        for _ in range(iterations):
+            rows.append(trainer.step())
+        elapsed = (time.perf_counter() - start) / iterations
+        trainer.close()
+    return {"rescore_on_policy": rescore, "seconds_per_iteration": elapsed,
+            "forward_rows_check": sum(r.get("forward_rows_check", 0.0) for r in rows) / iterations,
+            "forward_rows": sum(r["forward_rows"] for r in rows) / iterations,
+            "nfe_sampled": sum(r["nfe_sampled"] for r in rows) / iterations}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| problem | numerics | max abs(ratio - 1) | ratio std | clipped before update | rounding z | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        verdict = "rounding" if r["rounding"] else "beyond rounding"
+        lines.append(f"| {r['problem']} | {r['numerics']} | {r['max_deviation']:.2e} | {r['ratio_std']:.2e} | "
+                     f"{r.get('clipped_fraction', float('nan')):.1%} (clip {r['clip_range']:g}) | {r['rounding_z']:.2f} | "
+                     f"{verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--problems", nargs="+", default=["digits", "sd35-latent"], choices=["digits", "sd35-latent"])
+    parser.add_argument("--timing", type=int, default=0, help="timed digits iterations per setting (0: skip)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "onpolicy_numerics.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = [statistics(p, n, args.iterations) for p in args.problems for n in NUMERICS]
+    result: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                              "rounding_z_limit": ROUNDING_Z, "rows": rows}
+    print(table(rows))
+    if args.timing:
+        result["timing"] = [seconds_per_iteration(args.timing, rescore) for rescore in (False, True)]
+        for t in result["timing"]:
+            print(f"digits default, rescore_on_policy={t['rescore_on_policy']}: {t['seconds_per_iteration']:.3f} s/iteration, "
+                  f"{t['forward_rows_check']:.0f} check rows + {t['forward_rows']:.0f} trained rows, "
+                  f"{t['nfe_sampled']:.0f} sampled NFE")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table(rows) + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
