@@ -9,14 +9,18 @@ checkpointing hook.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from torch import nn
 
+from treegrpo.errors import TreegrpoWarning
 from treegrpo.problems.lora import _tuner_layers, has_adapters  # noqa: F401  (has_adapters: re-exported)
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+RANK_WIDTHS = 4
+"""``train.lora_rank`` may reach this many times the widest targeted layer's width (``max(in, out)``)."""
 
 
 def _diffusers_models(model: nn.Module) -> list[nn.Module]:
@@ -43,24 +47,31 @@ def _matches(name: str, target: str) -> bool:
 
 
 def check_lora(host: nn.Module, rank: int, targets: Sequence[str]) -> None:
-    """Refuse, in one line and before peft allocates anything, a target that names no module of
-    ``host`` and a ``rank`` above a targeted layer's width ``max(in, out)``: the update ``B A`` has
-    rank at most ``min(in, out)``, so such a rank only allocates (a huge one stalls doing so)."""
+    """Refuse, in one line and before peft allocates anything, targets none of which names a module
+    of ``host`` (a partial miss is a warning: a family's list on a smaller model) and a ``rank`` above
+    :data:`RANK_WIDTHS` times the widest targeted layer: the update ``B A`` has rank at most
+    ``min(in, out)``, so such a rank only allocates (a huge one stalls doing so). Up to that, a
+    family's rank on a smaller model (a test model) is allowed, as peft allows it."""
     from treegrpo.config import ConfigError
 
     modules = [(name, module) for name, module in host.named_modules() if name]
     linear = linear_module_names(host)
-    for target in targets:
-        if not any(_matches(name, target) for name, _ in modules):
-            shown = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in linear})[:8])
-            raise ConfigError(f"train.lora_targets: {target[:80]!r} matches no module of {type(host).__name__}; "
-                              f"expected module-name suffixes such as {shown or 'its linear layers'}")
-    for name, module in modules:
-        if (not targets and isinstance(module, nn.Linear)) or any(_matches(name, t) for t in targets):
-            width = max(getattr(module, "in_features", rank), getattr(module, "out_features", rank))
-            if rank > width:
-                raise ConfigError(f"train.lora_rank: {rank} exceeds the width of {name} ({module.in_features} -> "
-                                  f"{module.out_features}); expected an int in [1, {width}] for this model")
+    unmatched = [target for target in targets if not any(_matches(name, target) for name, _ in modules)]
+    if unmatched and len(unmatched) == len(targets):
+        shown = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in linear})[:8])
+        raise ConfigError(f"train.lora_targets: {unmatched[0][:80]!r} matches no module of {type(host).__name__}; "
+                          f"expected module-name suffixes such as {shown or 'its linear layers'}")
+    if unmatched:  # a family's list on a smaller model (SD3's last block has no to_add_out): as peft, go on, but say so
+        warnings.warn(f"train.lora_targets: {', '.join(repr(t[:80]) for t in unmatched[:4])} match no module of "
+                      f"{type(host).__name__}; the other targets get adapters", TreegrpoWarning, stacklevel=3)
+    targeted = [(name, module) for name, module in modules
+                if (not targets and isinstance(module, nn.Linear)) or any(_matches(name, t) for t in targets)]
+    widths = [(max(getattr(m, "in_features", 0), getattr(m, "out_features", 0)), name, m) for name, m in targeted]
+    width, name, module = max(widths, key=lambda w: w[0], default=(0, "", None))
+    if module is not None and width and rank > RANK_WIDTHS * width:
+        raise ConfigError(f"train.lora_rank: {rank} exceeds {RANK_WIDTHS}x the width of the widest targeted layer "
+                          f"{name} ({module.in_features} -> {module.out_features}); a rank above min(in, out) adds "
+                          f"memory, not expressiveness; expected an int in [1, {RANK_WIDTHS * width}] for this model")
 
 
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str] = (), *, seed: int = 0) -> list[str]:

@@ -34,7 +34,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     (["--eval.seed", "18446744073709551616"], "eval.seed: expected an int in [-1, 4294967295]"),
     (["--train.lora_rank", "2", "--train.lora_targets", "nosuchmodule"],
      "train.lora_targets: 'nosuchmodule' matches no module of ResidualVelocity; expected module-name suffixes"),
-    (["--train.lora_rank", "100000"], "train.lora_rank: 100000 exceeds the width of net.0 (3 -> 64)"),
+    (["--train.lora_rank", "100000"], "train.lora_rank: 100000 exceeds 4x the width of the widest targeted layer"),
     (["--loss.adv_clip", "1e-12"], "loss.adv_clip: 1e-12 clips every advantage"),
 ])
 def test_bad_inputs_are_one_line_before_any_work(flags, starts, tmp_path, capsys):

@@ -171,3 +171,20 @@ def test_tiny_sd3_iteration_with_lora_or_full_and_checkpointing(lora, tmp_path):
         assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainer.named_params} <= {"to_q", "to_k", "to_v", "0"}
     else:
         assert len(changed) > len(before) // 2
+
+
+def test_lora_targets_that_all_miss_are_refused_and_a_partial_miss_is_a_warning():
+    import warnings as _warnings
+
+    from treegrpo.algos.model_setup import check_lora
+
+    from treegrpo.config import ConfigError
+    from treegrpo.errors import TreegrpoWarning
+
+    host = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="'to_q' matches no module of Sequential"):
+        check_lora(host, 2, ["to_q", "to_k"])
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        check_lora(host, 2, ["0", "to_add_out"])  # a family's list on a smaller model
+    assert [w for w in caught if issubclass(w.category, TreegrpoWarning) and "'to_add_out'" in str(w.message)]
