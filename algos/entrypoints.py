@@ -98,6 +98,7 @@ def _run(trainer: Trainer, config: Config, progress: bool, key: dict[str, Any],
         "nfe_sampled": sum(h.get("nfe_sampled", 0.0) for h in history),
         "edges_trained": sum(h.get("edges_trained", 0.0) for h in history),
         "final_training_reward": history[-1]["reward_mean"] if history else float("nan"),
+        **on_policy_summary(history),
     }
     summary = {"before": before, "after": after, "diversity_kept": diversity_kept(before, after),
                "evaluations": trainer.evaluations, "training": training, "config": config.to_dict()}
@@ -164,3 +165,20 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
     print(paper_table(rows, columns, titles))
     print(f"wrote {out}")
     return result
+
+
+def on_policy_summary(history: list[dict[str, float]]) -> dict[str, float]:
+    """The run's on-policy statistics for the end-of-run table (docs/algos.md, "On-policy statistics
+    on real hardware"): the worst ``|ratio - 1|`` and rounding z before any update, and the mean
+    share of edges outside the clip range then; nothing when the check was off."""
+    def column(name: str) -> list[float]:
+        return [h[f"onpolicy_{name}"] for h in history if f"onpolicy_{name}" in h]
+
+    out = {}
+    for name, reduce, label in (("max_deviation", max, "onpolicy_max_deviation_worst"),
+                                ("rounding_z", max, "onpolicy_rounding_z_worst"),
+                                ("clipped_fraction", lambda v: sum(v) / len(v), "onpolicy_clipped_fraction_mean")):
+        values = column(name)
+        if values:
+            out[label] = float(reduce(values))
+    return out

@@ -184,6 +184,10 @@ def test_run_writes_grids_curve_summary_and_reports_held_out_gain(tmp_path, caps
     assert summary["before"]["eval_samples"] == summary["after"]["eval_samples"] == 16  # 2 prompts x 8
     printed = capsys.readouterr().out
     assert "target" in printed and f"{after:.4f}" in printed and "images_generated" in printed
+    # the on-policy statistics of the run (before any update, every iteration) are in the table too
+    training = summary["training"]
+    assert {"onpolicy_max_deviation_worst", "onpolicy_rounding_z_worst", "onpolicy_clipped_fraction_mean"} <= set(training)
+    assert "onpolicy_rounding_z_worst" in printed and 0 < training["onpolicy_max_deviation_worst"] < 1
     assert json.loads((tmp_path / "summary.json").read_text())["after"]["eval/target"] == after
 
     resumed = run(config.override(["train.resume=true", "train.iterations=14"]),
