@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import tempfile
 import time
 import warnings
@@ -55,7 +56,7 @@ def trainer_for(problem_name: str, out: str, extra: list[str]) -> Trainer:
     return Trainer(sd35_latent_problem(prompts=2, num_steps=10), config)
 
 
-def statistics(problem_name: str, numeric: str, iterations: int) -> dict[str, Any]:
+def run_statistics(problem_name: str, numeric: str, iterations: int) -> dict[str, Any]:
     """The worst on-policy statistics over ``iterations`` and the warnings the run printed."""
     with numerics(numeric), tempfile.TemporaryDirectory() as out, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -78,20 +79,42 @@ def trainer_unit(numeric: str) -> float:
     return UNIT_ROUNDOFF["fp32"] if numeric == "fp32" else LEVELS[numeric]
 
 
-def seconds_per_iteration(iterations: int, rescore: bool) -> dict[str, float]:
-    """The default digits run's mean seconds per iteration (after one warm-up) and forward rows."""
+def iteration_seconds(iterations: int, rescore: bool) -> tuple[list[float], list[dict[str, float]]]:
+    """Seconds of each of ``iterations`` default digits iterations (after one warm-up) and their metrics."""
     with tempfile.TemporaryDirectory() as out:
         trainer = trainer_for("digits", out, [f"train.rescore_on_policy={str(rescore).lower()}"])
         trainer.step()
-        start, rows = time.perf_counter(), []
+        seconds, rows = [], []
         for _ in range(iterations):
+            start = time.perf_counter()
             rows.append(trainer.step())
-        elapsed = (time.perf_counter() - start) / iterations
+            seconds.append(time.perf_counter() - start)
         trainer.close()
-    return {"rescore_on_policy": rescore, "seconds_per_iteration": elapsed,
-            "forward_rows_check": sum(r.get("forward_rows_check", 0.0) for r in rows) / iterations,
-            "forward_rows": sum(r["forward_rows"] for r in rows) / iterations,
-            "nfe_sampled": sum(r["nfe_sampled"] for r in rows) / iterations}
+    return seconds, rows
+
+
+def timing(iterations: int, repeats: int = 2) -> list[dict[str, Any]]:
+    """The default digits run with and without the full re-scoring pass, alternated ``repeats`` times;
+    both draw the same windows and prompts (the check draws nothing), so iteration ``i`` of one is
+    paired with iteration ``i`` of the other and the median of the pairs is the cost."""
+    runs: dict[bool, list[list[float]]] = {False: [], True: []}
+    rows: dict[bool, list[dict[str, float]]] = {}
+    for _ in range(repeats):
+        for rescore in (False, True):
+            seconds, rows[rescore] = iteration_seconds(iterations, rescore)
+            runs[rescore].append(seconds)
+    median = {rescore: statistics.median([min(times) for times in zip(*runs[rescore])]) for rescore in runs}
+    out = []
+    for rescore in (False, True):
+        metrics = rows[rescore]
+        out.append({"rescore_on_policy": rescore, "seconds_per_iteration": median[rescore],
+                    "forward_rows_check": sum(r.get("forward_rows_check", 0.0) for r in metrics) / iterations,
+                    "forward_rows": sum(r["forward_rows"] for r in metrics) / iterations,
+                    "nfe_sampled": sum(r["nfe_sampled"] for r in metrics) / iterations,
+                    "iterations": iterations, "repeats": repeats})
+    paired = [a / b for a, b in zip(*(map(min, zip(*runs[rescore])) for rescore in (True, False)), strict=True)]
+    out[1]["median_paired_ratio"] = statistics.median(paired)
+    return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -113,16 +136,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS / "onpolicy_numerics.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = [statistics(p, n, args.iterations) for p in args.problems for n in NUMERICS]
+    rows = [run_statistics(p, n, args.iterations) for p in args.problems for n in NUMERICS]
     result: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                               "rounding_z_limit": ROUNDING_Z, "rows": rows}
     print(table(rows))
     if args.timing:
-        result["timing"] = [seconds_per_iteration(args.timing, rescore) for rescore in (False, True)]
+        result["timing"] = timing(args.timing)
         for t in result["timing"]:
-            print(f"digits default, rescore_on_policy={t['rescore_on_policy']}: {t['seconds_per_iteration']:.3f} s/iteration, "
+            print(f"digits default, rescore_on_policy={t['rescore_on_policy']}: {t['seconds_per_iteration']:.3f} s/iteration "
+                  f"(median over iterations of the best of {t['repeats']} alternated runs), "
                   f"{t['forward_rows_check']:.0f} check rows + {t['forward_rows']:.0f} trained rows, "
                   f"{t['nfe_sampled']:.0f} sampled NFE")
+        print(f"the full re-scoring pass costs {result['timing'][1]['median_paired_ratio'] - 1:+.1%} per iteration "
+              "(median of paired iterations)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(table(rows) + "\n")

@@ -60,6 +60,9 @@ class OnPolicyWarning(TreegrpoWarning):
     """Sampling and the loss disagree beyond rounding, or rounding exceeds the clip range (``train.check_on_policy=warn``)."""
 
 
+LOG_PROB_ULPS = 4.0
+"""Ulps of its own size a float32 log-prob (a reduction over the latent) may be off by."""
+
 Z_CAP = 1e12  # rounding_z is reported up to this (finite, so it can go into JSON and checkpoints)
 
 _assumed: list[float] = []  # units declared by assume_rounding (innermost last)
@@ -131,13 +134,19 @@ def edge_sensitivity(transition: Transition, latent: Tensor, sample: Tensor, mea
                      step: Tensor) -> Tensor:
     """``[M, K, 2]``: each child's :func:`ratio_sensitivity` to rounding of the model's output
     (its part of the mean, ``mu - mu_0``, ``mu_0`` the mean at a zero output) and to rounding of
-    the step math (``|mu_0| + |mu - mu_0|``). The mean is affine in the model output (every shipped
+    the float32 step math (``|mu_0| + |mu - mu_0|``, and the log-prob's own value: a float32 mean
+    of ``D`` terms is off by a few ulps of itself, :data:`LOG_PROB_ULPS`). The mean is affine in the model output (every shipped
     transition), so ``mu - mu_0`` is exactly where the model's rounding enters, scaled by the step;
     the step math itself runs in float32 whatever the model's precision."""
     latent64 = latent.detach().to(torch.float64)
     base, _ = transition.mean_std(latent64, torch.zeros_like(latent64), step)
     model_part = (mean.detach().to(torch.float64) - base).abs()
-    return ratio_sensitivity(transition, sample, mean, std, torch.stack([model_part, base.abs() + model_part], -1))
+    pair = ratio_sensitivity(transition, sample, mean, std, torch.stack([model_part, base.abs() + model_part], -1))
+    # the log-prob itself is a float32 number reduced over D terms: its own rounding, a few ulps of its size
+    std64 = torch.as_tensor(std, device=mean.device).detach().to(torch.float64)
+    value = transition.score(sample.detach().to(torch.float64), mean.detach().to(torch.float64).unsqueeze(1),
+                             std64.unsqueeze(1) if std64.dim() > 0 else std64, batch_dims=2).abs()  # [M, K]
+    return torch.stack([pair[..., 0], torch.hypot(pair[..., 1], LOG_PROB_ULPS * value)], -1)
 
 
 def rounding_spread(sensitivity: Tensor, unit: float) -> Tensor:
