@@ -5,7 +5,7 @@ with the current policy, which is the behaviour policy of this iteration, and sc
 turn rewards into per-edge advantages; run ``inner_epochs`` passes over shuffled minibatches of
 parents (one policy forward per parent serves all its child edges); report. All randomness flows
 from named generators that go into checkpoints, so a resumed run continues bit for bit (on CPU
-with ``train.deterministic``).
+with ``train.deterministic``, and the same batch shapes: other shapes round differently).
 
 The pieces live in their own modules: how prompts are shared over ranks and chunks
 (:mod:`~treegrpo.algos.sharding`), the optimiser and the update loop (:mod:`~treegrpo.algos.update`),

@@ -21,11 +21,14 @@ from treegrpo.config import Config
 from treegrpo.problems import toy2d_problem
 from treegrpo.testing.numerics import sd35_latent_problem, simulated_gpu_numerics
 
+ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce")
+
 
 def _config(tmp_path, *extra: str) -> Config:
     return Config().override([
         "model.kind=toy2d", "sampling.num_steps=8", "sampling.prompts_per_iteration=4", "train.iterations=3",
-        f"train.out_dir={tmp_path}", "train.minibatch_parents=8", "loss.clip_range=0.01",
+        f"train.out_dir={tmp_path}", "train.minibatch_parents=8",
+        *([] if "loss.algorithm=reinforce" in extra else ["loss.clip_range=0.01"]),
         "train.checkpoint_every=1000", "train.sample_every=1000", *extra])
 
 
@@ -52,13 +55,16 @@ def test_the_default_reads_statistics_off_the_first_minibatch_with_no_extra_forw
     assert not any(key.startswith("onpolicy/") for key in off)
 
 
-@pytest.mark.parametrize("level", ["tf32", "bf16"])
-def test_gpu_like_rounding_trains_in_strict_mode(level, tmp_path):
+@pytest.mark.parametrize(("algorithm", "level"), [("treegrpo", "tf32"), *((a, "bf16") for a in ALGORITHMS)])
+def test_every_algorithm_trains_in_strict_mode_under_gpu_like_rounding(algorithm, level, tmp_path):
+    """The suite's TF32-sized rounding covers every algorithm (tests/algos/test_training.py); here bf16-sized,
+    and strict: rounding is never taken for a bug."""
+    clip = [] if algorithm == "reinforce" else ["loss.clip_range=0.2"]
     with simulated_gpu_numerics(level):
-        trainer = _trainer(tmp_path, "train.check_on_policy=strict", "optim.lr=3e-3", "loss.clip_range=0.2",
-                           "train.iterations=12")
+        trainer = _trainer(tmp_path, "train.check_on_policy=strict", f"loss.algorithm={algorithm}", *clip,
+                           f"optim.lr={1e-3 if algorithm == 'reinforce' else 3e-3}", "train.iterations=16")
         history = trainer.fit(progress=False)
-    assert sum(h["reward_mean"] for h in history[-3:]) > sum(h["reward_mean"] for h in history[:3])
+    assert sum(h["reward_mean"] for h in history[-4:]) > sum(h["reward_mean"] for h in history[:4]) + 0.3 * 4
 
 
 def _strict(tmp_path, *extra, conditioned: bool = False):
