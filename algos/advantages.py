@@ -66,7 +66,9 @@ class GroupAdvantage:
 
     Several rewards combine at the advantage level (the paper: normalise each reward within the
     group, then take the weighted sum) or, with ``aggregate="reward"``, at the reward level (the
-    weighted sum of raw rewards, then one normalisation; MixGRPO offers both).
+    weighted sum of raw rewards, then one normalisation; MixGRPO offers both). ``std`` and ``eps``
+    choose the spread each group is divided by (:func:`treeadv.leaf_advantages`: ``group``,
+    ``group_bessel`` or ``batch``; ``eps=None`` is that spread's peer's).
     """
 
     def __init__(
@@ -75,7 +77,8 @@ class GroupAdvantage:
         *,
         reward_weights: Sequence[float] | None = None,
         aggregate: str = "advantage",
-        eps: float = 1e-6,
+        eps: float | None = None,
+        std: str = "group",
         **options: Any,
     ) -> None:
         if aggregate not in AGGREGATIONS:
@@ -83,7 +86,7 @@ class GroupAdvantage:
         self.estimator = treeadv.make_estimator(estimator, **options) if isinstance(estimator, str) else estimator
         self.reward_weights = list(reward_weights) if reward_weights else None
         self.aggregate = aggregate
-        self.eps = eps
+        self.eps, self.std = eps, std
 
     def __call__(self, tree: Tree, rewards: Tensor, prompt_ids: Tensor | None = None) -> treeadv.BackupResult:
         """``[N]`` edge advantages (and backup weights) from ``[L]``/``[L, m]`` rewards in leaf order."""
@@ -92,7 +95,7 @@ class GroupAdvantage:
         if self.aggregate == "reward":
             rewards = combine_rewards(rewards, self.reward_weights)
         leaf = treeadv.leaf_advantages(rewards, group, weights=self.reward_weights if rewards.dim() > 1 else None,
-                                       eps=self.eps)
+                                       eps=self.eps, std=self.std)
         return treeadv.backup_with_weights(tree, tree.scatter_leaves(leaf), self.estimator)
 
     def state_dict(self) -> dict[str, Any]:

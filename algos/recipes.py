@@ -86,10 +86,11 @@ def build_advantage(config: Config) -> Advantage:
     kind = c.recipe.advantage
     if kind == "tracker":
         return PerPromptStatTracker(c.tracker_buffer, c.tracker_min_count, reward_weights=weights)
+    spread = {"std": c.advantage_std, "eps": None if c.advantage_eps == "auto" else float(c.advantage_eps)}
     if kind == "tree":
-        return GroupAdvantage(c.estimator, reward_weights=weights, aggregate=c.reward_aggregation,
+        return GroupAdvantage(c.estimator, reward_weights=weights, aggregate=c.reward_aggregation, **spread,
                               **c.estimator_kwargs())
-    return GroupAdvantage("leaf", reward_weights=weights, aggregate=c.reward_aggregation)
+    return GroupAdvantage("leaf", reward_weights=weights, aggregate=c.reward_aggregation, **spread)
 
 
 def build_loss(config: Config, problem: Problem, reference: Any = None) -> EdgeLoss:

@@ -4,8 +4,18 @@ For reward model ``j`` and the leaves ``l`` of group ``g`` (docs/concepts.md, "L
 
     A_l^(j) = (r_l^(j) - mean_g r^(j)) / (std_g r^(j) + eps),     A_l = sum_j w_j A_l^(j)
 
-with the population standard deviation. Normalising each reward before weighting keeps a
-reward with a large scale (Aesthetic ~ 6) from drowning one with a small scale (CLIPScore ~ 0.3).
+with the population standard deviation by default. ``std`` chooses how the spread is measured,
+as each peer does (the mean is always the group's):
+
+- ``"group"``: the group's population std, ``eps = 1e-6`` (this project's default);
+- ``"group_bessel"``: the group's Bessel-corrected std, ``eps = 1e-8`` (DanceGRPO and MixGRPO,
+  ``group_rewards.std() + 1e-8``: DanceGRPO ``fastvideo/train_grpo_flux.py:542``, MixGRPO
+  ``fastvideo/train_grpo_flux.py:448``);
+- ``"batch"``: the population std of the whole batch, ``eps = 1e-4`` (Flow-GRPO's SD3 configs,
+  ``sample.global_std = True``: ``config/base.py:52``, ``flow_grpo/stat_tracking.py:25-29``).
+
+Normalising each reward before weighting keeps a reward with a large scale (Aesthetic ~ 6) from
+drowning one with a small scale (CLIPScore ~ 0.3).
 """
 
 from __future__ import annotations
@@ -18,12 +28,16 @@ from torch import Tensor
 from treeadv.errors import NonFiniteError
 from treeadv.errors import format_indices as _listed
 
+STD_EPS: dict[str, float] = {"group": 1e-6, "group_bessel": 1e-8, "batch": 1e-4}
+"""Each ``std`` choice of :func:`leaf_advantages` with the ``eps`` its peer adds to it."""
+
 
 def leaf_advantages(
     rewards: Tensor,
     group: Tensor,
     weights: Tensor | Sequence[float] | None = None,
-    eps: float = 1e-6,
+    eps: float | None = None,
+    std: str = "group",
 ) -> Tensor:
     """Group-normalised, weighted leaf advantages ``[L]``.
 
@@ -32,10 +46,14 @@ def leaf_advantages(
         group: ``[L]`` integer group (prompt) id of each leaf; ids need not be contiguous.
         weights: ``[m]`` non-negative weight per reward column; defaults to ``1/m`` each
             (the paper's HPSv2.1 + CLIPScore run uses ``[0.8, 0.2]``).
-        eps: added to the standard deviation before dividing.
+        eps: added to the standard deviation before dividing; ``None``: the peer's of ``std``
+            (:data:`STD_EPS`).
+        std: ``"group"`` (population std within the group), ``"group_bessel"`` (Bessel-corrected,
+            ``n - 1``) or ``"batch"`` (population std over all ``L`` leaves, each column on its own).
 
     Edge cases: a group of one leaf, or a group whose rewards are all equal, has zero spread, so
-    its leaves get advantage exactly 0 (no learning signal rather than noise divided by eps).
+    its leaves get advantage exactly 0 (no learning signal rather than noise divided by eps); under
+    ``"group_bessel"`` a one-leaf group also gives 0, where the peer's ``std()`` of one value is NaN.
     NaN or inf rewards raise :class:`NonFiniteError` naming how many and in which groups, since a
     single NaN would otherwise poison its whole group.
 
@@ -54,6 +72,10 @@ def leaf_advantages(
         raise ValueError(
             f"group: expected integer ids of shape ({num_leaves},), got {_describe(group)}"
         )
+    if std not in STD_EPS:
+        raise ValueError(f"std: expected one of {', '.join(STD_EPS)}, got {std!r}")
+    if eps is None:
+        eps = STD_EPS[std]
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     weight_t = _reward_weights(weights, num_rewards, columns)
@@ -75,8 +97,15 @@ def leaf_advantages(
     mean.index_add_(0, slot, columns)
     mean /= count.unsqueeze(1)
     centred = columns - mean[slot]  # [L, m]
-    variance = torch.zeros_like(mean).index_add_(0, slot, centred.square()) / count.unsqueeze(1)
-    normalised = centred / (variance.sqrt()[slot] + eps)  # [L, m]
+    if std == "batch":  # one spread per column, over every leaf: [1, m]
+        spread = centred.new_zeros(1, num_rewards) if num_leaves == 0 else (
+            (columns - columns.mean(0, keepdim=True)).square().mean(0, keepdim=True).sqrt())
+    else:
+        squares = torch.zeros_like(mean).index_add_(0, slot, centred.square())  # [G, m]
+        dof = count - 1 if std == "group_bessel" else count
+        # a one-leaf group has no Bessel spread; its centred rewards are 0, so any finite divisor gives 0
+        spread = (squares / dof.clamp(min=1).unsqueeze(1)).sqrt()[slot]  # [L, m]
+    normalised = centred / (spread + eps)  # [L, m]
     # an elementwise sum, not a matmul: BLAS may order the m products differently with the thread count
     return (normalised * weight_t).sum(-1).to(out_dtype)
 

@@ -424,6 +424,13 @@ class LossConfig(_Section):
     reward_aggregation: str = _opt(
         "advantage", "several rewards: normalise each then weight (advantage, the paper) or weight raw rewards "
         "then normalise (reward)", choices=("advantage", "reward"))
+    advantage_std: str = _opt(
+        "group", "spread that divides each group's centred rewards: group (the group's population std), "
+        "group_bessel (its Bessel-corrected std: DanceGRPO, MixGRPO) or batch (the population std of the whole "
+        "batch: Flow-GRPO's global_std)", choices=("group", "group_bessel", "batch"))
+    advantage_eps: str = _opt(
+        "auto", "added to loss.advantage_std's spread: a number, or auto (its peer's: group 1e-6, group_bessel "
+        "1e-8, batch 1e-4)", min=0, or_words=("auto",))
     tracker_buffer: int = _opt(32, "DDPO per-prompt stat tracker buffer size", min=1)
     tracker_min_count: int = _opt(16, "DDPO tracker minimum samples before per-prompt stats", min=1)
 
@@ -638,7 +645,7 @@ USES: tuple[Use, ...] = (
     Use(("loss.clip_range", "loss.clip_high"), lambda c: c.loss.recipe.clipped, _algorithms(lambda a: a.clipped)),
     Use(("loss.tracker_buffer", "loss.tracker_min_count"), lambda c: _advantage(c) == "tracker",
         _algorithms(lambda a: a.advantage == "tracker")),
-    Use(("loss.reward_aggregation",), lambda c: _advantage(c) != "tracker",
+    Use(("loss.reward_aggregation", "loss.advantage_std", "loss.advantage_eps"), lambda c: _advantage(c) != "tracker",
         "every algorithm but ddpo (its tracker normalises the weighted reward)"),
     Use(("model.image_size", "model.prompts", "model.eval_prompts", "model.frozen_precision", "model.embedding_cache",
          "model.embedding_memory", "model.precompute_embeddings", "model.negative_prompt", "model.vae_batch",

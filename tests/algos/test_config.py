@@ -192,6 +192,9 @@ def _override(*assignments: str) -> None:
         (lambda: _override("loss.reward_weights=0.5,0.5"), "loss.reward_weights: ", "one weight per reward"),
         (lambda: _override("model.kind=sdxl"), "model.kind: ", "got 'sdxl'"),
         (lambda: _override("train.ema_decay=1"), "train.ema_decay: ", "got 1.0"),
+        (lambda: _override("loss.advantage_std=global"), "loss.advantage_std: ", "batch, group, group_bessel"),
+        (lambda: _override("loss.advantage_eps=-1"), "loss.advantage_eps: ", "a number >= 0 or auto"),
+        (lambda: _override("loss.advantage_eps=tiny"), "loss.advantage_eps: ", "got 'tiny'"),
     ],
 )
 def test_bad_inputs_raise_one_line_naming_the_field(build, prefix: str, fragment: str) -> None:
@@ -377,6 +380,8 @@ REFUSED = [
     (["loss.tracker_buffer=8"], "loss.tracker_buffer", "loss.algorithm=treegrpo", "loss.algorithm=ddpo"),
     (["loss.algorithm=ddpo", "loss.reward_aggregation=reward"], "loss.reward_aggregation", "loss.algorithm=ddpo",
      "but ddpo"),
+    (["loss.algorithm=ddpo", "loss.advantage_std=batch"], "loss.advantage_std", "loss.algorithm=ddpo", "but ddpo"),
+    (["loss.algorithm=ddpo", "loss.advantage_eps=1e-4"], "loss.advantage_eps", "loss.algorithm=ddpo", "but ddpo"),
     (["model.image_size=64"], "model.image_size", "model.kind=digits", "sd3, flux, sd15"),
     (["model.prompts=p.txt"], "model.prompts", "model.kind=digits", "sd3, flux, sd15"),
     (["model.kind=sd15", "model.t5=false"], "model.t5", "model.kind=sd15", "model.kind=sd3"),

@@ -219,3 +219,26 @@ def test_reward_and_advantage_level_aggregation_differ_as_defined() -> None:
     torch.testing.assert_close(by_advantage, 0.8 * normalise(rewards[:, 0]) + 0.2 * normalise(rewards[:, 1]))
     torch.testing.assert_close(by_reward, normalise(rewards @ torch.tensor(weights, dtype=torch.float64)))
     assert not torch.allclose(by_advantage, by_reward)
+
+
+@pytest.mark.parametrize("algorithm", ["treegrpo", "grpo"])
+def test_the_configured_spread_reaches_the_trainers_advantages(algorithm) -> None:
+    """``loss.advantage_std``/``advantage_eps`` through ``build_advantage``, against DanceGRPO's and Flow-GRPO's
+    normalisations transcribed (DanceGRPO ``train_grpo_flux.py:542``; Flow-GRPO ``stat_tracking.py:25-29``)."""
+    from treegrpo.algos.recipes import build_advantage
+
+    import treeadv
+    from treegrpo.config import Config
+
+    tree = treeadv.Tree.regular(2, 2, 2, group=[0, 1])
+    rewards = torch.tensor([0.1, 0.3, 0.2, 0.9, 0.5, 0.4, 0.8, 0.65], dtype=torch.float64)  # leaves, groups of 4
+    base = [f"loss.algorithm={algorithm}", "loss.estimator=leaf"] if algorithm == "treegrpo" else ["loss.algorithm=grpo"]
+    groups = rewards.view(2, 4)
+    dance = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-8)).flatten()
+    flow = ((groups - groups.mean(1, keepdim=True)) / (rewards.std(unbiased=False) + 1e-4)).flatten()
+    today = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, unbiased=False, keepdim=True) + 1e-6)).flatten()
+    for assignments, want in ((["loss.advantage_std=group_bessel"], dance), (["loss.advantage_std=batch"], flow),
+                              ([], today), (["loss.advantage_std=batch", "loss.advantage_eps=0.5"],
+                                            flow * (rewards.std(unbiased=False) + 1e-4) / (rewards.std(unbiased=False) + 0.5))):
+        advantage = build_advantage(Config().override([*base, *assignments]))(tree, rewards)
+        torch.testing.assert_close(advantage.advantage[tree.leaves()], want, rtol=1e-12, atol=1e-12)

@@ -96,3 +96,75 @@ def test_bad_arguments_name_the_field(kwargs, message):
     error = TypeError if "floating" in message else ValueError
     with pytest.raises(error, match=message):
         leaf_advantages(**arguments)
+
+
+# ---------------------------------------------------------------------------------------------- the peers' spreads
+def _dance_grpo(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """DanceGRPO ``fastvideo/train_grpo_flux.py:533-545`` (``use_group``), transcribed: contiguous groups."""
+    advantages = torch.zeros_like(rewards)
+    for i in range(len(rewards) // num_generations):
+        start_idx, end_idx = i * num_generations, (i + 1) * num_generations
+        group_rewards = rewards[start_idx:end_idx]
+        group_mean = group_rewards.mean()
+        group_std = group_rewards.std() + 1e-8
+        advantages[start_idx:end_idx] = (group_rewards - group_mean) / group_std
+    return advantages
+
+
+def _flow_grpo(prompts: list[str], rewards: list[float]) -> list[float]:
+    """Flow-GRPO ``flow_grpo/stat_tracking.py:11-31`` with ``global_std=True`` (``config/base.py:52``), transcribed."""
+    import numpy as np
+
+    prompts_a, rewards_a = np.array(prompts), np.array(rewards, dtype=np.float64)
+    advantages = np.empty_like(rewards_a) * 0.0
+    for prompt in np.unique(prompts_a):
+        prompt_rewards = rewards_a[prompts_a == prompt]
+        mean = np.mean(prompt_rewards, axis=0, keepdims=True)
+        std = np.std(rewards_a, axis=0, keepdims=True) + 1e-4
+        advantages[prompts_a == prompt] = (prompt_rewards - mean) / std
+    return advantages.tolist()
+
+
+def test_group_bessel_matches_dance_grpo():
+    rewards = torch.tensor([0.31, 0.35, 0.30, 0.38, 0.22, 0.24, 0.27, 0.21], dtype=torch.float64)
+    group = torch.arange(8) // 4
+    got = leaf_advantages(rewards, group, std="group_bessel")
+    assert got.tolist() == pytest.approx(_dance_grpo(rewards, 4).tolist(), rel=1e-12)
+    assert not torch.allclose(leaf_advantages(rewards, group), got, rtol=1e-3)  # not today's population std
+
+
+def test_batch_std_matches_flow_grpo_global_std():
+    prompts = ["cat", "dog", "cat", "dog", "cat", "fox"]
+    rewards = [0.31, 0.35, 0.30, 0.58, 0.22, 0.4]
+    group = torch.tensor([["cat", "dog", "fox"].index(p) for p in prompts])
+    got = leaf_advantages(torch.tensor(rewards, dtype=torch.float64), group, std="batch")
+    assert got.tolist() == pytest.approx(_flow_grpo(prompts, rewards), rel=1e-12, abs=1e-15)
+
+
+def test_spreads_normalise_each_column_then_weight():
+    rewards = torch.tensor([[0.30, 5.0], [0.32, 9.0], [0.37, 6.0], [0.1, 1.0], [0.2, 1.5]], dtype=torch.float64)
+    group, weights = torch.tensor([0, 0, 0, 1, 1]), [0.8, 0.2]
+    dance = torch.stack([torch.cat([_dance_grpo(rewards[:3, c], 3), _dance_grpo(rewards[3:, c], 2)]) for c in (0, 1)], 1)
+    flow = torch.tensor([_flow_grpo(["a", "a", "a", "b", "b"], rewards[:, c].tolist()) for c in (0, 1)], dtype=torch.float64).T
+    for std, want in (("group_bessel", dance), ("batch", flow)):
+        got = leaf_advantages(rewards, group, weights, std=std)
+        assert got.tolist() == pytest.approx((want * torch.tensor(weights, dtype=torch.float64)).sum(1).tolist(),
+                                             rel=1e-12), std
+
+
+@pytest.mark.parametrize("std", ["group", "group_bessel", "batch"])
+def test_every_spread_gives_zero_to_one_leaf_and_constant_groups(std):
+    rewards = torch.tensor([1.0, 3.0, 10.0, 10.0, 5.0], dtype=torch.float64)
+    got = leaf_advantages(rewards, torch.tensor([4, 4, 9, 9, 2]), std=std)
+    assert got[2:].tolist() == [0.0, 0.0, 0.0] and got[0] < 0 < got[1]
+    with pytest.raises(NonFiniteError):
+        leaf_advantages(torch.tensor([1.0, float("nan")]), torch.tensor([0, 0]), std=std)
+
+
+def test_each_spread_has_its_peers_eps_and_an_unknown_one_is_named():
+    rewards, group = torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0, 0])
+    for std, eps in (("group", 1e-6), ("group_bessel", 1e-8), ("batch", 1e-4)):
+        assert torch.equal(leaf_advantages(rewards, group, std=std), leaf_advantages(rewards, group, eps=eps, std=std))
+    assert leaf_advantages(rewards, group, std="batch")[1] == pytest.approx(0.5 / (0.5 + 1e-4), rel=1e-15)
+    with pytest.raises(ValueError, match=r"std: expected one of group, group_bessel, batch, got 'global'"):
+        leaf_advantages(rewards, group, std="global")
