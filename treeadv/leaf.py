@@ -105,7 +105,8 @@ def leaf_advantages(
         dof = count - 1 if std == "group_bessel" else count
         # a one-leaf group has no Bessel spread; its centred rewards are 0, so any finite divisor gives 0
         spread = (squares / dof.clamp(min=1).unsqueeze(1)).sqrt()[slot]  # [L, m]
-    normalised = centred / (spread + eps)  # [L, m]
+    # a zero spread has zero centred rewards; keep them 0 rather than 0/0 when eps is 0
+    normalised = torch.where(centred == 0, 0.0, centred / (spread + eps))  # [L, m]
     # an elementwise sum, not a matmul: BLAS may order the m products differently with the thread count
     return (normalised * weight_t).sum(-1).to(out_dtype)
 

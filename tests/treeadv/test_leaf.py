@@ -157,6 +157,7 @@ def test_every_spread_gives_zero_to_one_leaf_and_constant_groups(std):
     rewards = torch.tensor([1.0, 3.0, 10.0, 10.0, 5.0], dtype=torch.float64)
     got = leaf_advantages(rewards, torch.tensor([4, 4, 9, 9, 2]), std=std)
     assert got[2:].tolist() == [0.0, 0.0, 0.0] and got[0] < 0 < got[1]
+    assert torch.equal(leaf_advantages(rewards, torch.tensor([4, 4, 9, 9, 2]), eps=0.0, std=std)[2:], torch.zeros(3))
     with pytest.raises(NonFiniteError):
         leaf_advantages(torch.tensor([1.0, float("nan")]), torch.tensor([0, 0]), std=std)
 
