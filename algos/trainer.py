@@ -226,7 +226,7 @@ class Trainer:
         self.guard(advantage, "advantage")
         mine = advantage[first_node:first_node + rollout.tree.num_nodes]
         batch = select_steps(parent_batch(rollout.tree, mine, cond), cfg.loss.timestep_fraction,
-                             self.generators["shuffle"])
+                             self.generators["shuffle"], cfg.loss.timestep_selection)
         epochs = minibatch_rows(batch, shard, cfg.train.minibatch_parents, cfg.train.inner_epochs,
                                 self.generators["shuffle"])
         counters = {"nfe_sampled": float(rollout.nfe), "images": float(rollout.final.shape[0])}

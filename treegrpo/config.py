@@ -420,6 +420,10 @@ class LossConfig(_Section):
     timestep_fraction: float = _opt(
         1.0, "fraction of SDE steps trained per iteration", min=0, max=1, min_open=True
     )
+    timestep_selection: str = _opt(
+        "random", "which steps loss.timestep_fraction f keeps of the S sampled SDE steps: random (round(f S), one "
+        "draw for the batch), first (the first int(f S): Flow-GRPO) or per_sample (int(f S) drawn for each "
+        "trajectory: DanceGRPO)", choices=("random", "first", "per_sample"))
     reward_weights: list[float] = _opt([], "per-reward weights, comma-separated; empty = equal", min=0)
     reward_aggregation: str = _opt(
         "advantage", "several rewards: normalise each then weight (advantage, the paper) or weight raw rewards "
@@ -466,6 +470,11 @@ class LossConfig(_Section):
             raise ConfigError(f"loss.adv_clip: {self.adv_clip:g} clips every advantage (group z-scores, of order 1) "
                               f"to +-{self.adv_clip:g}, so the policy learns nothing; use 0 (off) or a value >= "
                               f"{MIN_ADV_CLIP:g} (peers use 5)")
+
+        if self.timestep_selection == "per_sample" and self.recipe.tree:
+            raise ConfigError(f"loss.timestep_selection: per_sample draws steps for each trajectory (DanceGRPO), but "
+                              f"loss.algorithm={self.algorithm} samples trees whose leaves share their steps; use "
+                              "random or first")
 
         options = self.estimator_kwargs()  # its own one-line error for a malformed item
         try:

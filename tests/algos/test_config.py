@@ -193,6 +193,8 @@ def _override(*assignments: str) -> None:
         (lambda: _override("model.kind=sdxl"), "model.kind: ", "got 'sdxl'"),
         (lambda: _override("train.ema_decay=1"), "train.ema_decay: ", "got 1.0"),
         (lambda: _override("loss.advantage_std=global"), "loss.advantage_std: ", "batch, group, group_bessel"),
+        (lambda: _override("loss.timestep_selection=last"), "loss.timestep_selection: ", "first, per_sample, random"),
+        (lambda: _override("loss.timestep_selection=per_sample"), "loss.timestep_selection: ", "use random or first"),
         (lambda: _override("loss.advantage_eps=-1"), "loss.advantage_eps: ", "a number >= 0 or auto"),
         (lambda: _override("loss.advantage_eps=tiny"), "loss.advantage_eps: ", "got 'tiny'"),
     ],

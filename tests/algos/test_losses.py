@@ -200,6 +200,69 @@ def test_select_steps_keeps_whole_steps():
         select_steps(batch, 0.0)
 
 
+def _trajectory_batch(shared_noise: bool = False):
+    transition = FlowSDE(FlowTimesteps.linear(10))
+    problem = toy2d_problem(num_steps=10)
+    rollout = TrajectorySampler(problem.model, transition, group_size=3, shared_noise=shared_noise).sample(
+        torch.tensor([0, 1]), latent_shape=(2,), generator=torch.Generator().manual_seed(0))
+    return parent_batch(rollout.tree, torch.zeros(rollout.tree.num_nodes))
+
+
+def _kept_by_trajectory(batch, kept) -> dict[int, list[int]]:
+    """Trajectory (numbered by its leaf, ascending) -> sorted steps of ``batch`` that ``kept`` holds,
+    walking ``batch``'s child links row by row."""
+    row_of = {int(n): r for r, n in enumerate(batch["node"].tolist())}
+    leaf_of_edge = {}  # (parent, first child) names a row; a shared root has one row per child
+    for r in range(batch.batch_size[0]):
+        at = r
+        while int(batch["child"][at, 0]) in row_of:
+            at = row_of[int(batch["child"][at, 0])]
+        leaf_of_edge[int(batch["node"][r]), int(batch["child"][r, 0])] = int(batch["child"][at, 0])
+    leaves = sorted(set(leaf_of_edge.values()))
+    out: dict[int, list[int]] = {i: [] for i in range(len(leaves))}
+    for node, child, step in zip(kept["node"].tolist(), kept["child"][:, 0].tolist(), kept["step"].tolist(),
+                                 strict=True):
+        out[leaves.index(leaf_of_edge[node, child])].append(step)
+    return {i: sorted(v) for i, v in out.items()}
+
+
+@pytest.mark.parametrize("fraction", [0.35, 0.99, 0.5])
+def test_first_steps_are_flow_grpos(fraction) -> None:
+    """Flow-GRPO ``scripts/train_sd3.py:345,864``, transcribed: the first ``int(T * f)`` steps of every sample."""
+    batch = _trajectory_batch()
+    num_steps = 10
+    num_train_timesteps = int(num_steps * fraction)
+    train_timesteps = [step_index for step_index in range(num_train_timesteps)]
+    kept = select_steps(batch, fraction, torch.Generator().manual_seed(0), "first")
+    assert _kept_by_trajectory(batch, kept) == {i: train_timesteps for i in range(6)}
+
+
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_per_sample_steps_are_dance_grpos(shared_noise) -> None:
+    """DanceGRPO ``fastvideo/train_grpo_flux.py:551-570``, transcribed: one ``randperm`` of the steps per
+    sample, of which the first ``int(len * timestep_fraction)`` are trained."""
+    batch = _trajectory_batch(shared_noise)
+    timestep_fraction, batch_size, steps = 0.6, 6, 10
+    generator = torch.Generator().manual_seed(7)
+    perms = torch.stack([torch.randperm(steps, generator=generator) for _ in range(batch_size)])
+    train_timesteps = int(steps * timestep_fraction)
+    want = {i: sorted(perms[i, :train_timesteps].tolist()) for i in range(batch_size)}
+    kept = select_steps(batch, timestep_fraction, torch.Generator().manual_seed(7), "per_sample")
+    assert _kept_by_trajectory(batch, kept) == want
+    assert len({tuple(v) for v in want.values()}) > 1  # the samples do differ
+    assert kept.batch_size[0] == batch_size * train_timesteps
+
+
+def test_step_selections_keep_at_least_one_step_and_refuse_unknown_names() -> None:
+    batch = _trajectory_batch()
+    for selection in ("random", "first", "per_sample"):
+        assert select_steps(batch, 1.0, None, selection) is batch
+        kept = select_steps(batch, 0.05, torch.Generator().manual_seed(0), selection)
+        assert {len(v) for v in _kept_by_trajectory(batch, kept).values()} == {1}, selection
+    with pytest.raises(ValueError, match=r"^selection: expected one of random, first, per_sample, got 'last'$"):
+        select_steps(batch, 0.5, None, "last")
+
+
 def test_reward_and_advantage_level_aggregation_differ_as_defined() -> None:
     """Advantage level: normalise each reward, then weight; reward level: weight, then normalise (float64 reference)."""
     from treegrpo.algos.advantages import GroupAdvantage
