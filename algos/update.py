@@ -96,7 +96,9 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
              optimisation: Optimisation, *, accumulation: int, precision: Callable[[], AbstractContextManager],
              guard: Guard, before_update: BeforeUpdate | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """One pass of ``loss`` over ``minibatches`` (row indices into ``batch``), an optimiser step every
-    ``accumulation`` minibatches (the all-reduce of ``policy``'s gradients only then).
+    ``accumulation`` minibatches (the all-reduce of ``policy``'s gradients only then) and after the
+    last; each step's gradient is the mean of its minibatches' loss gradients, so a last, partial
+    group of ``n < accumulation`` minibatches is divided by ``n``, not ``accumulation``.
     ``before_update`` sees the minibatches scored with the sampling weights, right before the first
     step changes them: their ratios are the run's on-policy statistics, at no extra forward.
 
@@ -112,12 +114,15 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
     for micro, rows in enumerate(minibatches, start=1):
         minibatch = batch[rows]
         steps_optimiser = micro % accumulation == 0 or micro == len(minibatches)
+        # the step's gradient is the mean over the minibatches it accumulates: fewer in a last, partial group
+        group_start = (micro - 1) // accumulation * accumulation
+        accumulated = min(accumulation, len(minibatches) - group_start)
         with gradient_sync(policy, steps_optimiser):  # accumulation steps skip the all-reduce
             with precision():
                 terms = loss(minibatch)
             total = total_loss(terms)
             guard(total.detach(), "loss")
-            (total / accumulation).backward()
+            (total / accumulated).backward()
         rows_count = float(minibatch.batch_size[0])
         counters["forward_rows"] += rows_count
         counters["backward_rows"] += rows_count
