@@ -110,6 +110,23 @@ def autocast_precision(device: torch.device | str) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(torch.get_autocast_dtype(device_type), "fp32")
 
 
+def _score_and_gradient(transition: Transition, sample: Tensor, mean: Tensor,
+                        std: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Each child's score ``[M, K]`` and its derivative by its parent's mean ``[M, K, ...]`` (float64, detached)."""
+    std = torch.as_tensor(std, device=mean.device).detach().to(torch.float64)
+    std = std.unsqueeze(1) if std.dim() > 0 else std  # [M, 1, ...] against the children
+    with torch.enable_grad():
+        mu = mean.detach().to(torch.float64).unsqueeze(1).expand_as(sample).clone().requires_grad_(True)  # [M, K, ...]
+        scored = transition.score(sample.detach().to(torch.float64), mu, std, batch_dims=2)  # [M, K]
+        (gradient,) = torch.autograd.grad(scored.sum(), mu)  # one mean per child: its own derivative
+    return scored.detach(), gradient
+
+
+def _sensitivity(gradient: Tensor, sizes: Tensor) -> Tensor:
+    """``sqrt(sum_i (gradient_i * a_i)^2)`` per child: ``gradient [M, K, ...]``, ``sizes [M, 1, ...]``."""
+    return (gradient * sizes).flatten(2).square().sum(-1).sqrt()
+
+
 def ratio_sensitivity(transition: Transition, sample: Tensor, mean: Tensor, std: Tensor | float,
                       scale: Tensor | None = None) -> Tensor:
     """``[M, K]`` sensitivity ``S = sqrt(sum_i (d score / d mu_i * a_i)^2)`` of each child's score
@@ -117,18 +134,13 @@ def ratio_sensitivity(transition: Transition, sample: Tensor, mean: Tensor, std:
     rounding of its parent's mean ``[M, ...]``, element ``i`` rounded at the size ``a_i``
     (``scale [M, ...]`` or ``[M, ..., n]`` for ``n`` scales at once, giving ``[M, K, n]``; default
     ``|mean|``); float64, no gradient reaches the inputs."""
-    std = torch.as_tensor(std, device=mean.device).detach().to(torch.float64)
-    std = std.unsqueeze(1) if std.dim() > 0 else std  # [M, 1, ...] against the children
-    with torch.enable_grad():
-        mu = mean.detach().to(torch.float64).unsqueeze(1).expand_as(sample).clone().requires_grad_(True)  # [M, K, ...]
-        scored = transition.score(sample.detach().to(torch.float64), mu, std, batch_dims=2)  # [M, K]
-        (gradient,) = torch.autograd.grad(scored.sum(), mu)  # one mean per child: its own derivative
+    _, gradient = _score_and_gradient(transition, sample, mean, std)
+    sizes = (mean if scale is None else scale).detach().to(torch.float64).unsqueeze(1)  # [M, 1, ...(, n)]
     if scale is None:
-        return (gradient * mu.detach().abs()).flatten(2).square().sum(-1).sqrt()
-    several = scale.dim() == mean.dim() + 1
-    sizes = scale.detach().to(torch.float64).unsqueeze(1)  # [M, 1, ...(, n)]
-    per_dim = gradient.unsqueeze(-1) * sizes if several else gradient * sizes
-    return per_dim.flatten(2, -2 if several else -1).square().sum(2).sqrt()
+        return _sensitivity(gradient, sizes.abs())
+    if scale.dim() == mean.dim() + 1:
+        return torch.stack([_sensitivity(gradient, size) for size in sizes.unbind(-1)], -1)
+    return _sensitivity(gradient, sizes)
 
 
 def edge_sensitivity(transition: Transition, latent: Tensor, sample: Tensor, mean: Tensor, std: Tensor | float,
@@ -136,18 +148,17 @@ def edge_sensitivity(transition: Transition, latent: Tensor, sample: Tensor, mea
     """``[M, K, 2]``: each child's :func:`ratio_sensitivity` to rounding of the model's output
     (its part of the mean, ``mu - mu_0``, ``mu_0`` the mean at a zero output) and to rounding of
     the float32 step math (``|mu_0| + |mu - mu_0|``, and the log-prob's own value: a float32 mean
-    of ``D`` terms is off by a few ulps of itself, :data:`LOG_PROB_ULPS`). The mean is affine in the model output (every shipped
-    transition), so ``mu - mu_0`` is exactly where the model's rounding enters, scaled by the step;
-    the step math itself runs in float32 whatever the model's precision."""
+    of ``D`` terms is off by a few ulps of itself, :data:`LOG_PROB_ULPS`). The mean is affine in
+    the model output (every shipped transition), so ``mu - mu_0`` is exactly where the model's
+    rounding enters, scaled by the step; the step math itself runs in float32 whatever the model's
+    precision. The children are scored once, for both the derivative and the value."""
     latent64 = latent.detach().to(torch.float64)
     base, _ = transition.mean_std(latent64, torch.zeros_like(latent64), step)
     model_part = (mean.detach().to(torch.float64) - base).abs()
-    pair = ratio_sensitivity(transition, sample, mean, std, torch.stack([model_part, base.abs() + model_part], -1))
-    # the log-prob itself is a float32 number reduced over D terms: its own rounding, a few ulps of its size
-    std64 = torch.as_tensor(std, device=mean.device).detach().to(torch.float64)
-    value = transition.score(sample.detach().to(torch.float64), mean.detach().to(torch.float64).unsqueeze(1),
-                             std64.unsqueeze(1) if std64.dim() > 0 else std64, batch_dims=2).abs()  # [M, K]
-    return torch.stack([pair[..., 0], torch.hypot(pair[..., 1], LOG_PROB_ULPS * value)], -1)
+    scored, gradient = _score_and_gradient(transition, sample, mean, std)
+    model = _sensitivity(gradient, model_part.unsqueeze(1))
+    step_math = _sensitivity(gradient, (base.abs() + model_part).unsqueeze(1))
+    return torch.stack([model, torch.hypot(step_math, LOG_PROB_ULPS * scored.abs())], -1)
 
 
 def rounding_spread(sensitivity: Tensor, unit: float) -> Tensor:
