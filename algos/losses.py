@@ -199,9 +199,10 @@ class EdgeLoss(LossModule):
         return adapters_disabled(self.model)
 
     def rounding_terms(self, td: TensorDictBase, mean: Tensor, std: Tensor) -> dict[str, Tensor]:
-        """``{"ratio_sensitivity": [M, K]}``: how far each edge's log-ratio moves per unit of relative
-        rounding in the mean (:func:`~treegrpo.envs.numerics.ratio_sensitivity`); the trainer's
-        on-policy statistics divide the first minibatch's ``log_ratio`` by it, at no extra forward."""
+        """``{"ratio_sensitivity": [M, K, 2]}``: how far each edge's log-ratio moves per unit of relative
+        rounding of the model's output and of the step math (:func:`~treegrpo.envs.numerics.edge_sensitivity`);
+        the trainer's on-policy statistics divide the first minibatch's ``log_ratio`` by the spread it
+        gives, at no extra forward."""
         keys = self.tensor_keys
         return {"ratio_sensitivity": edge_sensitivity(self.transition, td.get(keys.latent), td.get(keys.sample), mean,
                                                       std, td.get(keys.step))}

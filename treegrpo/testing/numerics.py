@@ -20,6 +20,7 @@ import contextlib
 import os
 import zlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,9 @@ from torch.nn.modules.module import register_module_forward_hook
 
 from treegrpo.envs.models import Denoiser
 from treegrpo.envs.numerics import UNIT_ROUNDOFF, assume_rounding
+
+if TYPE_CHECKING:
+    from treegrpo.problems import Problem
 
 LEVELS: dict[str, float] = {"tf32": 1e-3, "bf16": 4e-3}
 """Relative rounding of each simulated arithmetic (TF32 and bf16 round at about ``1e-3`` and ``4e-3``)."""
@@ -77,7 +81,7 @@ def simulated_gpu_numerics(relative: float | str = "tf32") -> Iterator[float]:
         handle.remove()
 
 
-def sd35_latent_problem(prompts: int = 2, num_steps: int = 10, seed: int = 0):
+def sd35_latent_problem(prompts: int = 2, num_steps: int = 10, seed: int = 0) -> Problem:
     """A :class:`~treegrpo.problems.Problem` at SD3.5's latent size (16x64x64, 65,536 dimensions a
     log-prob averages over) around a one-layer random ``SD3Transformer2DModel``: what the on-policy
     statistics see at real size, on a CPU. The reward is a cheap brightness target."""
