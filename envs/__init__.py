@@ -42,7 +42,7 @@ from treegrpo.envs.numerics import (
 )
 from treegrpo.envs.precision import model_precision
 from treegrpo.envs.rollout import Rollout, concat_rollouts, tree_nfe, tree_rollout
-from treegrpo.envs.sampler import TrajectorySampler, TreeSampler, sample_forest
+from treegrpo.envs.sampler import BranchSampler, TrajectorySampler, TreeSampler, sample_forest
 from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
 from treegrpo.envs.transitions import DDIM, DanceSDE, FlowCPS, FlowSDE, Transition, flow_transition
 from treegrpo.envs.windows import (
@@ -58,6 +58,7 @@ from treegrpo.envs.windows import (
 __all__ = [
     "DDIM",
     "AdaptiveGeometricWindow",
+    "BranchSampler",
     "CallableDenoiser",
     "CondTable",
     "DDIMTimesteps",

@@ -38,6 +38,8 @@ from treegrpo.envs.numerics import autocast_precision
 from treeadv import Tree
 
 NODE_KEYS = ("latent", "sample", "step", "cond_index", "log_prob")
+DECODES = ("sample", "x0")
+"""What a leaf's final latent is after an SDE last step (:func:`tree_rollout`'s ``decode``)."""
 
 
 @dataclass
@@ -101,6 +103,7 @@ def tree_rollout(
     trees_per_prompt: int = 1,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
+    decode: str = "sample",
 ) -> Rollout:
     """Denoise ``trees_per_prompt`` trees per prompt, branching ``branching[j]`` ways at ``sde_steps[j]``.
 
@@ -113,11 +116,17 @@ def tree_rollout(
         num_prompts: prompts (rows of the policy's ``cond``); trees are prompt-major.
         noise: initial noise ``[num_prompts * trees_per_prompt, *latent_shape]``; drawn from
             ``generator`` (on ``env.device``) when omitted.
+        decode: what a leaf's final ``latent`` is when the last step is an SDE step: ``"sample"``
+            (the sampled latent) or ``"x0"`` (that step's ODE update to ``t = 0``, the model's clean
+            prediction, as BranchGRPO decodes its images: the last edge is sampled, stored and
+            trained, but its noise never reaches the image).
 
     Runs without gradients: behaviour samples are data; losses re-score them with gradients.
     """
     num_steps = env.transition.num_steps
     steps = check_sde_steps(sde_steps, num_steps)
+    if decode not in DECODES:
+        raise ValueError(f"decode: expected one of {', '.join(DECODES)}, got {decode!r}")
     per_step = [check_int(f"branching[{j}]", int(k), minimum=1) for j, k in enumerate(branching)]
     if len(per_step) != len(steps):
         raise ValueError(f"branching: expected {len(steps)} entries (one per SDE step), got {len(per_step)}")
@@ -135,15 +144,19 @@ def tree_rollout(
     branch_at = dict(zip(steps, per_step))
     levels = []
     for i in range(num_steps):
-        policy.distribution(state, step_index=i, sde=i in branch_at, ode=i not in branch_at)
+        clean_image = decode == "x0" and i == num_steps - 1 and i in branch_at
+        policy.distribution(state, step_index=i, sde=i in branch_at, ode=i not in branch_at or clean_image)
         if i in branch_at:
             levels.append(state.select(*NODE_KEYS))
+            ode = state["ode"].repeat_interleave(branch_at[i], 0) if clean_image else None
             state = policy.branch(state, branch_at[i])
             state.set("sample", state["action"])
         else:
             state.set("action", state["ode"])
         nxt = env.advance(state)  # the environment's dynamics, without TorchRL's per-call bookkeeping
         nxt.update({"sample": state["sample"], "log_prob": state["log_prob"]})
+        if clean_image:
+            nxt.set("latent", ode.to(nxt["latent"].dtype))
         state = nxt
     levels.append(state.select(*NODE_KEYS))
 

@@ -44,6 +44,7 @@ def sample_forest(
     device: torch.device | str | None = None,
     static_shapes: bool = False,
     env: DenoisingEnv | None = None,
+    decode: str = "sample",
 ) -> Rollout:
     """Denoise ``trees_per_prompt`` trees per prompt, branching ``branching[j]`` ways at ``sde_steps[j]``,
     through the environment and the policy (:func:`~treegrpo.envs.rollout.tree_rollout`); ``env`` is
@@ -52,7 +53,8 @@ def sample_forest(
     ``cond`` has one row per prompt (tensor, TensorDict, or ``None`` with ``num_prompts``);
     ``noise`` is the trees' initial noise (prompt-major), drawn from ``generator`` when omitted,
     which then needs ``latent_shape``. ``max_batch`` bounds the rows per model call and
-    ``static_shapes`` pads every call to it.
+    ``static_shapes`` pads every call to it. ``decode="x0"`` makes an SDE last step's leaves hold
+    the model's clean prediction rather than the sample (:func:`~treegrpo.envs.rollout.tree_rollout`).
     """
     prompts = num_prompts if num_prompts is not None else num_rows(cond)
     if noise is None and latent_shape is None:
@@ -64,7 +66,7 @@ def sample_forest(
     policy = DenoisingPolicy(model, transition, cond, sde_steps=check_sde_steps(sde_steps, transition.num_steps),
                              generator=generator, max_batch=max_batch, static_shapes=static_shapes)
     return tree_rollout(env, policy, sde_steps=sde_steps, branching=branching, num_prompts=prompts,
-                        trees_per_prompt=trees_per_prompt, noise=noise, generator=generator)
+                        trees_per_prompt=trees_per_prompt, noise=noise, generator=generator, decode=decode)
 
 
 class TreeSampler:
@@ -86,8 +88,10 @@ class TreeSampler:
         window: WindowSchedule | None = None,
         max_batch: int | None = None,
         static_shapes: bool = False,
+        decode: str = "sample",
     ) -> None:
         self.model, self.transition = model, transition
+        self.decode = decode
         self.branching = check_int("k", branching, minimum=1)
         self.depth = check_int("d", depth, minimum=1, maximum=transition.num_steps)
         self.trees_per_prompt = check_int("trees_per_prompt", trees_per_prompt, minimum=1)
@@ -125,7 +129,8 @@ class TreeSampler:
         rollout = sample_forest(self.model, self.transition, cond, sde_steps=range(start, start + self.depth),
                                 branching=[self.branching] * self.depth, trees_per_prompt=self.trees_per_prompt,
                                 noise=noise, latent_shape=latent_shape, num_prompts=num_prompts, generator=generator,
-                                max_batch=self.max_batch, static_shapes=self.static_shapes, device=device, env=self.env)
+                                max_batch=self.max_batch, static_shapes=self.static_shapes, device=device, env=self.env,
+                                decode=self.decode)
         self.env = rollout.env
         return rollout
 
@@ -151,8 +156,10 @@ class TrajectorySampler:
         shared_noise: bool = False,
         max_batch: int | None = None,
         static_shapes: bool = False,
+        decode: str = "sample",
     ) -> None:
         self.model, self.transition = model, transition
+        self.decode = decode
         self.group_size = check_int("group_size", group_size, minimum=1)
         self.skipped_steps: tuple[int, ...] = ()
         if isinstance(sde_steps, str):
@@ -192,17 +199,89 @@ class TrajectorySampler:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Rollout:
-        """Sample ``group_size`` trajectories for each prompt."""
+        """Sample ``group_size`` trajectories for each prompt (a schedule's window may be empty, as
+        MixGRPO's is near the end of its sweep: then every step is an ODE step and nothing is trained)."""
         steps = self.steps(epoch)
-        if self.shared_noise:
-            if not steps:
-                raise ValueError("sde_steps: shared_noise needs at least one SDE step, or every image is identical")
+        if self.shared_noise and steps:
             trees, branching = 1, [self.group_size] + [1] * (len(steps) - 1)
         else:
             trees, branching = self.group_size, [1] * len(steps)
         rollout = sample_forest(self.model, self.transition, cond, sde_steps=steps, branching=branching,
                                 trees_per_prompt=trees, noise=noise, latent_shape=latent_shape, num_prompts=num_prompts,
                                 generator=generator, max_batch=self.max_batch, static_shapes=self.static_shapes,
-                                device=device, env=self.env)
+                                device=device, env=self.env, decode=self.decode)
+        self.env = rollout.env
+        return rollout
+
+
+class BranchSampler:
+    """BranchGRPO's sampler: SDE on every noisy step, every node splitting ``branching`` ways at each
+    of ``split_steps`` and continuing as a chain elsewhere.
+
+    With split steps ``[0, 3, 6, 9]`` and ``branching=2`` (BranchGRPO's FLUX script) a prompt's tree
+    has 16 leaves whose paths share their first steps; every edge, split or chain, is trained. The
+    transition may widen the split steps' noise (:meth:`~treegrpo.envs.transitions.Transition.with_noise_scale`,
+    BranchGRPO's ``tree_split_noise_scale``). ``sde_steps`` narrows the stochastic steps
+    (BranchGRPO-Mix: a window plus the split steps); ``decode="x0"`` (BranchGRPO's) decodes the last
+    step's clean prediction.
+    """
+
+    def __init__(
+        self,
+        model: Denoiser,
+        transition: Transition,
+        *,
+        split_steps: Sequence[int],
+        branching: int = 2,
+        sde_steps: str | Sequence[int] = "all",
+        trees_per_prompt: int = 1,
+        decode: str = "x0",
+        max_batch: int | None = None,
+        static_shapes: bool = False,
+    ) -> None:
+        self.model, self.transition = model, transition
+        self.branching = check_int("branching", branching, minimum=2)
+        self.trees_per_prompt = check_int("trees_per_prompt", trees_per_prompt, minimum=1)
+        steps = transition.noisy_steps() if sde_steps == "all" else check_sde_steps(sde_steps, transition.num_steps)
+        transition.check_noisy(steps)
+        splits = check_sde_steps(sorted({int(s) for s in split_steps}), transition.num_steps)
+        if not splits:
+            raise ValueError("split_steps: expected at least one step where the tree splits, got none")
+        missing = [s for s in splits if s not in set(steps)]
+        if missing:
+            raise ValueError(f"split_steps: {missing} are not SDE steps (the stochastic steps are {list(steps)}); a "
+                             "split needs noise")
+        self.split_steps, self.sde_steps = splits, tuple(steps)
+        self.decode, self.max_batch, self.static_shapes = decode, max_batch, static_shapes
+        self.env: DenoisingEnv | None = None  # made at the first sample, reused while it fits
+
+    @property
+    def schedule(self) -> None:
+        """No window schedule: the split steps are fixed."""
+        return None
+
+    @property
+    def leaves_per_tree(self) -> int:
+        """Images per tree, ``branching ** len(split_steps)``."""
+        return self.branching ** len(self.split_steps)
+
+    def sample(
+        self,
+        cond: Cond,
+        *,
+        epoch: int = 0,
+        noise: Tensor | None = None,
+        latent_shape: Sequence[int] | None = None,
+        num_prompts: int | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Rollout:
+        """Sample ``trees_per_prompt`` branching trees for each prompt (``epoch`` does not change them)."""
+        splits = set(self.split_steps)
+        branching = [self.branching if step in splits else 1 for step in self.sde_steps]
+        rollout = sample_forest(self.model, self.transition, cond, sde_steps=self.sde_steps, branching=branching,
+                                trees_per_prompt=self.trees_per_prompt, noise=noise, latent_shape=latent_shape,
+                                num_prompts=num_prompts, generator=generator, max_batch=self.max_batch,
+                                static_shapes=self.static_shapes, device=device, env=self.env, decode=self.decode)
         self.env = rollout.env
         return rollout

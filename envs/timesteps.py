@@ -95,13 +95,18 @@ class FlowTimesteps:
     @classmethod
     def dancegrpo(cls, num_steps: int, *, shift: float = 3.0, num_train_timesteps: int = 1000) -> FlowTimesteps:
         """DanceGRPO's schedule: ``t = linspace(1, 0, T + 1)`` shifted by ``t' = s t / (1 + (s - 1) t)``
-        (``s = 3``: ``3t / (1 + 2t)``); the denoiser receives ``1000 t'``."""
+        (``s = 3``: ``3t / (1 + 2t)``). The denoiser receives ``int(1000 t')`` computed in float32, as
+        DanceGRPO, MixGRPO and BranchGRPO feed it (``fastvideo/train_grpo_flux.py:231,506``): a
+        truncated integer, so ``t' = 0.875`` (T = 10, step 3) goes in as 874, not 875."""
         check_int("num_steps", num_steps, minimum=1)
         if not shift > 0:
             raise ValueError(f"shift: expected a number > 0, got {shift!r}")
         t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
         sigmas = shift * t / (1 + (shift - 1) * t)
-        return cls(sigmas=sigmas, model_times=sigmas[:num_steps] * num_train_timesteps)
+        t32 = torch.linspace(1, 0, num_steps + 1)  # the peers' float32 schedule, for the model's timestep
+        sigmas32 = (shift * t32) / (1 + (shift - 1) * t32)
+        model_times = torch.trunc(sigmas32[:num_steps] * num_train_timesteps).to(torch.float64)
+        return cls(sigmas=sigmas, model_times=model_times)
 
     @classmethod
     def named(cls, schedule: str, num_steps: int, *, shift: float, scheduler=None) -> FlowTimesteps:

@@ -44,6 +44,33 @@ class Transition(ABC):
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce: expected 'mean' or 'sum', got {reduce!r}")
         self.reduce: Reduction = reduce
+        self.noise_scale: Tensor | None = None  # [T] multipliers of each step's std (see with_noise_scale)
+
+    def with_noise_scale(self, scales: dict[int, float]) -> Transition:
+        """A copy whose SDE std at step ``i`` is ``scales[i]`` times this one's (others unchanged).
+
+        BranchGRPO draws its split steps' noise this much wider. The copy samples *and scores*
+        with the scaled std, so a stored log-prob is the density of the noise actually drawn (the
+        peer scores its scaled noise with the unscaled std)."""
+        scale = torch.ones(self.num_steps, dtype=torch.float64)
+        for step, value in scales.items():
+            check_float(f"noise scale of step {step}", value, low=0.0, low_open=True)
+            if not 0 <= int(step) < self.num_steps:
+                raise ValueError(f"noise scale: step {step} is not in [0, {self.num_steps})")
+            scale[int(step)] = float(value)
+        twin = copy.copy(self)
+        twin.noise_scale = None if bool((scale == 1).all()) else scale
+        twin.__dict__.pop("_noisy", None)
+        return twin
+
+    def scaled_std(self, std: Tensor | float, step: Tensor, like: Tensor) -> Tensor | float:
+        """``std`` times each row's step noise scale (:meth:`with_noise_scale`), shaped like ``like``'s
+        rows; unchanged without a scale."""
+        if self.noise_scale is None:
+            return std
+        scale = self.noise_scale.to(device=step.device)[step]  # [B]
+        scale = scale.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        return torch.as_tensor(std, dtype=like.dtype, device=like.device) * scale
 
     @property
     @abstractmethod
@@ -167,7 +194,8 @@ class FlowSDE(_FlowTransition):
 
     def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         t, t_next = self.timesteps.times(step)
-        return gaussian.flow_sde_mean_std(x, model_output, t, t_next, self.noise_level)
+        mean, std = gaussian.flow_sde_mean_std(x, model_output, t, t_next, self.noise_level)
+        return mean, self.scaled_std(std, step, mean)
 
 
 class DanceSDE(_FlowTransition):
@@ -181,7 +209,8 @@ class DanceSDE(_FlowTransition):
 
     def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         t, t_next = self.timesteps.times(step)
-        return gaussian.dance_sde_mean_std(x, model_output, t, t_next, self.eta)
+        mean, std = gaussian.dance_sde_mean_std(x, model_output, t, t_next, self.eta)
+        return mean, self.scaled_std(std, step, mean)
 
 
 CPS_SCORINGS = ("flow_grpo", "density")
@@ -214,7 +243,8 @@ class FlowCPS(_FlowTransition):
 
     def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         t, t_next = self.timesteps.times(step)
-        return gaussian.flow_cps_mean_std(x, model_output, t, t_next, self.noise_level)
+        mean, std = gaussian.flow_cps_mean_std(x, model_output, t, t_next, self.noise_level)
+        return mean, self.scaled_std(std, step, mean)
 
 
 class DDIM(Transition):
@@ -243,7 +273,8 @@ class DDIM(Transition):
 
     def mean_std(self, x: Tensor, model_output: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
         alpha_bar, alpha_bar_prev = self.timesteps.alphas(step)
-        return gaussian.ddim_mean_std(x, model_output, alpha_bar, alpha_bar_prev, self.eta)
+        mean, std = gaussian.ddim_mean_std(x, model_output, alpha_bar, alpha_bar_prev, self.eta)
+        return mean, self.scaled_std(std, step, mean)
 
     def ode_step(self, x: Tensor, model_output: Tensor, step: Tensor | int) -> Tensor:
         alpha_bar, alpha_bar_prev = self.timesteps.alphas(as_steps(step, x.shape[0], x.device))
