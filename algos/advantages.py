@@ -105,6 +105,22 @@ class GroupAdvantage:
         pass
 
 
+class DepthNormalizedAdvantage(GroupAdvantage):
+    """BranchGRPO's advantage: leaves fused up the tree by ``estimator`` (its uniform fusion is
+    ``leaf``, its probability-weighted one ``logprob_softmax``), then every node's value normalised
+    against the other nodes at its depth in its tree (:func:`treeadv.depth_normalize`); an edge
+    trains with its child's value.
+
+    BranchGRPO fuses raw rewards; this fuses group-normalised ones. The fusions are weighted means,
+    so a positive affine map of a tree's rewards passes through them, and the depth normalisation
+    removes it: both give the same advantages (up to the normalisations' ``eps``).
+    """
+
+    def __call__(self, tree: Tree, rewards: Tensor, prompt_ids: Tensor | None = None) -> treeadv.BackupResult:
+        fused = super().__call__(tree, rewards, prompt_ids)
+        return treeadv.BackupResult(treeadv.depth_normalize(tree, fused.advantage), fused.weight)
+
+
 class PerPromptStatTracker:
     """DDPO's advantage: ``(r - mean_p) / (std_p + eps)`` over the last ``buffer_size`` rewards of
     prompt ``p``, falling back to the batch's statistics until ``min_count`` rewards are seen.

@@ -30,13 +30,17 @@ from treegrpo.algos.model_setup import adapters_disabled
 from treegrpo.envs.gaussian import gaussian_kl
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.numerics import edge_sensitivity
-from treegrpo.envs.transitions import Transition
+from treegrpo.envs.transitions import FlowSDE, Transition
 
 from treegrpo.algorithms import ALGORITHMS, Algorithm, algorithm, register_algorithm
 from treegrpo.errors import TreegrpoError
 
 if TYPE_CHECKING:
     from treegrpo.config import Config
+
+
+KL_FORMS = ("transition", "flow_grpo")
+"""Values of ``loss.kl_form``: which variance the KL to the reference divides by (:meth:`EdgeLoss.kl_step_factor`)."""
 
 
 class EdgeBatchError(TreegrpoError, KeyError):
@@ -111,15 +115,17 @@ class EdgeLoss(LossModule):
                                      "log_ratio", "ratio_sensitivity"]
 
     def __init__(self, model: Denoiser, transition: Transition, *, kl_coef: float = 0.0,
-                 reference: Denoiser | str | None = None) -> None:
+                 reference: Denoiser | str | None = None, kl_form: str = "transition") -> None:
         super().__init__()
         if not kl_coef >= 0:
             raise ValueError(f"kl_coef: expected a number >= 0, got {kl_coef!r}")
+        if kl_form not in KL_FORMS:
+            raise ValueError(f"kl_form: expected one of {', '.join(KL_FORMS)}, got {kl_form!r}")
         if kl_coef > 0 and reference is None:
             raise ValueError("reference: kl_coef > 0 needs a reference model or 'disable_adapter'")
         self.model = model
         self.transition = transition
-        self.kl_coef = kl_coef
+        self.kl_coef, self.kl_form = kl_coef, kl_form
         self._reference = reference if kl_coef > 0 else None
 
     @classmethod
@@ -127,7 +133,8 @@ class EdgeLoss(LossModule):
                     reference: Denoiser | str | None = None) -> EdgeLoss:
         """The loss a config describes (``loss.kl_coef`` to ``reference``); subclasses add their options."""
         c = config.loss
-        return cls(model, transition, kl_coef=c.kl_coef, reference=reference if c.kl_coef > 0 else None)
+        return cls(model, transition, kl_coef=c.kl_coef, reference=reference if c.kl_coef > 0 else None,
+                   kl_form=c.kl_form)
 
     def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
         """No value estimator: renamed keys need forwarding nowhere."""
@@ -191,7 +198,17 @@ class EdgeLoss(LossModule):
         with torch.no_grad(), self._reference_context():
             model = self.model if self._reference == "disable_adapter" else self._reference
             ref_mean, _ = self.policy_mean_std(td, model)
-        return gaussian_kl(mean, ref_mean, std, self.transition.reduce)
+        kl = gaussian_kl(mean, ref_mean, std, self.transition.reduce)
+        return kl * self.kl_step_factor(td.get(self.tensor_keys.step)).to(kl) if self.kl_form == "flow_grpo" else kl
+
+    def kl_step_factor(self, step: Tensor) -> Tensor:
+        """``[M]`` factor of ``kl_form="flow_grpo"``: Flow-GRPO's ``flow_sde`` KL divides by the squared
+        diffusion coefficient without the step's ``|dt|`` (``flow_grpo/diffusers_patch/sd3_sde_with_logprob.py``),
+        so it is the true KL times ``|dt| = t - t_next``; its CPS KL uses the step's own std (factor 1)."""
+        if not isinstance(self.transition, FlowSDE):
+            return torch.ones(step.shape, dtype=torch.float64, device=step.device)
+        t, t_next = self.transition.timesteps.times(step)
+        return t - t_next
 
     def _reference_context(self):
         if self._reference != "disable_adapter":
@@ -228,8 +245,9 @@ class PPOClipLoss(EdgeLoss):
                                      "ratio_std", "kl", "log_ratio", "ratio_sensitivity"]
 
     def __init__(self, model: Denoiser, transition: Transition, *, clip_range: float = 1e-4,
-                 clip_high: float | None = None, kl_coef: float = 0.0, reference: Denoiser | str | None = None) -> None:
-        super().__init__(model, transition, kl_coef=kl_coef, reference=reference)
+                 clip_high: float | None = None, kl_coef: float = 0.0, reference: Denoiser | str | None = None,
+                 kl_form: str = "transition") -> None:
+        super().__init__(model, transition, kl_coef=kl_coef, reference=reference, kl_form=kl_form)
         if not clip_range > 0:
             raise ValueError(f"clip_range: expected a number > 0, got {clip_range!r}")
         if clip_high is not None and not clip_high > 0:
@@ -242,7 +260,7 @@ class PPOClipLoss(EdgeLoss):
                     reference: Denoiser | str | None = None) -> PPOClipLoss:
         c = config.loss
         return cls(model, transition, clip_range=c.clip_range, clip_high=c.upper_clip, kl_coef=c.kl_coef,
-                   reference=reference if c.kl_coef > 0 else None)
+                   reference=reference if c.kl_coef > 0 else None, kl_form=c.kl_form)
 
     def objective(self, new_log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor,
                   mask: Tensor) -> dict[str, Tensor]:

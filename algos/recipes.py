@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from treegrpo.algos.advantages import GroupAdvantage, PerPromptStatTracker
+from treegrpo.algos.advantages import DepthNormalizedAdvantage, GroupAdvantage, PerPromptStatTracker
 from treegrpo.algos.losses import EdgeLoss, loss_class
 from treegrpo.envs import (
     AdaptiveGeometricWindow,
+    BranchSampler,
     FixedWindow,
     GeometricWindow,
     ShiftingWindow,
     TrajectorySampler,
+    Transition,
     TreeSampler,
     WindowSchedule,
 )
@@ -26,7 +28,7 @@ from treegrpo.problems import Problem
 from treegrpo.problems.build import check_step_numbers
 
 Advantage = GroupAdvantage | PerPromptStatTracker
-Sampler = TreeSampler | TrajectorySampler
+Sampler = TreeSampler | TrajectorySampler | BranchSampler
 
 
 def build_window(config: Config, num_steps: int) -> WindowSchedule:
@@ -41,12 +43,34 @@ def build_window(config: Config, num_steps: int) -> WindowSchedule:
     return ShiftingWindow(num_steps, s.depth, s.window_start, s.window_shift, s.window_every)
 
 
+def build_sliding_window(config: Config, num_steps: int) -> WindowSchedule:
+    """The sliding window of trajectory algorithms: wrapping (``sampling.slide=wrap``) or MixGRPO's,
+    which shrinks near the end of its sweep and is empty before it restarts (``mixgrpo``)."""
+    s = config.sampling
+    if s.slide == "mixgrpo":
+        from treegrpo.envs.windows import MixGRPOWindow
+
+        return MixGRPOWindow(num_steps, s.depth, start=s.window_start, shift=s.window_shift, every=s.window_every)
+    return ShiftingWindow(num_steps, s.depth, s.window_start, s.window_shift, s.window_every)
+
+
+def run_transition(config: Config, problem: Problem) -> Transition:
+    """The transition samplers and losses use: the problem's, with BranchGRPO's split steps' noise
+    widened by ``sampling.split_noise_scale`` (sampled and scored with the wider std)."""
+    s = config.sampling
+    if config.loss.recipe.sampler != "branch" or s.split_noise_scale == 1:
+        return problem.transition
+    return problem.transition.with_noise_scale({step: s.split_noise_scale for step in s.split_steps})
+
+
 def trainable_horizon(config: Config, problem: Problem) -> int:
     """The number of leading steps with noise, where windows of SDE steps may lie (one-line errors
     when there are none, or fewer than the window's depth)."""
     s, transition = config.sampling, problem.transition
     check_step_numbers(config, transition)
     horizon = transition.trainable_horizon()
+    if s.last_step == "ode" and horizon == transition.num_steps:
+        horizon -= 1  # the last step is an ODE step: never trained (DanceGRPO, MixGRPO)
     if horizon == 0:
         raise ConfigError(f"sampling.noise_level: {s.noise_level} leaves every step of sampling.transition="
                           f"{s.transition} deterministic, so no edge can be trained; use a level > 0 (Flow-GRPO: 0.7)")
@@ -68,15 +92,25 @@ def build_sampler(config: Config, problem: Problem) -> Sampler:
     s = config.sampling
     num_steps = trainable_horizon(config, problem)
     max_batch = s.max_batch or None
-    if config.loss.recipe.tree:
-        return TreeSampler(problem.model, problem.transition, branching=s.branching, depth=s.depth,
+    decode = "x0" if s.last_step == "x0" else "sample"
+    transition = run_transition(config, problem)
+    last = transition.num_steps - 1
+    noisy = [step for step in transition.noisy_steps() if not (s.last_step == "ode" and step == last)]
+    recipe = config.loss.recipe
+    if recipe.sampler == "branch":
+        return BranchSampler(problem.model, transition, split_steps=s.split_steps, branching=s.branching,
+                             sde_steps=noisy, trees_per_prompt=s.trees_per_prompt, decode=decode,
+                             max_batch=max_batch, static_shapes=s.static_shapes)
+    if recipe.tree:
+        return TreeSampler(problem.model, transition, branching=s.branching, depth=s.depth,
                            trees_per_prompt=s.trees_per_prompt, window=build_window(config, num_steps),
-                           max_batch=max_batch, static_shapes=s.static_shapes)
-    window: Any = "all"
+                           max_batch=max_batch, static_shapes=s.static_shapes, decode=decode)
+    window: Any = noisy if s.last_step == "ode" else "all"
     if sliding_window(config):
-        window = ShiftingWindow(num_steps, s.depth, s.window_start, s.window_shift, s.window_every)
-    return TrajectorySampler(problem.model, problem.transition, group_size=s.group_size, sde_steps=window,
-                             shared_noise=s.shared_noise, max_batch=max_batch, static_shapes=s.static_shapes)
+        window = build_sliding_window(config, num_steps)
+    return TrajectorySampler(problem.model, transition, group_size=s.group_size, sde_steps=window,
+                             shared_noise=s.shared_noise, max_batch=max_batch, static_shapes=s.static_shapes,
+                             decode=decode)
 
 
 def build_advantage(config: Config) -> Advantage:
@@ -90,10 +124,14 @@ def build_advantage(config: Config) -> Advantage:
     if kind == "tree":
         return GroupAdvantage(c.estimator, reward_weights=weights, aggregate=c.reward_aggregation, **spread,
                               **c.estimator_kwargs())
+    if kind == "depth":
+        return DepthNormalizedAdvantage(c.estimator, reward_weights=weights, aggregate=c.reward_aggregation, **spread,
+                                        **c.estimator_kwargs())
     return GroupAdvantage("leaf", reward_weights=weights, aggregate=c.reward_aggregation, **spread)
 
 
 def build_loss(config: Config, problem: Problem, reference: Any = None) -> EdgeLoss:
     """The loss class of ``loss.algorithm``'s recipe, built by its ``from_config`` (with
     ``loss.kl_coef`` to ``reference`` for every algorithm)."""
-    return loss_class(config.loss.algorithm).from_config(config, problem.model, problem.transition, reference)
+    return loss_class(config.loss.algorithm).from_config(config, problem.model, run_transition(config, problem),
+                                                         reference)

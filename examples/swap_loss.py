@@ -50,7 +50,7 @@ class ClipHigherLoss(PPOClipLoss):
         """From the command line: ``loss.clip_high`` if set, else 1.4 times ``loss.clip_range``."""
         c = config.loss
         return cls(model, transition, clip_range=c.clip_range, clip_high=c.clip_high or None, kl_coef=c.kl_coef,
-                   reference=reference if c.kl_coef > 0 else None)
+                   reference=reference if c.kl_coef > 0 else None, kl_form=c.kl_form)
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

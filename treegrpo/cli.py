@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+from treegrpo.algorithms import ALGORITHMS
 from treegrpo.config import MODELS, Config, ModelConfig, Option, options, preset_config, read_config_file
 from treegrpo.errors import TreegrpoError, TreegrpoWarning
 
@@ -50,7 +51,7 @@ def _metavar(option: Option) -> str:
     """A short placeholder for the option's value, the choices where there are some."""
     if option.choices:
         return "{" + ",".join(option.choices) + "}"
-    return {"int": "N", "float": "X", "str": "STR", "list[float]": "X,X", "list[str]": "STR,STR"}[option.kind]
+    return {"int": "N", "float": "X", "str": "STR", "list[float]": "X,X", "list[int]": "N,N", "list[str]": "STR,STR"}[option.kind]
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -147,8 +148,17 @@ def _after_dashes(values: list[str]) -> list[str]:
     return values[1:] if values[:1] == ["--"] else values
 
 
+def _last_setting(assignments: list[str], data: dict, section: str, name: str) -> str | None:
+    """The value a flag (the last one) or else the config file gives ``section.name``, as text."""
+    flags = [a.partition("=")[2].strip() for a in assignments if a.partition("=")[0].strip() == f"{section}.{name}"]
+    table = data.get(section, {})
+    value = flags[-1] if flags else (table.get(name) if isinstance(table, dict) else None)
+    return str(value) if value is not None else None
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
-    """The model kind's preset, then the config file, then ``--set``, then per-field flags; validated."""
+    """The model kind's preset, the algorithm's recipe, then the config file, then ``--set``, then
+    per-field flags; validated."""
     given = vars(args)
     data = read_config_file(given["config"]) if "config" in given else {}
     assignments = list(given.get("set", []))
@@ -158,10 +168,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
             value = given[key]
             text = str(value).lower() if isinstance(value, bool) else value
             assignments.append(f"{key}={text}")
-    kinds = [a.partition("=")[2].strip() for a in assignments if a.partition("=")[0].strip() == "model.kind"]
-    model_table = data.get("model", {})
-    kind = kinds[-1] if kinds else (model_table.get("kind") if isinstance(model_table, dict) else None)
-    base = preset_config(str(kind or ModelConfig().kind)) if str(kind or ModelConfig().kind) in MODELS else None
+    kind = _last_setting(assignments, data, "model", "kind") or ModelConfig().kind
+    algorithm = _last_setting(assignments, data, "loss", "algorithm")
+    # the preset, then the algorithm's recipe, under the file and the flags
+    base = preset_config(kind, algorithm if algorithm in ALGORITHMS else None) if kind in MODELS else None
     config = Config.from_dict(data, base, check_used=False)
     config = config.override(assignments, check_used=False) if assignments else config
     # A flag names an option on purpose, even at its default; a file may spell out defaults it does not rely on.

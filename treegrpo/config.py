@@ -70,7 +70,7 @@ _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False,
 
 
 def _kind(hint: Any) -> str:
-    """Name a field's type: ``int``, ``float``, ``bool``, ``str``, ``list[float]`` or ``list[str]``."""
+    """Name a field's type: ``int``, ``float``, ``bool``, ``str``, ``list[float]``, ``list[int]`` or ``list[str]``."""
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         return f"list[{item.__name__}]"
@@ -118,7 +118,7 @@ def _expected(kind: str, meta: Mapping[str, Any]) -> str:
     if kind == "str":
         return "a string"
     nonempty = "a non-empty list" if meta.get("min_items", 0) > 0 else "a list"
-    items = "numbers" if kind == "list[float]" else "strings"
+    items = {"list[float]": "numbers", "list[int]": "ints"}.get(kind, "strings")
     return f"{nonempty} of {items}{suffix}"
 
 
@@ -156,6 +156,8 @@ def _valid(kind: str, meta: Mapping[str, Any], value: Any) -> bool:
         return False
     if kind == "list[str]":
         return all(isinstance(item, str) for item in value)
+    if kind == "list[int]":
+        return all(_is_int(item) and _in_bounds(item, meta) for item in value)
     return all(_is_number(item) and _in_bounds(item, meta) for item in value)
 
 
@@ -173,6 +175,8 @@ def _parse(kind: str, text: str) -> Any:
     if kind == "str":
         return text
     items = [item.strip() for item in text.split(",")] if text else []
+    if kind == "list[int]":
+        return [int(item) for item in items]
     return [float(item) for item in items] if kind == "list[float]" else items
 
 
@@ -357,6 +361,17 @@ class SamplingConfig(_Section):
     )
     shared_noise: bool = _opt(False, "trajectory algorithms: a prompt's trajectories start from one noise and split "
                                      "at the first SDE step (DanceGRPO's init_same_noise)")
+    slide: str = _opt("wrap", "how a sliding window (mixgrpo, sde_steps=window) moves: wrap (always depth steps, "
+                              "wrapping to step window_start) or mixgrpo (MixGRPO's: shrinks near the end, is empty "
+                              "for window_every iterations, then restarts)", choices=("wrap", "mixgrpo"))
+    last_step: str = _opt("sde", "the last step: sde (sampled, trained, its sample is the image: Flow-GRPO), x0 "
+                                 "(sampled and trained, the image is its clean prediction: BranchGRPO) or ode "
+                                 "(deterministic, not trained: DanceGRPO and MixGRPO decode its clean prediction)",
+                          choices=("sde", "x0", "ode"))
+    split_steps: list[int] = _opt([], "branch_grpo: the steps where every node splits sampling.branching ways "
+                                      "(BranchGRPO: 0,3,6,9 of 20)", min=0)
+    split_noise_scale: float = _opt(1.0, "branch_grpo: the split steps' noise std is this times the transition's, "
+                                         "and is scored with it (BranchGRPO: 4)", min=0, min_open=True)
     max_batch: int = _opt(0, "most rows per model call, 0 = unlimited", min=0)
     static_shapes: bool = _opt(False, "pad every sampling call to max_batch rows (one shape for train.compile)")
     chunks: int = _opt(1, "sample each iteration's prompts in this many chunks (scored as they finish)", min=1)
@@ -376,6 +391,12 @@ class SamplingConfig(_Section):
             raise ConfigError(
                 f"sampling.depth: expected an int <= sampling.num_steps ({self.num_steps}), got {self.depth}"
             )
+        late = [step for step in self.split_steps if step >= self.num_steps]
+        if late:
+            raise ConfigError(f"sampling.split_steps: {late} lie beyond the last step; expected steps < sampling.num_steps "
+                              f"({self.num_steps})")
+        if len(set(self.split_steps)) != len(self.split_steps):
+            raise ConfigError(f"sampling.split_steps: {self.split_steps} names a step twice; list each split step once")
         end = self.window_start + self.depth
         if end > self.num_steps:
             raise ConfigError(
@@ -407,6 +428,10 @@ class LossConfig(_Section):
     )
     adv_clip: float = _opt(5.0, "clip advantages to +-adv_clip, 0 = off", min=0)
     kl_coef: float = _opt(0.0, "weight of the closed-form KL to the reference model", min=0)
+    kl_form: str = _opt("transition", "the KL's denominator: transition (the step's own variance, the true KL of the "
+                                      "two transitions) or flow_grpo (Flow-GRPO's flow_sde KL: the diffusion "
+                                      "coefficient without the step's dt, i.e. the true KL times dt)",
+                        choices=("transition", "flow_grpo"))
     clip_high: float = _opt(0.0, "upper PPO clip epsilon (ratio <= 1 + clip_high), 0 = clip_range (symmetric); "
                                  "DAPO's clip-higher sets it above clip_range", min=0)
     estimator: str = _opt("logprob_softmax", "treeadv backup estimator (treeadv.register_estimator adds more)",
@@ -435,6 +460,20 @@ class LossConfig(_Section):
     advantage_eps: str = _opt(
         "auto", "added to loss.advantage_std's spread: a number, or auto (its peer's: group 1e-6, group_bessel "
         "1e-8, batch 1e-4)", min=0, or_words=("auto",))
+    prune_depths: list[int] = _opt([], "branch_grpo: depths (a node's step + 1) whose incoming edges are not trained "
+                                       "(BranchGRPO's depth pruning; off by default in its script)", min=1)
+    prune_every: int = _opt(0, "branch_grpo: move the pruned depths one shallower every this many iterations, 0 = "
+                               "fixed (BranchGRPO's depth_pruning_slide_interval)", min=0)
+    prune_stop_depth: int = _opt(-1, "branch_grpo: the shallowest depth moving prunes reach, -1 = the last split step "
+                                     "(BranchGRPO's default)", min=-1)
+    width_pruning: str = _opt("off", "branch_grpo: which edges after the last split are trained: off (all), branch "
+                                     "(the best width_ratio of each last split's branch: BranchGRPO mode 1) or "
+                                     "extremes (the best and worst width_ratio / 2 of the batch: mode 2)",
+                              choices=("off", "branch", "extremes"))
+    width_ratio: float = _opt(0.5, "branch_grpo: fraction of the edges after the last split that width_pruning keeps",
+                              min=0, max=1, min_open=True)
+    prune_fraction: float = _opt(1.0, "branch_grpo: prune during the first this fraction of train.iterations "
+                                      "(BranchGRPO's pruning_step_ratio)", min=0, max=1)
     tracker_buffer: int = _opt(32, "DDPO per-prompt stat tracker buffer size", min=1)
     tracker_min_count: int = _opt(16, "DDPO tracker minimum samples before per-prompt stats", min=1)
 
@@ -593,7 +632,7 @@ class Use(NamedTuple):
         if self.by == "transition":
             return f"sampling.transition={config.sampling.transition}"
         return f"loss.algorithm={config.loss.algorithm}" + (
-            f" (sampling.window={config.sampling.window})" if _tree(config) else "")
+            f" (sampling.window={config.sampling.window})" if _window_tree(config) else "")
 
     def users(self) -> str:
         """The settings that would read these options."""
@@ -609,7 +648,17 @@ def _algorithms(applies: Callable[[Algorithm], bool]) -> Callable[[], str]:
 
 
 def _tree(config: Config) -> bool:
+    """Whether the run samples trees (TreeGRPO's window or BranchGRPO's splits)."""
     return config.loss.recipe.tree
+
+
+def _window_tree(config: Config) -> bool:
+    """Whether the run samples TreeGRPO's trees, whose window ``sampling.window`` places."""
+    return config.loss.recipe.sampler == "tree"
+
+
+def _branch(config: Config) -> bool:
+    return config.loss.recipe.sampler == "branch"
 
 
 def sliding_window(config: Config) -> bool:
@@ -620,13 +669,13 @@ def sliding_window(config: Config) -> bool:
 
 def windowed(config: Config) -> bool:
     """Whether the SDE steps are a window of ``sampling.depth`` steps (a tree's, or a sliding one)."""
-    return _tree(config) or sliding_window(config)
+    return _window_tree(config) or sliding_window(config)
 
 
 def window_start_fixed(config: Config) -> bool:
     """Whether the window starts at ``sampling.window_start`` (a fixed or shifting tree window, or a
     sliding one) rather than at a drawn step."""
-    return (_tree(config) and config.sampling.window in ("fixed", "shifting")) or sliding_window(config)
+    return (_window_tree(config) and config.sampling.window in ("fixed", "shifting")) or sliding_window(config)
 
 
 def _advantage(config: Config) -> str:
@@ -635,20 +684,25 @@ def _advantage(config: Config) -> str:
 
 USES: tuple[Use, ...] = (
     Use(("sampling.branching", "sampling.trees_per_prompt"), _tree, _algorithms(lambda a: a.tree)),
-    Use(("loss.estimator", "loss.estimator_options"), lambda c: _advantage(c) == "tree",
-        _algorithms(lambda a: a.advantage == "tree")),
-    Use(("loss.temperature",), lambda c: _advantage(c) == "tree" and c.loss.estimator == "logprob_softmax",
-        lambda: _algorithms(lambda a: a.advantage == "tree")() + " with loss.estimator=logprob_softmax"),
-    Use(("sampling.window",), _tree, _algorithms(lambda a: a.tree)),
-    Use(("sampling.alpha",), lambda c: _tree(c) and c.sampling.window in ("geometric", "adaptive"),
+    Use(("loss.estimator", "loss.estimator_options"), lambda c: _advantage(c) in ("tree", "depth"),
+        _algorithms(lambda a: a.advantage in ("tree", "depth"))),
+    Use(("loss.temperature",), lambda c: _advantage(c) in ("tree", "depth") and c.loss.estimator == "logprob_softmax",
+        lambda: _algorithms(lambda a: a.advantage in ("tree", "depth"))() + " with loss.estimator=logprob_softmax"),
+    Use(("sampling.window",), _window_tree, _algorithms(lambda a: a.sampler == "tree")),
+    Use(("sampling.alpha",), lambda c: _window_tree(c) and c.sampling.window in ("geometric", "adaptive"),
         "a tree algorithm (treegrpo) with sampling.window=geometric or adaptive"),
+    Use(("sampling.split_steps", "sampling.split_noise_scale", "loss.prune_depths", "loss.prune_every",
+         "loss.prune_stop_depth", "loss.width_pruning", "loss.width_ratio", "loss.prune_fraction"), _branch,
+        _algorithms(lambda a: a.sampler == "branch")),
+    Use(("sampling.slide",), sliding_window, "loss.algorithm=mixgrpo, mix_grpo, or sampling.sde_steps=window"),
+    Use(("loss.kl_form",), lambda c: c.loss.kl_coef > 0, "loss.kl_coef > 0"),
     Use(("sampling.depth",), windowed,
-        "loss.algorithm=treegrpo, mixgrpo, or a trajectory algorithm with sampling.sde_steps=window"),
+        "loss.algorithm=treegrpo, mixgrpo, mix_grpo, or a trajectory algorithm with sampling.sde_steps=window"),
     Use(("sampling.window_start",), window_start_fixed,
-        "sampling.window=fixed or shifting (treegrpo), mixgrpo, or sampling.sde_steps=window"),
+        "sampling.window=fixed or shifting (treegrpo), mixgrpo, mix_grpo, or sampling.sde_steps=window"),
     Use(("sampling.window_shift", "sampling.window_every"),
-        lambda c: (_tree(c) and c.sampling.window == "shifting") or sliding_window(c),
-        "sampling.window=shifting (treegrpo), mixgrpo, or sampling.sde_steps=window"),
+        lambda c: (_window_tree(c) and c.sampling.window == "shifting") or sliding_window(c),
+        "sampling.window=shifting (treegrpo), mixgrpo, mix_grpo, or sampling.sde_steps=window"),
     Use(("sampling.group_size",), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
     Use(("sampling.sde_steps", "sampling.shared_noise"), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
     Use(("loss.clip_range", "loss.clip_high"), lambda c: c.loss.recipe.clipped, _algorithms(lambda a: a.clipped)),
@@ -711,15 +765,38 @@ def config_changes(saved: Mapping[str, Any], config: Config) -> list[str]:
     return changes
 
 
-def _starting_values(kind: str, key: str) -> list[Any]:
-    """What ``key`` holds before a user sets it: its default, and the model kind's preset value."""
+def _starting_values(kind: str, key: str, algorithm: str | None = None) -> list[Any]:
+    """What ``key`` holds before a user sets it: its default, the model kind's preset value, and the
+    value ``algorithm``'s recipe gives it, in that order."""
     section, name = key.split(".")
     values = [_default(SECTIONS[section], name)]
-    for assignment in PRESETS.get(kind, ()):
+    recipe = ALGORITHMS[algorithm].defaults if algorithm in ALGORITHMS else ()
+    for assignment in (*PRESETS.get(kind, ()), *recipe):
         preset_key, _, text = assignment.partition("=")
         if preset_key == key:
             values.append(SECTIONS[section]._parse_text(name, text))
     return values
+
+
+def _with_recipe(config: Config, algorithm: str) -> Config:
+    """``config`` (a copy) with ``loss.algorithm = algorithm`` and that recipe's defaults set; what
+    the previous recipe set and the new one does not goes back to the model kind's starting value.
+    Not validated: the caller applies the user's settings, then validates."""
+    fresh = copy.deepcopy(config)
+    new = ALGORITHMS[algorithm].defaults if algorithm in ALGORITHMS else ()
+    old = ALGORITHMS[config.loss.algorithm].defaults if config.loss.algorithm in ALGORITHMS else ()
+    mine = {item.partition("=")[0] for item in new}
+    for item in old:
+        key = item.partition("=")[0]
+        if key not in mine:
+            section, name = key.split(".")
+            setattr(getattr(fresh, section), name, _starting_values(config.model.kind, key)[-1])
+    for item in new:
+        key, _, text = item.partition("=")
+        section, name = key.split(".")
+        setattr(getattr(fresh, section), name, SECTIONS[section]._parse_text(name, text))
+    fresh.loss.algorithm = algorithm
+    return fresh
 
 
 def _default(cls: type, name: str) -> Any:
@@ -826,7 +903,7 @@ class Config:
             for key in use.fields:
                 section, name = key.split(".")
                 value = getattr(getattr(self, section), name)
-                if key in given or value not in _starting_values(self.model.kind, key):
+                if key in given or value not in _starting_values(self.model.kind, key, self.loss.algorithm):
                     raise ConfigError(f"{key}: {value!r} is not used with {use.context(self)}; it applies "
                                       f"to {use.users()}. Remove it, or choose {use.users()}")
 
@@ -844,6 +921,10 @@ class Config:
         defaults). ``check_used=False`` defers :meth:`check_used` to a caller that applies more overrides."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"config: expected a table of sections, got {data!r}")
+        loss = data.get("loss", {})
+        algorithm = loss.get("algorithm") if isinstance(loss, Mapping) else None
+        if isinstance(algorithm, str) and algorithm != (base or cls()).loss.algorithm:
+            base = _with_recipe(base or cls(), algorithm)  # the recipe's defaults, under the data's settings
         sections = {}
         for name, values in data.items():
             if name not in SECTIONS:
@@ -884,7 +965,8 @@ class Config:
             if section not in SECTIONS:
                 raise ConfigError(f"{section}: unknown section; {_suggest(section, list(SECTIONS))}")
             changes.setdefault(section, {})[name] = SECTIONS[section]._parse_text(name, text)
-        fresh = copy.deepcopy(self)
+        algorithm = changes.get("loss", {}).get("algorithm", self.loss.algorithm)
+        fresh = _with_recipe(self, algorithm) if algorithm != self.loss.algorithm else copy.deepcopy(self)
         replaced = {name: dataclasses.replace(getattr(fresh, name), **values) for name, values in changes.items()}
         return dataclasses.replace(fresh, **replaced).validate(check_used=check_used)
 
@@ -952,7 +1034,11 @@ def to_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def preset_config(kind: str) -> Config:
-    """``Config()`` with ``model.kind = kind`` and that kind's preset applied (not yet checked for
-    unused options: files and flags may still change the algorithm)."""
-    return Config().override([f"model.kind={kind}", *PRESETS.get(kind, ())], check_used=False)
+def preset_config(kind: str, algorithm: str | None = None) -> Config:
+    """``Config()`` with ``model.kind = kind`` and that kind's preset applied, then, when given,
+    ``algorithm`` with its recipe's defaults (not yet checked for unused options: files and flags
+    may still change the algorithm)."""
+    config = Config().override([f"model.kind={kind}", *PRESETS.get(kind, ())], check_used=False)
+    if algorithm is not None and algorithm != config.loss.algorithm:
+        config = config.override([f"loss.algorithm={algorithm}"], check_used=False)
+    return config
