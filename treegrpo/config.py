@@ -780,16 +780,16 @@ def _starting_values(kind: str, key: str, algorithm: str | None = None) -> list[
 
 def _with_recipe(config: Config, algorithm: str) -> Config:
     """``config`` (a copy) with ``loss.algorithm = algorithm`` and that recipe's defaults set; what
-    the previous recipe set and the new one does not goes back to the model kind's starting value.
-    Not validated: the caller applies the user's settings, then validates."""
+    the previous recipe set (and still holds its value) and the new one does not goes back to the
+    model kind's starting value. Not validated: the caller applies the user's settings, then validates."""
     fresh = copy.deepcopy(config)
     new = ALGORITHMS[algorithm].defaults if algorithm in ALGORITHMS else ()
     old = ALGORITHMS[config.loss.algorithm].defaults if config.loss.algorithm in ALGORITHMS else ()
     mine = {item.partition("=")[0] for item in new}
     for item in old:
-        key = item.partition("=")[0]
-        if key not in mine:
-            section, name = key.split(".")
+        key, _, text = item.partition("=")
+        section, name = key.split(".")
+        if key not in mine and getattr(getattr(fresh, section), name) == SECTIONS[section]._parse_text(name, text):
             setattr(getattr(fresh, section), name, _starting_values(config.model.kind, key)[-1])
     for item in new:
         key, _, text = item.partition("=")
