@@ -128,3 +128,28 @@ def test_cli_missing_weights_is_one_line(tmp_path, prompt_file, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert err.startswith("treegrpo: error: model.path:") and "nowhere" in err
+
+
+@pytest.mark.parametrize("algorithm", ["flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo"])
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_each_peer_recipe_trains_a_tiny_pipeline_from_the_command_line(pipelines, prompt_file, reward_root, tmp_path,
+                                                                       kind, algorithm):
+    """`treegrpo train --model.kind K --loss.algorithm X`: the recipe's sampler, advantage and loss on a
+    real pipeline (4 steps; BranchGRPO split at steps 0 and 2)."""
+    flags = ["--model.kind", kind, "--model.path", str(pipelines[kind]), "--model.prompts", str(prompt_file),
+             "--model.reward_dir", str(reward_root), "--model.image_size", "16", "--model.max_sequence_length", "16",
+             "--model.eval_count", "1", "--eval.samples_per_prompt", "1", "--sampling.num_steps", "4",
+             "--sampling.prompts_per_iteration", "2", "--train.iterations", "1", "--train.out_dir", str(tmp_path),
+             "--optim.lr", "1e-3", "--train.minibatch_parents", "8", "--no-eval.diversity", "--loss.algorithm", algorithm]
+    if algorithm == "branch_grpo":
+        flags += ["--sampling.split_steps", "0,2"]
+    else:
+        flags += ["--sampling.group_size", "2"]
+    if algorithm == "mix_grpo":
+        flags += ["--sampling.depth", "2"]
+    assert main(["train", *flags]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    expected_images = 2 * (4 if algorithm == "branch_grpo" else 2)
+    assert summary["config"]["loss"]["algorithm"] == algorithm
+    assert summary["training"]["images_generated"] == expected_images
+    assert summary["training"]["edges_trained"] > 0
