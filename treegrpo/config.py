@@ -202,6 +202,8 @@ def _coerce(kind: str, value: Any, meta: Mapping[str, Any]) -> Any:
         return meta["from_bool"][int(truth)]
     if kind == "float" and _is_int(value):
         return float(value)
+    if kind == "float" and meta.get("from_text") and isinstance(value, str) and not math.isnan(_as_number(value)):
+        return _as_number(value)  # a number that earlier versions stored as text (configs of older runs)
     if kind == "str" and "or_words" in meta and _is_number(value):
         return repr(float(value))
     if kind.startswith("list") and isinstance(value, tuple):
@@ -436,10 +438,8 @@ class LossConfig(_Section):
                                  "DAPO's clip-higher sets it above clip_range", min=0)
     estimator: str = _opt("logprob_softmax", "treeadv backup estimator (treeadv.register_estimator adds more)",
                           choices=_estimators)
-    temperature: str = _opt(
-        "1.0", "softmax temperature of the logprob_softmax backup: a number, or auto (each parent's children's "
-        "log-probs divided by their own spread, the same weights at any latent size)", min=0, min_open=True,
-        or_words=("auto",))
+    temperature: float = _opt(1.0, "softmax temperature of the logprob_softmax backup (the paper's: 1)", min=0,
+                              min_open=True, from_text=True)
     estimator_options: list[str] = _opt([], "other options of loss.estimator as name=value, comma-separated (the "
                                             "fields of its dataclass)")
     timestep_fraction: float = _opt(
@@ -490,7 +490,7 @@ class LossConfig(_Section):
     def estimator_kwargs(self) -> dict[str, Any]:
         """The options ``estimator`` is built with: ``temperature`` (``logprob_softmax``), then every
         ``name=value`` of ``estimator_options`` (numbers and true/false parsed, other words kept)."""
-        kwargs: dict[str, Any] = {"temperature": number_or_word(self.temperature)} if (
+        kwargs: dict[str, Any] = {"temperature": self.temperature} if (
             self.estimator == "logprob_softmax") else {}
         for item in self.estimator_options:
             name, sep, text = item.partition("=")
@@ -760,6 +760,8 @@ def config_changes(saved: Mapping[str, Any], config: Config) -> list[str]:
             old = recorded.get(name, _default(SECTIONS[section], name))
             if isinstance(old, list | tuple) and isinstance(value, list):
                 old = list(old)
+            if isinstance(old, str) and _is_number(value) and _as_number(old) == value:
+                old = value  # a number an earlier version stored as text (loss.temperature)
             if old != value:
                 changes.append(f"{key} {old!r} -> {value!r}")
     return changes

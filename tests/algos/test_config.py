@@ -287,7 +287,7 @@ def test_bad_flag_value_returns_2_with_the_message_on_stderr(capsys) -> None:
     assert cli.main(["train", "--loss.algorithm", "ppo"]) == 2
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines() == [
-        "treegrpo: error: loss.algorithm: expected one of ddpo, grpo, mixgrpo, reinforce, treegrpo, got 'ppo'"
+        "treegrpo: error: loss.algorithm: expected one of branch_grpo, dance_grpo, ddpo, flow_grpo, grpo, mix_grpo, mixgrpo, reinforce, treegrpo, got 'ppo'"
     ]
     assert captured.out == ""
 
@@ -456,9 +456,11 @@ def test_a_preset_value_is_no_set_option_wherever_the_config_is_validated() -> N
 def test_estimator_options_reach_the_estimator_and_bad_ones_are_one_line() -> None:
     from treegrpo.algos import build_advantage
 
-    config = Config().override(["loss.estimator_options=temperature=auto"])
-    assert config.loss.estimator_kwargs() == {"temperature": "auto"}
-    assert build_advantage(config).estimator.temperature == "auto"
+    config = Config().override(["loss.estimator_options=temperature=2"])
+    assert config.loss.estimator_kwargs() == {"temperature": 2.0}
+    assert build_advantage(config).estimator.temperature == 2.0
+    with pytest.raises(ConfigError, match=r"^loss.temperature: expected a number > 0, got 'auto'$"):
+        Config().override(["loss.temperature=auto"])  # removed: it weighted children by their noise norms alone
     assert Config().override(["loss.temperature=2"]).loss.estimator_kwargs() == {"temperature": 2.0}
     with pytest.raises(ConfigError, match=r"^loss.estimator_options: expected name=value, got 'temperature'$"):
         Config().override(["loss.estimator_options=temperature"])
@@ -467,7 +469,7 @@ def test_estimator_options_reach_the_estimator_and_bad_ones_are_one_line() -> No
     with pytest.raises(ConfigError, match=r"^loss.estimator_options: temperature: expected a finite number > 0"):
         Config().override(["loss.estimator_options=temperature=-1"])
     with pytest.raises(ConfigError, match=r"^loss.estimator_options: .* is not used with loss.algorithm=grpo"):
-        Config().override(["loss.algorithm=grpo", "loss.estimator_options=temperature=auto"])
+        Config().override(["loss.algorithm=grpo", "loss.estimator_options=temperature=2"])
 
 
 def test_clip_high_reaches_the_loss_and_is_refused_where_nothing_clips() -> None:
