@@ -141,7 +141,8 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
                 before_update(unchanged)
             optimisation.apply(guard)
             counters["optimizer_steps"] += 1
-    optimisation.scheduler.step()
+    if minibatches:  # an iteration with nothing to train (MixGRPO's empty window) leaves the schedule where it is
+        optimisation.scheduler.step()
     out = {key: value / max(len(minibatches), 1) for key, value in sums.items()}
     out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
     for step, chunks in sorted(per_step.items()):
