@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from treegrpo.envs._checks import check_float, check_int
+from treegrpo.envs._checks import ArgumentError, check_float, check_int
 
 
 class WindowSchedule:
@@ -111,6 +111,95 @@ class ShiftingWindow(WindowSchedule):
     def start(self, epoch: int) -> int:
         moves = check_int("epoch", epoch, minimum=0) // self.every
         return (self.first + self.shift * moves) % self.num_starts
+
+
+class MixGRPOWindow(WindowSchedule):
+    """MixGRPO's sliding window as its FLUX script runs it: it shrinks at the end of a sweep, may be
+    empty, and then restarts.
+
+    MixGRPO (``fastvideo/utils/grpo_states.py:87-99,148``, ``fastvideo/train_grpo_flux.py:916-947``)
+    keeps a cursor ``c``: iteration ``i`` trains steps ``range(c, min(c + depth, last))``, and
+    after ``every`` iterations the cursor moves by ``shift``. Once it passes ``last`` it returns to
+    ``start`` (``rollback``) or stays at ``last`` for good. So at a position ``c > last - depth`` the
+    window holds fewer than ``depth`` steps, and at ``c = last`` none: that iteration samples every
+    step as an ODE step and trains nothing. The shipped script (``sampling_steps=25``,
+    ``group_size=4``, ``iters_per_group=25``, ``--prog_overlap --prog_overlap_step 1 --roll_back``)
+    gives a 600-iteration cycle whose last 25 iterations have an empty window, and steps 23 and 24
+    are never trained.
+
+    ``num_steps`` counts the steps a window may cover. MixGRPO keeps the log-probs of its first
+    ``T - 1`` steps only (``train_grpo_flux.py:393-400``), so ``num_steps = T - 1``, and passes
+    ``max_timesteps = T - 2`` as the exclusive end (``train_grpo_flux.py:919``), hence the default
+    ``last = num_steps - 1``: the last kept step is never in a window either.
+
+    ``strategy="random"`` is MixGRPO's ``sample_strategy="random"``: the first iteration uses
+    ``start`` (its initial cursor), every later one a full window whose first step is uniform on
+    ``[0, last - depth]``, drawn from ``(seed, epoch)`` (MixGRPO draws from fresh OS entropy).
+    Its ``decay`` and ``exp_decay`` strategies, which vary ``every`` with the cursor, are not
+    reproduced; no shipped script uses them.
+
+    :meth:`steps` may return fewer than ``depth`` steps, or none; :meth:`start` returns the cursor,
+    which is ``last`` when the window is empty. The schedule is a function of the epoch (the
+    training iteration), so it carries no state.
+    """
+
+    def __init__(
+        self,
+        num_steps: int,
+        depth: int = 4,
+        every: int = 25,
+        *,
+        last: int | None = None,
+        start: int = 0,
+        shift: int = 1,
+        rollback: bool = True,
+        strategy: str = "progressive",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(num_steps, depth)
+        check_int("depth", depth, minimum=1, maximum=num_steps)
+        if num_steps < 2 and last is None:
+            raise ArgumentError(f"num_steps: expected an int >= 2 when last is not given (last = num_steps - 1), got "
+                             f"{num_steps}")
+        self.last = check_int("last", num_steps - 1 if last is None else last, minimum=1, maximum=num_steps)
+        self.first = check_int("start", start, minimum=0, maximum=self.last - 1)
+        self.every = check_int("every", every, minimum=1)
+        self.shift = check_int("shift", shift, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0)
+        if not isinstance(rollback, bool):
+            raise ArgumentError(f"rollback: expected True or False, got {rollback!r}")
+        self.rollback = rollback
+        if strategy not in ("progressive", "random"):
+            raise ArgumentError(f"strategy: expected 'progressive' or 'random', got {strategy!r} (MixGRPO's decay and "
+                             "exp_decay are not reproduced)")
+        if strategy == "random" and depth > self.last:
+            raise ArgumentError(f"depth: a random window of {depth} steps must end by last={self.last}; use depth <= "
+                             f"{self.last}")
+        self.strategy = strategy
+
+    @property
+    def positions(self) -> int | None:
+        """Cursor positions in one sweep, ``(last - start) // shift + 1``; ``None`` when ``shift = 0``."""
+        return None if self.shift == 0 else (self.last - self.first) // self.shift + 1
+
+    def start(self, epoch: int) -> int:
+        epoch = check_int("epoch", epoch, minimum=0)
+        if self.strategy == "random":
+            if epoch == 0:
+                return self.first
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            return int(torch.randint(0, self.last - self.depth + 1, (1,), generator=generator))
+        moves = epoch // self.every
+        if self.positions is None:
+            return self.first
+        if self.rollback:
+            return self.first + self.shift * (moves % self.positions)
+        return min(self.first + self.shift * moves, self.last)
+
+    def steps(self, epoch: int) -> tuple[int, ...]:
+        """``range(c, min(c + depth, last))`` at the cursor ``c``: ``depth`` steps or fewer, possibly none."""
+        first = self.start(epoch)
+        return tuple(range(first, min(first + self.depth, self.last)))
 
 
 AlphaRule = Callable[[float, Mapping[str, float], dict[str, Any]], float]
