@@ -137,3 +137,14 @@ def test_each_recipe_trains_on_digits_from_the_command_line(algorithm, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["loss"]["algorithm"] == algorithm
     assert summary["training"]["edges_trained"] > 0 or algorithm == "mix_grpo"
+
+
+def test_mix_grpo_trains_mixgrpos_windows_at_its_25_steps():
+    """MixGRPO's FLUX script: T = 25, a 4-step window moving every 25 iterations, steps 23 and 24
+    never trained; at iterations 525, 550 and 575 it trains [21, 22], [22] and nothing."""
+    config = preset_config("toy2d", "mix_grpo").override(["sampling.num_steps=25"])
+    sampler = build_sampler(config, build_problem(config))
+    assert [sampler.steps(i) for i in (0, 24, 25, 525, 550, 575, 600)] == [
+        (0, 1, 2, 3), (0, 1, 2, 3), (1, 2, 3, 4), (21, 22), (22,), (), (0, 1, 2, 3)]
+    trained = set().union(*(sampler.steps(i) for i in range(600)))
+    assert trained == set(range(23))
