@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-import torch
 from torch import Tensor
 
 from treeadv.errors import EstimatorError
@@ -112,39 +111,30 @@ def _check_positive(name: str, value: float) -> None:
         raise EstimatorError(f"{name}: expected a finite number > 0, got {value!r}")
 
 
-AUTO = "auto"
-
-
 @register_estimator("logprob_softmax")
 @dataclass(frozen=True)
 class LogProbSoftmax(BackupEstimator):
     """The paper's backup: ``w_e = softmax_e(l_e / temperature)`` over the children's stored log-probs.
 
-    The spread of sibling log-probs depends on the latent size: mean-reduced log-probs of ``D``
-    dimensions differ by about ``1 / sqrt(2 D)`` (0.003 at SD3.5's 16x64x64, so the weights are
-    uniform to 0.3%), sum-reduced ones by about ``sqrt(D / 2)`` (one-hot). ``temperature="auto"``
-    divides each parent's children's log-probs by their own spread, ``(l_e - mean) / std``, so the
-    weights are the same at any latent size and for either reduction (a parent whose children
-    share one log-prob gets uniform weights). ``temperature`` -> inf gives ``mean``.
+    Siblings share their parent's Gaussian, so child ``e``'s behaviour log-prob is
+    ``-|eps_e|^2 / (2 D) + c`` (mean-reduced over ``D`` dimensions) or ``-|eps_e|^2 / 2 + c``
+    (sum-reduced), with ``eps_e`` its standard normal draw and ``c`` shared by the siblings. The
+    weights are therefore a function of the drawn noise alone, not of the policy or the reward. The
+    siblings' log-probs differ by about ``1 / sqrt(2 D)`` (mean) or ``sqrt(D / 2)`` (sum), so at
+    temperature 1 the weights are uniform to 0.3% at SD3.5's 16x64x64 with the mean (the backup is
+    ``mean``) and nearly one-hot on the smallest noise norm with the sum; a temperature only moves between
+    those two (docs/treeadv.md). ``temperature`` -> inf gives ``mean``.
     """
 
-    temperature: float | str = 1.0
+    temperature: float = 1.0
+
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
 
     def __post_init__(self) -> None:
-        if self.temperature != AUTO:
-            _check_positive("temperature", self.temperature)
-
-    @property
-    def invariants(self) -> frozenset[str]:  # type: ignore[override]
-        claims = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
-        return claims | {"logprob_scale"} if self.temperature == AUTO else claims
+        _check_positive("temperature", self.temperature)
 
     def weights(self, siblings: Siblings) -> Tensor:
-        if self.temperature != AUTO:
-            return siblings.softmax(siblings.log_prob / self.temperature)
-        centred = siblings.log_prob - siblings.broadcast(siblings.mean(siblings.log_prob))
-        spread = siblings.broadcast(siblings.mean(centred**2)).sqrt()
-        return siblings.softmax(torch.where(spread > 0, centred / torch.where(spread > 0, spread, 1.0), 0.0))
+        return siblings.softmax(siblings.log_prob / self.temperature)
 
 
 @register_estimator("mean")
@@ -152,7 +142,8 @@ class LogProbSoftmax(BackupEstimator):
 class Mean(BackupEstimator):
     """Uniform weights: each parent edge gets the plain mean of its children's advantages."""
 
-    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {
+        "affine", "logprob_shift", "logprob_scale", "equal_logprob_mean"}
 
     def weights(self, siblings: Siblings) -> Tensor:
         return 1.0 / siblings.num_siblings
@@ -163,7 +154,7 @@ class Mean(BackupEstimator):
 class Max(BackupEstimator):
     """Optimistic backup: each parent edge takes its best child's advantage (ties share the weight)."""
 
-    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"positive_affine", "logprob_shift"}
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"positive_affine", "logprob_shift", "logprob_scale"}
 
     def weights(self, siblings: Siblings) -> Tensor:
         best = siblings.broadcast(siblings.max(siblings.advantage))
@@ -178,7 +169,7 @@ class LeafMean(BackupEstimator):
     The weight of a child is its share of the parent's leaves; on a regular tree this equals ``mean``.
     """
 
-    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift"}
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "logprob_scale"}
 
     def weights(self, siblings: Siblings) -> Tensor:
         return siblings.normalize(siblings.leaf_count)

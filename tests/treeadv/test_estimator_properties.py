@@ -2,42 +2,54 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
 import torch
 from hypothesis import given
 
-from treeadv import BackupEstimator, Tree, make_estimator, registered_estimators
+from treeadv import BackupEstimator, EstimatorError, Tree, make_estimator, registered_estimators
 from treeadv import backup as treeadv_backup
 from treeadv.testing import INVARIANTS, InvariantViolation, check_estimator, forest_cases
 
-ESTIMATORS = {**{name: {} for name in registered_estimators()}, "logprob_softmax(auto)": {"temperature": "auto"}}
 
-
-@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+@pytest.mark.parametrize("estimator", registered_estimators())
 @given(case=forest_cases())
 def test_estimator_keeps_every_invariant_it_claims(estimator, case):
     """One generated forest checks every claim of the estimator (the kit names the one that breaks)."""
-    chosen = make_estimator(estimator.split("(")[0], **ESTIMATORS[estimator])
+    chosen = make_estimator(estimator)
     report = check_estimator(chosen, case.tree, case.leaf_adv, invariants=set(chosen.invariants))
     assert set(report) == set(chosen.invariants)
     assert all(outcome == "passed" or outcome.startswith("skipped: no CUDA") for outcome in report.values()), report
 
 
-def test_a_fixed_temperature_is_not_scale_invariant_and_auto_is():
+def test_the_softmax_weights_depend_on_the_log_prob_scale_and_mean_does_not():
+    """Mean- and sum-reduced log-probs of one sample differ by the factor D: the softmax at a fixed
+    temperature weights them differently (so it cannot claim ``logprob_scale``), ``mean`` ignores them."""
     tree = Tree.regular(1, 3, 1, log_prob=torch.tensor([0.0, -1.0, 0.0, 2.0], dtype=torch.float64))
     leaf_adv = torch.tensor([0.0, 1.0, -1.0, 0.5], dtype=torch.float64)
+    softmax = make_estimator("logprob_softmax")
+    assert "logprob_scale" not in softmax.invariants
     with pytest.raises(InvariantViolation, match="^logprob_scale: "):
-        check_estimator(make_estimator("logprob_softmax"), tree, leaf_adv, invariants={"logprob_scale"})
-    auto = make_estimator("logprob_softmax", temperature="auto")
-    assert check_estimator(auto, tree, leaf_adv, invariants={"logprob_scale"}) == {"logprob_scale": "passed"}
-    # z-scores of (-1, 0, 2): the weights of a tree with these log-probs at any scale
-    z = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
-    z = (z - z.mean()) / z.std(unbiased=False)
-    weights = torch.softmax(z, 0)
-    root = treeadv_backup(tree, leaf_adv, auto)[0]
-    torch.testing.assert_close(root, (weights * leaf_adv[1:]).sum())
+        check_estimator(softmax, tree, leaf_adv, invariants={"logprob_scale"})
+    assert check_estimator(make_estimator("mean"), tree, leaf_adv, invariants={"logprob_scale"}) == {
+        "logprob_scale": "passed"}
+
+
+@pytest.mark.parametrize("temperature", ["auto", "1", 0.0, -1.0, float("inf"), float("nan"), None])
+def test_the_temperature_is_a_finite_positive_number(temperature):
+    """``temperature="auto"`` is gone: it softmaxed z-scored noise norms (docs/treeadv.md)."""
+    message = rf"^temperature: expected a finite number > 0, got {re.escape(repr(temperature))}$"
+    with pytest.raises(EstimatorError, match=message):
+        make_estimator("logprob_softmax", temperature=temperature)
+
+
+def test_a_fixed_temperature_divides_the_log_probs():
+    tree = Tree.regular(1, 2, 1, log_prob=torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    leaf_adv = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    root = treeadv_backup(tree, leaf_adv, "logprob_softmax", temperature=2.0)[0]
+    torch.testing.assert_close(root, torch.softmax(torch.tensor([0.0, 0.5], dtype=torch.float64), 0)[0])
 
 
 def test_shipped_estimators_claim_what_the_paper_needs():
