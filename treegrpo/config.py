@@ -189,7 +189,7 @@ def _as_number(text: str) -> float:
 
 
 def number_or_word(value: str) -> float | str:
-    """The value of a number-or-word field (``loss.temperature``): a float, or the word itself."""
+    """The value of an option given as text (``loss.estimator_options``): a float, or the word itself."""
     number = _as_number(value)
     return value if math.isnan(number) else number
 
