@@ -8,6 +8,7 @@ Depends on torch and tensordict only; :mod:`treeadv.testing` adds hypothesis.
 from __future__ import annotations
 
 from treeadv.backup import BackupResult, backup, backup_with_weights, tree_advantages
+from treeadv.depth import depth_normalize
 from treeadv.diagnostics import depth_diagnostics
 from treeadv.errors import EstimatorError, NonFiniteError, TreeError
 from treeadv.estimators import (
@@ -39,6 +40,7 @@ __all__ = [
     "backup",
     "backup_with_weights",
     "depth_diagnostics",
+    "depth_normalize",
     "leaf_advantages",
     "make_estimator",
     "register_estimator",
