@@ -99,30 +99,33 @@ for _recipe in (
     register_algorithm(_recipe)
 
 # The peers' own algorithms: their defaults, file and line in docs/recipes.md.
-_DANCE_SAMPLING = ("sampling.transition=dance_sde", "sampling.noise_level=0.3", "sampling.schedule=dancegrpo",
-                   "sampling.shift=3.0")
+_DANCE_SCHEDULE = ("sampling.schedule=dancegrpo", "sampling.shift=3.0")
+_DANCE_SAMPLING = ("sampling.transition=dance_sde", "sampling.noise_level=0.3", *_DANCE_SCHEDULE)
 for _recipe in (
     Algorithm("flow_grpo", "trajectory", "leaf", "ppo_clip", peer="yifan123/flow_grpo scripts/train_sd3.py",
               summary="Flow-GRPO as its SD3 config runs it: SDE on every step, the first 99% trained, global std",
-              defaults=("sampling.transition=flow_sde", "sampling.noise_level=0.7", "sampling.schedule=scheduler",
+              defaults=("sampling.num_steps=10", "sampling.transition=flow_sde", "sampling.noise_level=0.7",
+                        "sampling.schedule=scheduler",
                         "sampling.last_step=sde", "sampling.shared_noise=false", "loss.timestep_selection=first",
                         "loss.timestep_fraction=0.99", "loss.advantage_std=batch", "loss.advantage_eps=auto",
-                        "loss.clip_range=1e-4", "loss.clip_high=0", "loss.adv_clip=5", "loss.kl_coef=0.04",
+                        "loss.clip_range=1e-4", "loss.clip_high=0", "loss.adv_clip=5", "loss.kl_coef=0.01",
                         "loss.kl_form=flow_grpo")),
     Algorithm("dance_grpo", "trajectory", "leaf", "ppo_clip", peer="XueZeyue/DanceGRPO fastvideo/train_grpo_flux.py",
               summary="DanceGRPO as its FLUX script runs it: eta 0.3, 60% of steps per sample, last step not trained",
-              defaults=(*_DANCE_SAMPLING, "sampling.last_step=ode", "sampling.shared_noise=true",
-                        "loss.timestep_selection=per_sample", "loss.timestep_fraction=0.6",
+              defaults=(*_DANCE_SAMPLING, "sampling.num_steps=16", "sampling.last_step=ode",
+                        "sampling.shared_noise=true", "loss.timestep_selection=per_sample", "loss.timestep_fraction=0.6",
                         "loss.advantage_std=group_bessel", "loss.advantage_eps=auto", "loss.clip_range=1e-4",
                         "loss.clip_high=0", "loss.adv_clip=5", "loss.kl_coef=0")),
     Algorithm("mix_grpo", "sliding", "leaf", "ppo_clip", peer="Tencent-Hunyuan/MixGRPO fastvideo/train_grpo_flux.py",
               summary="MixGRPO as its FLUX script runs it: a 4-step SDE window moving every 25 iterations",
-              defaults=(*_DANCE_SAMPLING, "sampling.last_step=ode", "sampling.shared_noise=true",
+              defaults=("sampling.transition=flow_sde", "sampling.noise_level=0.7", *_DANCE_SCHEDULE,
+                        "sampling.num_steps=25", "sampling.last_step=ode", "sampling.shared_noise=true",
                         "sampling.slide=mixgrpo", "sampling.depth=4", "sampling.window_start=0",
                         "sampling.window_shift=1", "sampling.window_every=25", "loss.timestep_fraction=1.0",
                         "loss.advantage_std=group_bessel", "loss.advantage_eps=auto", "loss.clip_range=1e-4",
                         "loss.clip_high=0", "loss.adv_clip=5", "loss.kl_coef=0")),
-    Algorithm("branch_grpo", "branch", "depth", "ppo_clip", peer="Fredreic1849/BranchGRPO fastvideo/train_branchgrpo_flux.py",
+    Algorithm("branch_grpo", "branch", "depth", "ppo_clip",
+              peer="Fredreic1849/BranchGRPO fastvideo/train_branchgrpo_flux.py",
               summary="BranchGRPO: trees split at fixed steps, fused rewards normalised per depth, every edge trained",
               defaults=(*_DANCE_SAMPLING, "sampling.num_steps=20", "sampling.branching=2",
                         "sampling.split_steps=0,3,6,9", "sampling.split_noise_scale=4.0", "sampling.last_step=x0",
