@@ -52,6 +52,7 @@ from treegrpo.algos.distributed import (
 from treegrpo.algos.evaluation import held_out_scores
 from treegrpo.algos.losses import EdgeLoss
 from treegrpo.algos.model_setup import prepare_model
+from treegrpo.algos.pruning import prune_edges, pruned_depths, pruning_active
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
 from treegrpo.algos.reporting import Scalars, iteration_metrics, save_grid
 from treegrpo.algos.run_folder import check_space, claim_run_folder
@@ -80,6 +81,10 @@ from treegrpo.problems import Problem
 
 class NonFiniteTrainingError(TreegrpoError, FloatingPointError):
     """A reward, advantage, loss or gradient was NaN or inf; the last good state was saved."""
+
+
+WIDTH_MODES = {"off": 0, "branch": 1, "extremes": 2}
+"""``loss.width_pruning`` to BranchGRPO's ``width_pruning_mode``."""
 
 
 class Sampler(Protocol):
@@ -227,6 +232,7 @@ class Trainer:
         mine = advantage[first_node:first_node + rollout.tree.num_nodes]
         batch = select_steps(parent_batch(rollout.tree, mine, cond), cfg.loss.timestep_fraction,
                              self.generators["shuffle"], cfg.loss.timestep_selection)
+        batch = self.prune(batch, rollout)
         epochs = minibatch_rows(batch, shard, cfg.train.minibatch_parents, cfg.train.inner_epochs,
                                 self.generators["shuffle"])
         counters = {"nfe_sampled": float(rollout.nfe), "images": float(rollout.final.shape[0])}
@@ -261,6 +267,22 @@ class Trainer:
         self.history.append({k.replace("onpolicy/", "onpolicy_"): v for k, v in metrics.items()
                              if "/" not in k or k.startswith("onpolicy/")})
         return metrics
+
+    def prune(self, batch: TensorDictBase, rollout: Rollout) -> TensorDictBase:
+        """BranchGRPO's depth and width pruning of this iteration's edges (``branch_grpo``; off unless
+        ``loss.prune_depths`` or ``loss.width_pruning`` is set): pruned edges are sampled and scored
+        for the advantages but not trained."""
+        loss, sampling = self.config.loss, self.config.sampling
+        if self.config.loss.recipe.sampler != "branch" or not (loss.prune_depths or loss.width_pruning != "off"):
+            return batch
+        if not pruning_active(self.iteration, self.config.train.iterations, loss.prune_fraction):
+            return batch
+        depths = pruned_depths(loss.prune_depths, self.iteration, slide=loss.prune_every > 0,
+                               interval=max(loss.prune_every, 1),
+                               stop_depth=None if loss.prune_stop_depth < 0 else loss.prune_stop_depth,
+                               split_steps=sampling.split_steps) if loss.prune_depths else frozenset()
+        return prune_edges(batch, rollout.tree, depths=depths, width_mode=WIDTH_MODES[loss.width_pruning],
+                           width_ratio=loss.width_ratio, split_steps=sampling.split_steps)
 
     def _begin_iteration(self) -> None:
         """Remember the RNG and tracker state from before the iteration draws anything (the guard's last good state)."""

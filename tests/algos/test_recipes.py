@@ -146,3 +146,20 @@ def test_mix_grpo_trains_mixgrpos_windows_at_its_25_steps():
         (0, 1, 2, 3), (0, 1, 2, 3), (1, 2, 3, 4), (21, 22), (22,), (), (0, 1, 2, 3)]
     trained = set().union(*(sampler.steps(i) for i in range(600)))
     assert trained == set(range(23))
+
+
+@pytest.mark.parametrize(("pruning", "per_tree"), [
+    ([], 26),  # 8 steps, splits at 0 and 3: 2 + 2 + 2 edges, then 4 chains of 5
+    (["loss.prune_depths=5,6"], 26 - 8),  # the 4 edges into each of depths 5 and 6
+    (["loss.width_pruning=branch"], 26 - 8),  # after the last split, half of each chain's 4 edges
+    (["loss.prune_depths=5", "loss.width_pruning=extremes", "loss.width_ratio=0.5"], 26 - 4 - 6),
+])
+def test_branch_grpo_trains_the_edges_its_pruning_leaves(pruning, per_tree, tmp_path):
+    from treegrpo.algos.trainer import Trainer
+
+    config = preset_config("toy2d", "branch_grpo").override(
+        ["sampling.num_steps=8", "sampling.split_steps=0,3", "train.inner_epochs=1", f"train.out_dir={tmp_path}",
+         *pruning])
+    metrics = Trainer(build_problem(config), config).step()
+    assert metrics["images"] == config.sampling.prompts_per_iteration * 4
+    assert metrics["edges_trained"] == config.sampling.prompts_per_iteration * per_tree
