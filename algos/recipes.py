@@ -74,6 +74,13 @@ def trainable_horizon(config: Config, problem: Problem) -> int:
     if horizon == 0:
         raise ConfigError(f"sampling.noise_level: {s.noise_level} leaves every step of sampling.transition="
                           f"{s.transition} deterministic, so no edge can be trained; use a level > 0 (Flow-GRPO: 0.7)")
+    if config.loss.recipe.sampler == "branch":
+        noisy = [step for step in transition.noisy_steps() if not (s.last_step == "ode" and step == horizon)]
+        silent = [step for step in s.split_steps if step not in noisy]
+        if not s.split_steps or silent:
+            raise ConfigError(f"sampling.split_steps: {s.split_steps} needs at least one step, each with noise under "
+                              f"sampling.transition={s.transition} and sampling.last_step={s.last_step}; the steps "
+                              f"with noise are {noisy}")
     if windowed(config) and s.depth > horizon:
         raise ConfigError(f"sampling.depth: {s.depth} SDE steps do not fit in the {horizon} of {transition.num_steps} "
                           f"steps that have noise under sampling.transition={s.transition}; use depth <= {horizon}")

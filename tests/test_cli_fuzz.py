@@ -19,7 +19,15 @@ BASE = {"model.kind": "toy2d", "sampling.num_steps": "4", "sampling.prompts_per_
         "train.iterations": "1", "train.checkpoint_every": "1", "train.sample_every": "1000",
         "eval.samples_per_prompt": "2", "sampling.shift": "1.0"}
 VALUES: dict[str, list[str]] = {
-    "loss.algorithm": ["treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce", "ppo"],
+    "loss.algorithm": ["treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce", "ppo", "flow_grpo", "dance_grpo",
+                       "mix_grpo", "branch_grpo"],
+    "sampling.split_steps": ["0,2", "", "0,9", "1,1", "3"],
+    "sampling.split_noise_scale": ["1", "4", "0"],
+    "sampling.last_step": ["sde", "x0", "ode", "final"],
+    "sampling.slide": ["wrap", "mixgrpo"],
+    "loss.prune_depths": ["2", "0"],
+    "loss.width_pruning": ["off", "branch", "extremes"],
+    "loss.kl_form": ["transition", "flow_grpo"],
     "sampling.branching": ["1", "2", "3", "0", "x"],
     "sampling.depth": ["1", "2", "4", "5"],
     "sampling.trees_per_prompt": ["1", "2"],
