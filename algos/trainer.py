@@ -83,7 +83,7 @@ class NonFiniteTrainingError(TreegrpoError, FloatingPointError):
     """A reward, advantage, loss or gradient was NaN or inf; the last good state was saved."""
 
 
-WIDTH_MODES = {"off": 0, "branch": 1, "extremes": 2}
+WIDTH_PRUNING = {"off": 0, "branch": 1, "extremes": 2}
 """``loss.width_pruning`` to BranchGRPO's ``width_pruning_mode``."""
 
 
@@ -281,7 +281,7 @@ class Trainer:
                                interval=max(loss.prune_every, 1),
                                stop_depth=None if loss.prune_stop_depth < 0 else loss.prune_stop_depth,
                                split_steps=sampling.split_steps) if loss.prune_depths else frozenset()
-        return prune_edges(batch, rollout.tree, depths=depths, width_mode=WIDTH_MODES[loss.width_pruning],
+        return prune_edges(batch, rollout.tree, depths=depths, width_mode=WIDTH_PRUNING[loss.width_pruning],
                            width_ratio=loss.width_ratio, split_steps=sampling.split_steps)
 
     def _begin_iteration(self) -> None:
