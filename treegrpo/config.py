@@ -344,7 +344,8 @@ class SamplingConfig(_Section):
     group_size: int = _opt(8, "trajectories per prompt (GRPO, MixGRPO, DDPO, REINFORCE)", min=1)
     prompts_per_iteration: int = _opt(4, "prompts sampled per training iteration", min=1)
     transition: str = _opt("flow_sde", "stochastic transition of the SDE steps", choices=TRANSITIONS)
-    noise_level: float = _opt(0.7, "SDE noise level a (flow_sde, cps; eta for dance_sde and ddim); 0 would leave "
+    noise_level: float = _opt(0.7, "SDE noise level a (flow_sde, cps: Flow-GRPO's 0.7) or eta (dance_sde: "
+                                   "DanceGRPO's is 0.3, which loss.algorithm=dance_grpo sets; ddim); 0 would leave "
                                    "nothing to train", min=0, min_open=True)
     shift: float = _opt(3.0, "flow-matching schedule shift", min=0, min_open=True)
     schedule: str = _opt("scheduler", "flow models: the pipeline scheduler's shifted schedule, or DanceGRPO's "
