@@ -135,7 +135,43 @@ class TreeSampler:
         return rollout
 
 
-class TrajectorySampler:
+class PlannedSampler:
+    """Base of the samplers whose SDE steps and branching depend on the epoch alone: a subclass says
+    what to sample in :meth:`plan`, and :meth:`sample` runs it through :func:`sample_forest`."""
+
+    model: Denoiser
+    transition: Transition
+    max_batch: int | None
+    static_shapes: bool
+    decode: str
+    env: DenoisingEnv | None
+
+    def plan(self, epoch: int) -> tuple[tuple[int, ...], list[int], int]:  # pragma: no cover - abstract
+        """``(sde_steps, branching per SDE step, trees_per_prompt)`` of ``epoch``."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        cond: Cond,
+        *,
+        epoch: int = 0,
+        noise: Tensor | None = None,
+        latent_shape: Sequence[int] | None = None,
+        num_prompts: int | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Rollout:
+        """Sample ``epoch``'s plan for every prompt of ``cond``."""
+        steps, branching, trees = self.plan(epoch)
+        rollout = sample_forest(self.model, self.transition, cond, sde_steps=steps, branching=branching,
+                                trees_per_prompt=trees, noise=noise, latent_shape=latent_shape, num_prompts=num_prompts,
+                                generator=generator, max_batch=self.max_batch, static_shapes=self.static_shapes,
+                                device=device, env=self.env, decode=self.decode)
+        self.env = rollout.env
+        return rollout
+
+
+class TrajectorySampler(PlannedSampler):
     """``group_size`` trajectories per prompt with SDE on chosen steps (GRPO, DDPO, MixGRPO).
 
     ``sde_steps`` is ``"all"`` (Flow-GRPO, DanceGRPO, DDPO: every step with noise; a zero-std step,
@@ -188,33 +224,18 @@ class TrajectorySampler:
         """The SDE steps of ``epoch``."""
         return self.sde_steps.steps(epoch) if isinstance(self.sde_steps, WindowSchedule) else self.sde_steps
 
-    def sample(
-        self,
-        cond: Cond,
-        *,
-        epoch: int = 0,
-        noise: Tensor | None = None,
-        latent_shape: Sequence[int] | None = None,
-        num_prompts: int | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Rollout:
-        """Sample ``group_size`` trajectories for each prompt (a schedule's window may be empty, as
-        MixGRPO's is near the end of its sweep: then every step is an ODE step and nothing is trained)."""
+    def plan(self, epoch: int) -> tuple[tuple[int, ...], list[int], int]:
+        """``(sde_steps, branching, trees_per_prompt)`` of ``epoch``: ``group_size`` trajectories for each
+        prompt, or one tree splitting ``group_size`` ways at the first SDE step with ``shared_noise``.
+        A schedule's window may be empty, as MixGRPO's is near the end of its sweep: then every step is
+        an ODE step and nothing is trained."""
         steps = self.steps(epoch)
         if self.shared_noise and steps:
-            trees, branching = 1, [self.group_size] + [1] * (len(steps) - 1)
-        else:
-            trees, branching = self.group_size, [1] * len(steps)
-        rollout = sample_forest(self.model, self.transition, cond, sde_steps=steps, branching=branching,
-                                trees_per_prompt=trees, noise=noise, latent_shape=latent_shape, num_prompts=num_prompts,
-                                generator=generator, max_batch=self.max_batch, static_shapes=self.static_shapes,
-                                device=device, env=self.env, decode=self.decode)
-        self.env = rollout.env
-        return rollout
+            return steps, [self.group_size] + [1] * (len(steps) - 1), 1
+        return steps, [1] * len(steps), self.group_size
 
 
-class BranchSampler:
+class BranchSampler(PlannedSampler):
     """BranchGRPO's sampler: SDE on every noisy step, every node splitting ``branching`` ways at each
     of ``split_steps`` and continuing as a chain elsewhere.
 
@@ -265,23 +286,7 @@ class BranchSampler:
         """Images per tree, ``branching ** len(split_steps)``."""
         return self.branching ** len(self.split_steps)
 
-    def sample(
-        self,
-        cond: Cond,
-        *,
-        epoch: int = 0,
-        noise: Tensor | None = None,
-        latent_shape: Sequence[int] | None = None,
-        num_prompts: int | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Rollout:
-        """Sample ``trees_per_prompt`` branching trees for each prompt (``epoch`` does not change them)."""
+    def plan(self, epoch: int) -> tuple[tuple[int, ...], list[int], int]:
+        """``(sde_steps, branching, trees_per_prompt)``: the same every epoch."""
         splits = set(self.split_steps)
-        branching = [self.branching if step in splits else 1 for step in self.sde_steps]
-        rollout = sample_forest(self.model, self.transition, cond, sde_steps=self.sde_steps, branching=branching,
-                                trees_per_prompt=self.trees_per_prompt, noise=noise, latent_shape=latent_shape,
-                                num_prompts=num_prompts, generator=generator, max_batch=self.max_batch,
-                                static_shapes=self.static_shapes, device=device, env=self.env, decode=self.decode)
-        self.env = rollout.env
-        return rollout
+        return self.sde_steps, [self.branching if step in splits else 1 for step in self.sde_steps], self.trees_per_prompt
