@@ -69,7 +69,45 @@ def sample_forest(
                         trees_per_prompt=trees_per_prompt, noise=noise, generator=generator, decode=decode)
 
 
-class TreeSampler:
+class PlannedSampler:
+    """Base of the samplers whose SDE steps and branching depend on the epoch alone: a subclass says
+    what to sample in :meth:`plan`, and :meth:`sample` runs it through :func:`sample_forest`."""
+
+    model: Denoiser
+    transition: Transition
+    max_batch: int | None
+    static_shapes: bool
+    decode: str
+    env: DenoisingEnv | None
+
+    def plan(self, epoch: int, **choices: int | None) -> tuple[tuple[int, ...], list[int], int]:  # pragma: no cover
+        """``(sde_steps, branching per SDE step, trees_per_prompt)`` of ``epoch``."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        cond: Cond,
+        *,
+        epoch: int = 0,
+        noise: Tensor | None = None,
+        latent_shape: Sequence[int] | None = None,
+        num_prompts: int | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        **choices: int | None,
+    ) -> Rollout:
+        """Sample ``epoch``'s plan for every prompt of ``cond`` (``choices`` go to :meth:`plan`, such as
+        :class:`TreeSampler`'s ``window_start``)."""
+        steps, branching, trees = self.plan(epoch, **choices)
+        rollout = sample_forest(self.model, self.transition, cond, sde_steps=steps, branching=branching,
+                                trees_per_prompt=trees, noise=noise, latent_shape=latent_shape, num_prompts=num_prompts,
+                                generator=generator, max_batch=self.max_batch, static_shapes=self.static_shapes,
+                                device=device, env=self.env, decode=self.decode)
+        self.env = rollout.env
+        return rollout
+
+
+class TreeSampler(PlannedSampler):
     """TreeGRPO's sampler: ODE prefix, a ``depth``-step window branching ``k`` ways, ODE tail.
 
     ``window`` decides each epoch's window (default: the first ``depth`` steps); it lies in the
@@ -111,64 +149,12 @@ class TreeSampler:
         """The window schedule (its state goes into checkpoints; reward-driven ones are updated)."""
         return self.window
 
-    def sample(
-        self,
-        cond: Cond,
-        *,
-        epoch: int = 0,
-        window_start: int | None = None,
-        noise: Tensor | None = None,
-        latent_shape: Sequence[int] | None = None,
-        num_prompts: int | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Rollout:
-        """Sample one forest; the window starts at ``window_start`` or at the schedule's pick for ``epoch``."""
+    def plan(self, epoch: int, window_start: int | None = None) -> tuple[tuple[int, ...], list[int], int]:
+        """The window of ``epoch`` (the schedule's pick, or ``window_start``), branching ``k`` ways at each step."""
         start = self.window.start(epoch) if window_start is None else self.window.check_start(window_start)
-        self.transition.check_noisy(range(start, start + self.depth))
-        rollout = sample_forest(self.model, self.transition, cond, sde_steps=range(start, start + self.depth),
-                                branching=[self.branching] * self.depth, trees_per_prompt=self.trees_per_prompt,
-                                noise=noise, latent_shape=latent_shape, num_prompts=num_prompts, generator=generator,
-                                max_batch=self.max_batch, static_shapes=self.static_shapes, device=device, env=self.env,
-                                decode=self.decode)
-        self.env = rollout.env
-        return rollout
-
-
-class PlannedSampler:
-    """Base of the samplers whose SDE steps and branching depend on the epoch alone: a subclass says
-    what to sample in :meth:`plan`, and :meth:`sample` runs it through :func:`sample_forest`."""
-
-    model: Denoiser
-    transition: Transition
-    max_batch: int | None
-    static_shapes: bool
-    decode: str
-    env: DenoisingEnv | None
-
-    def plan(self, epoch: int) -> tuple[tuple[int, ...], list[int], int]:  # pragma: no cover - abstract
-        """``(sde_steps, branching per SDE step, trees_per_prompt)`` of ``epoch``."""
-        raise NotImplementedError
-
-    def sample(
-        self,
-        cond: Cond,
-        *,
-        epoch: int = 0,
-        noise: Tensor | None = None,
-        latent_shape: Sequence[int] | None = None,
-        num_prompts: int | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Rollout:
-        """Sample ``epoch``'s plan for every prompt of ``cond``."""
-        steps, branching, trees = self.plan(epoch)
-        rollout = sample_forest(self.model, self.transition, cond, sde_steps=steps, branching=branching,
-                                trees_per_prompt=trees, noise=noise, latent_shape=latent_shape, num_prompts=num_prompts,
-                                generator=generator, max_batch=self.max_batch, static_shapes=self.static_shapes,
-                                device=device, env=self.env, decode=self.decode)
-        self.env = rollout.env
-        return rollout
+        steps = tuple(range(start, start + self.depth))
+        self.transition.check_noisy(steps)
+        return steps, [self.branching] * self.depth, self.trees_per_prompt
 
 
 class TrajectorySampler(PlannedSampler):
