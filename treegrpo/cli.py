@@ -216,17 +216,49 @@ def _eval(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_FLAGS = {"train.iterations": "--iterations", "train.seed": "--seeds", "model.kind": "--kind"}
+"""Config options ``treegrpo bench`` hands to ``compare_methods`` as the script's own flags; any other
+given option goes to it as ``--set section.field=value`` (applied to every run, over the recipes)."""
+
+
+def _bench_arguments(name: str, args: argparse.Namespace) -> list[str]:
+    """The script's arguments: ``--quick``, the config options given on the command line as
+    ``compare_methods`` reads them, then the arguments after ``--``. Raises a one-line error for an
+    option the benchmark would not read."""
+    given = vars(args)
+    if "config" in given:
+        raise TreegrpoError("--config: treegrpo bench reads no config file (every method starts from the model "
+                            "kind's preset and its recipe); give single settings as --set section.field=value")
+    flags = [key for key in (f"{o.section}.{o.name}" for o in options()) if key in given]
+    assignments = [*given.get("set", []), *(f"{key}={given[key]}" for key in flags)]
+    if assignments and name != "compare_methods":
+        first = assignments[0].partition("=")[0]
+        raise TreegrpoError(f"--{first}: treegrpo bench --name {name} takes no config options; give the "
+                            f"script's own after -- (python benchmarks/{name}.py --help lists them)")
+    forwarded = ["--quick"] if args.quick else []
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        key = key.strip()
+        if key == "loss.algorithm":
+            raise TreegrpoError("--loss.algorithm: treegrpo bench runs every method's recipe; choose methods "
+                                "after --, e.g. treegrpo bench -- --methods treegrpo flow_grpo")
+        if key in BENCH_FLAGS:
+            forwarded += [BENCH_FLAGS[key], value.strip()]
+        else:
+            forwarded += ["--set", f"{key}={value.strip()}"]
+    return [*forwarded, *_after_dashes(list(args.script_args))]
+
+
 def _bench(config: Config, args: argparse.Namespace) -> int:
-    """Run the benchmark module ``treegrpo.benchmarks.<name>`` as ``__main__`` with the arguments after ``--``."""
+    """Run the benchmark module ``treegrpo.benchmarks.<name>`` as ``__main__``: ``--quick`` and the
+    config options given (``compare_methods`` only) forwarded, then the arguments after ``--``."""
     from treegrpo.benchmarks import SCRIPTS
 
     name = "gpu_iteration" if args.gpu else args.name
     if name not in SCRIPTS:
         print(f"{PROG}: error: --name: no benchmark {name!r}; expected one of {', '.join(SCRIPTS)}", file=sys.stderr)
         return 2
-    script_args = _after_dashes(list(args.script_args))
-    if args.quick:
-        script_args.insert(0, "--quick")
+    script_args = _bench_arguments(name, args)
     saved = sys.argv
     sys.argv = [f"treegrpo bench --name {name}", *script_args]
     try:
