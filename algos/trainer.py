@@ -529,9 +529,7 @@ class Trainer:
                 if self.iteration % train.log_every == 0:
                     self.scalars.write({k: v for k, v in metrics.items() if k != "iteration"}, int(metrics["iteration"]))
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3g}",
-                                clip=f"{metrics.get('clip_fraction', 0.0):.2f}", kl=f"{metrics.get('approx_kl', 0.0):.2g}",
-                                img_s=f"{metrics['images_per_second']:.1f}")
+                bar.set_postfix(progress_terms(metrics))
                 if self.iteration % train.sample_every == 0:
                     self.save_grid()
                 if train.eval_every and self.iteration % train.eval_every == 0 and self.iteration < stop:
@@ -567,6 +565,18 @@ class Trainer:
         return save_grid(self.problem, self.model, path, seed=self.config.train.seed,
                          max_batch=self.config.sampling.max_batch or None, precision=self.precision_context,
                          num_prompts=num_prompts)
+
+
+def progress_terms(metrics: dict[str, float]) -> dict[str, str]:
+    """The progress bar's terms: the reward, the loss and throughput, plus the clip fraction and the
+    approximate KL only when the loss reports them (REINFORCE clips nothing, so it shows no clip)."""
+    terms = {"reward": f"{metrics['reward_mean']:.3f}", "loss": f"{metrics['loss']:.3g}"}
+    if "clip_fraction" in metrics:
+        terms["clip"] = f"{metrics['clip_fraction']:.2f}"
+    if "approx_kl" in metrics:
+        terms["kl"] = f"{metrics['approx_kl']:.2g}"
+    terms["img_s"] = f"{metrics['images_per_second']:.1f}"
+    return terms
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

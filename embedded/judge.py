@@ -6,7 +6,7 @@ convolution, trained only on the *held-out* split (the 359 images the CNN never 
 shifts and pixel noise. A policy that finds the CNN's blind spots (saturated blobs the CNN scores
 at 0.99) does not find the judge's at the same time, so a gap between the two rewards after
 training is the sign of hacking. Its penultimate layer is also the feature space of the digits'
-feature diversity (:func:`treegrpo.embedded.diversity.feature_diversity`).
+feature diversity (:func:`treegrpo.rewards.diversity.embedding_diversity` of :meth:`Judge.features`).
 
 Shipped as ``weights/judge/model.safetensors`` with its ``config.json``; made by
 ``python -m treegrpo.embedded.pretrain --what judge``.

@@ -19,7 +19,18 @@ __all__ = [
            "ResidualVelocity",
            "RewardFn",
            "build_problem",
+           "digits_problem",
            "register_problem",
            "render_points",
            "toy2d_problem",
 ]
+
+
+def __getattr__(name: str):
+    """``digits_problem`` on first use: the embedded model's imports (diffusers) take seconds, so
+    ``treegrpo.problems`` does not pay for them until it is asked for."""
+    if name == "digits_problem":
+        from treegrpo.problems.digits import digits_problem
+
+        return digits_problem
+    raise AttributeError(f"module 'treegrpo.problems' has no attribute {name!r}")

@@ -2,8 +2,7 @@
 
 Each kind registers a builder ``(config, **options) -> Problem``; the built-in ones are ``toy2d``,
 ``digits`` and the diffusers pipelines (``sd3``, ``flux``, ``sd15``). A new model family is one
-:func:`register_problem` call (and its name added to ``model.kind`` with
-:func:`treegrpo.config.register_choice`).
+:func:`register_problem` call, which also makes its name a value of ``model.kind``.
 """
 
 from __future__ import annotations
