@@ -22,7 +22,7 @@ from treeadv.estimators import (
     registered_estimators,
 )
 from treeadv.leaf import leaf_advantages
-from treeadv.siblings import Siblings
+from treeadv.siblings import Siblings, SortedSiblings
 from treeadv.tree import Tree
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Mean",
     "NonFiniteError",
     "Siblings",
+    "SortedSiblings",
     "Tree",
     "TreeError",
     "backup",

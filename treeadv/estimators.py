@@ -128,7 +128,7 @@ class LogProbSoftmax(BackupEstimator):
 
     temperature: float = 1.0
 
-    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean"}
+    invariants: ClassVar[frozenset[str]] = UNIVERSAL_INVARIANTS | {"affine", "logprob_shift", "equal_logprob_mean", "logprob_monotone"}
 
     def __post_init__(self) -> None:
         _check_positive("temperature", self.temperature)

@@ -8,9 +8,23 @@ The backup hands an estimator one :class:`Siblings` per level. Edges are a flat 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+
+class SortedSiblings(NamedTuple):
+    """Output of :meth:`Siblings.sort`.
+
+    Attributes:
+        values: ``[E]`` the edge values, grouped by parent (parent slots ascending) and ascending
+            within each parent; ``values == input[order]``.
+        order: ``[E]`` int64 edge indices giving that arrangement; ``index[order]`` is non-decreasing.
+    """
+
+    values: Tensor
+    order: Tensor
 
 
 @dataclass(frozen=True)
@@ -62,3 +76,48 @@ class Siblings:
         """``[E]`` softmax of ``logits`` over each parent's children, shifted by the max for stability."""
         shifted = logits - self.broadcast(self.max(logits))
         return self.normalize(shifted.exp())
+
+    def sort(self, values: Tensor) -> SortedSiblings:
+        """Sort ``[E]`` edge values within each parent, stably (equal values keep their edge order).
+
+        Edges come out grouped by parent, so parent ``p``'s children occupy one contiguous block,
+        starting after the children of parents ``0..p-1``.
+        """
+        by_value = values.argsort(stable=True)
+        order = by_value[self.index[by_value].argsort(stable=True)]  # stable: keeps the value order
+        return SortedSiblings(values[order], order)
+
+    def rank(self, values: Tensor) -> Tensor:
+        """``[E]`` int64 0-based rank of each edge's value among its siblings (ties by edge order).
+
+        The smallest child of a parent has rank 0 and the largest ``num_siblings - 1``.
+        """
+        order = self.sort(values).order
+        counts = self.sum(torch.ones_like(values)).long()  # [P]
+        first = torch.cumsum(counts, 0) - counts  # [P] position of each parent's block
+        position = torch.arange(values.numel(), device=values.device)
+        rank = torch.empty_like(order)
+        rank[order] = position - first[self.index[order]]
+        return rank
+
+    def quantile(self, values: Tensor, q: float) -> Tensor:
+        """``[P]`` per-parent ``q``-quantile of ``[E]`` edge values (NaN for parents without children).
+
+        Linear interpolation between order statistics, as :func:`torch.quantile`: the value at
+        position ``q (k - 1)`` of the parent's ``k`` sorted children. ``q = 0.5`` is the median.
+        """
+        if not (isinstance(q, (int, float)) and 0.0 <= q <= 1.0):
+            raise ValueError(f"q: expected a number in [0, 1], got {q!r}")
+        ordered = self.sort(values).values
+        counts = self.sum(torch.ones_like(values)).long()  # [P]
+        first = torch.cumsum(counts, 0) - counts  # [P]
+        position = q * (counts - 1).clamp(min=0).to(values.dtype)  # [P] fractional position in the block
+        low = position.floor().long()
+        high = position.ceil().long()
+        frac = position - low.to(values.dtype)
+        has_children = counts > 0
+        last = max(values.numel() - 1, 0)
+        at_low = ordered[(first + low).clamp(max=last)] if values.numel() else values.new_zeros(self.num_parents)
+        at_high = ordered[(first + high).clamp(max=last)] if values.numel() else at_low
+        value = at_low + frac * (at_high - at_low)
+        return torch.where(has_children, value, torch.full_like(value, float("nan")))

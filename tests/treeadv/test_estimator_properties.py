@@ -54,7 +54,8 @@ def test_a_fixed_temperature_divides_the_log_probs():
 
 def test_shipped_estimators_claim_what_the_paper_needs():
     softmax = make_estimator("logprob_softmax").invariants
-    assert {"convex", "permutation", "single_child", "logprob_shift", "affine", "ess_bounds", "equal_logprob_mean"} <= softmax
+    assert {"convex", "permutation", "single_child", "logprob_shift", "affine", "ess_bounds", "equal_logprob_mean",
+            "logprob_monotone"} <= softmax
     assert "positive_affine" in make_estimator("max").invariants
     assert "affine" not in make_estimator("max").invariants
     assert set(INVARIANTS) >= softmax

@@ -205,6 +205,40 @@ def check_logprob_scale(estimator, tree, leaf_adv, generator) -> None:
                       f"the advantage after scaling log-probs by {factor:g}")
 
 
+@_invariant("logprob_monotone")
+def check_logprob_monotone(estimator, tree, leaf_adv, generator) -> None:
+    """Among siblings, a child with a higher stored log-prob never gets a lower weight.
+
+    This is the direction of the paper's softmax; ``softmax(-log_prob)`` is convex and
+    shift-invariant too, and only this invariant tells it apart.
+    """
+    result = _run(estimator, tree, leaf_adv)
+    first, second = _sibling_pairs(tree)  # every ordered pair of distinct siblings
+    log_prob, weight = tree.log_prob.to(leaf_adv.dtype), result.weight
+    bad = (log_prob[first] > log_prob[second]) & (weight[first] < weight[second] - _RTOL64)
+    if bool(bad.any()):
+        pair = int(bad.nonzero()[0])
+        node, other = int(first[pair]), int(second[pair])
+        raise InvariantViolation(
+            f"logprob_monotone: node {node} has a higher log-prob than its sibling {other} "
+            f"({float(log_prob[node])!r} > {float(log_prob[other])!r}) but a lower weight "
+            f"({float(weight[node])!r} < {float(weight[other])!r}) under parent {int(tree.parent[node])}"
+        )
+
+
+def _sibling_pairs(tree: Tree) -> tuple[Tensor, Tensor]:
+    """``[M]`` and ``[M]`` node indices of every ordered pair of distinct siblings (``M = sum k (k - 1)``)."""
+    offsets, children = tree.child_index()  # children of node n: children[offsets[n]:offsets[n + 1]]
+    parent = tree.parent[children]  # [E]
+    k = tree.num_children()[parent]  # [E] size of each child's family
+    first = children.repeat_interleave(k)  # [sum k^2]
+    block = torch.repeat_interleave(torch.cumsum(k, 0) - k, k)  # start of each repeated run
+    within = torch.arange(first.numel(), device=first.device) - block  # 0..k-1 within the run
+    second = children[offsets[parent.repeat_interleave(k)] + within]
+    distinct = first != second
+    return first[distinct], second[distinct]
+
+
 @_invariant("equal_logprob_mean")
 def check_equal_logprob_mean(estimator, tree, leaf_adv, generator) -> None:
     """When siblings share one log-prob, each parent gets the arithmetic mean of its children."""
