@@ -106,18 +106,17 @@ class Siblings:
         Linear interpolation between order statistics, as :func:`torch.quantile`: the value at
         position ``q (k - 1)`` of the parent's ``k`` sorted children. ``q = 0.5`` is the median.
         """
-        if not (isinstance(q, (int, float)) and 0.0 <= q <= 1.0):
+        if isinstance(q, bool) or not (isinstance(q, (int, float)) and 0.0 <= q <= 1.0):
             raise ValueError(f"q: expected a number in [0, 1], got {q!r}")
+        missing = values.new_full((self.num_parents,), float("nan"))
+        if values.numel() == 0:
+            return missing
         ordered = self.sort(values).values
         counts = self.sum(torch.ones_like(values)).long()  # [P]
-        first = torch.cumsum(counts, 0) - counts  # [P]
+        first = torch.cumsum(counts, 0) - counts  # [P] position of each parent's block
         position = q * (counts - 1).clamp(min=0).to(values.dtype)  # [P] fractional position in the block
-        low = position.floor().long()
-        high = position.ceil().long()
-        frac = position - low.to(values.dtype)
-        has_children = counts > 0
-        last = max(values.numel() - 1, 0)
-        at_low = ordered[(first + low).clamp(max=last)] if values.numel() else values.new_zeros(self.num_parents)
-        at_high = ordered[(first + high).clamp(max=last)] if values.numel() else at_low
-        value = at_low + frac * (at_high - at_low)
-        return torch.where(has_children, value, torch.full_like(value, float("nan")))
+        low, high = position.floor().long(), position.ceil().long()
+        last = values.numel() - 1  # a childless parent's block is empty: clamp its (unused) reads
+        at_low, at_high = ordered[(first + low).clamp(max=last)], ordered[(first + high).clamp(max=last)]
+        value = at_low + (position - low.to(values.dtype)) * (at_high - at_low)
+        return torch.where(counts > 0, value, missing)
