@@ -19,7 +19,6 @@ __all__ = [
            "ResidualVelocity",
            "RewardFn",
            "build_problem",
-           "digits_problem",
            "register_problem",
            "render_points",
            "toy2d_problem",
@@ -27,8 +26,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``digits_problem`` on first use: the embedded model's imports (diffusers) take seconds, so
-    ``treegrpo.problems`` does not pay for them until it is asked for."""
+    """``treegrpo.problems.digits_problem`` (:func:`treegrpo.problems.digits.digits_problem`) on first
+    use: the embedded model's imports (diffusers) take seconds, so ``treegrpo.problems`` does not pay
+    for them until it is asked for (and it stays out of ``__all__``, which API pages import eagerly)."""
     if name == "digits_problem":
         from treegrpo.problems.digits import digits_problem
 
