@@ -9,8 +9,8 @@ too. The loop over nodes is deliberate here (a reference is read, not run at sca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -35,8 +35,10 @@ class Family(NamedTuple):
     leaf_count: Tensor
 
 
-WeightFn = Callable[[Family], "Tensor | Sequence[float]"]
-"""A closed-form weight function: one family's ``[k]`` weights, non-negative and summing to one."""
+class WeightFn(Protocol):
+    """A closed-form weight function: one family's ``[k]`` weights, non-negative and summing to one."""
+
+    def __call__(self, family: Family, /) -> Tensor | Sequence[float]: ...
 
 
 def reference_backup(tree: Tree, leaf_adv: Tensor, weight_fn: WeightFn) -> BackupResult:
