@@ -63,6 +63,13 @@ def run_transition(config: Config, problem: Problem) -> Transition:
     return problem.transition.with_noise_scale({step: s.split_noise_scale for step in s.split_steps})
 
 
+def noisy_steps(config: Config, transition: Transition) -> list[int]:
+    """The steps where this run may sample an SDE: the transition's noisy steps, less the last step
+    when ``sampling.last_step=ode`` makes it deterministic (DanceGRPO, MixGRPO)."""
+    last = transition.num_steps - 1
+    return [step for step in transition.noisy_steps() if not (config.sampling.last_step == "ode" and step == last)]
+
+
 def trainable_horizon(config: Config, problem: Problem) -> int:
     """The number of leading steps with noise, where windows of SDE steps may lie (one-line errors
     when there are none, or fewer than the window's depth)."""
@@ -75,7 +82,7 @@ def trainable_horizon(config: Config, problem: Problem) -> int:
         raise ConfigError(f"sampling.noise_level: {s.noise_level} leaves every step of sampling.transition="
                           f"{s.transition} deterministic, so no edge can be trained; use a level > 0 (Flow-GRPO: 0.7)")
     if config.loss.recipe.sampler == "branch":
-        noisy = [step for step in transition.noisy_steps() if not (s.last_step == "ode" and step == horizon)]
+        noisy = noisy_steps(config, transition)
         silent = [step for step in s.split_steps if step not in noisy]
         if not s.split_steps or silent:
             raise ConfigError(f"sampling.split_steps: {s.split_steps} needs at least one step, each with noise under "
@@ -101,8 +108,7 @@ def build_sampler(config: Config, problem: Problem) -> Sampler:
     max_batch = s.max_batch or None
     decode = "x0" if s.last_step == "x0" else "sample"
     transition = run_transition(config, problem)
-    last = transition.num_steps - 1
-    noisy = [step for step in transition.noisy_steps() if not (s.last_step == "ode" and step == last)]
+    noisy = noisy_steps(config, transition)
     recipe = config.loss.recipe
     if recipe.sampler == "branch":
         return BranchSampler(problem.model, transition, split_steps=s.split_steps, branching=s.branching,
