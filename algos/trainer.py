@@ -88,7 +88,7 @@ WIDTH_PRUNING = {"off": 0, "branch": 1, "extremes": 2}
 
 
 class Sampler(Protocol):
-    """What the trainer needs of a sampler (:class:`~treegrpo.envs.TreeSampler`, :class:`~treegrpo.envs.TrajectorySampler`)."""
+    """What the trainer needs of a sampler (every :class:`~treegrpo.envs.sampler.PlannedSampler`: tree, trajectory, branch)."""
 
     @property
     def schedule(self) -> WindowSchedule | None: ...
