@@ -21,10 +21,17 @@ from treegrpo.algos.losses import (
     PPOClipLoss,
     ReinforceLoss,
     ppo_clip_objective,
+    ratio_diagnostics,
     register_loss,
     total_loss,
 )
-from treegrpo.algos.model_setup import adapters_disabled, apply_lora, compile_model, enable_gradient_checkpointing
+from treegrpo.algos.model_setup import (
+    adapters_disabled,
+    apply_lora,
+    compile_model,
+    enable_gradient_checkpointing,
+    kl_reference,
+)
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler, build_window
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
 from treegrpo.algos.update import EMA, Optimisation, optimise
@@ -63,10 +70,12 @@ __all__ = [
     "enable_gradient_checkpointing",
     "gather_rows",
     "init_distributed",
+    "kl_reference",
     "latest_checkpoint",
     "load_checkpoint",
     "optimise",
     "ppo_clip_objective",
+    "ratio_diagnostics",
     "register_loss",
     "run",
     "run_eval",

@@ -26,6 +26,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
+from treegrpo.algos.loss_options import parse_loss_options
 from treegrpo.algos.model_setup import adapters_disabled
 from treegrpo.envs.gaussian import gaussian_kl
 from treegrpo.envs.models import Cond, Denoiser
@@ -134,7 +135,14 @@ class EdgeLoss(LossModule):
         """The loss a config describes (``loss.kl_coef`` to ``reference``); subclasses add their options."""
         c = config.loss
         return cls(model, transition, kl_coef=c.kl_coef, reference=reference if c.kl_coef > 0 else None,
-                   kl_form=c.kl_form)
+                   kl_form=c.kl_form, **cls.options_from(config))
+
+    @classmethod
+    def options_from(cls, config: Config) -> dict[str, Any]:
+        """The keyword arguments ``loss.options`` gives this class (``name=value`` items typed by the
+        constructor's annotations: :func:`~treegrpo.algos.loss_options.parse_loss_options`). A loss
+        that writes its own :meth:`from_config` passes them on with ``**cls.options_from(config)``."""
+        return parse_loss_options(cls, config.loss.options)
 
     def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
         """No value estimator: renamed keys need forwarding nowhere."""
@@ -260,7 +268,7 @@ class PPOClipLoss(EdgeLoss):
                     reference: Denoiser | str | None = None) -> PPOClipLoss:
         c = config.loss
         return cls(model, transition, clip_range=c.clip_range, clip_high=c.upper_clip, kl_coef=c.kl_coef,
-                   reference=reference if c.kl_coef > 0 else None, kl_form=c.kl_form)
+                   reference=reference if c.kl_coef > 0 else None, kl_form=c.kl_form, **cls.options_from(config))
 
     def objective(self, new_log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor,
                   mask: Tensor) -> dict[str, Tensor]:
@@ -279,24 +287,35 @@ class ReinforceLoss(EdgeLoss):
     """REINFORCE, ``-mean A log pi`` (plus the optional KL): the smallest loss that consumes per-edge
     advantages.
 
-    It exists to show that the advantage interface is loss-agnostic; it is on-policy, so it is
-    meant for one optimisation epoch per iteration.
+    It shows that the advantage interface is loss-agnostic. It has no importance ratio, so its
+    gradient is the policy gradient of the sampled edges only in an iteration's first optimisation
+    pass; later passes (``train.inner_epochs > 1``, as ``examples/swap_loss.py`` runs every loss)
+    reuse those edges as if the policy had not moved. ``ratio_mean`` and ``approx_kl`` show how far it has.
     """
 
     def forward(self, td: TensorDictBase) -> TensorDict:
         new_log_prob, old_log_prob, advantage, mask, mean, std = self.edge_terms(td)
-        log_ratio = (new_log_prob - old_log_prob).detach()
-        real = torch.exp(log_ratio[mask])
         terms = {
             "loss_objective": -masked_mean(advantage * new_log_prob, mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
-            "ratio_mean": real.mean() if real.numel() else log_ratio.new_zeros(()),
-            "ratio_std": real.std(unbiased=False) if real.numel() else log_ratio.new_zeros(()),
-            "log_ratio": log_ratio,
+            **ratio_diagnostics((new_log_prob - old_log_prob).detach(), mask),
             **self.kl_terms(td, mean, std),
             **self.rounding_terms(td, mean, std),
         }
         return TensorDict(terms, batch_size=[])
+
+
+def ratio_diagnostics(log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """What a loss without a clip reports about how far the policy moved: ``approx_kl`` (mean of
+    ``log_ratio^2 / 2`` over the edges in ``mask``), ``ratio_mean``, ``ratio_std`` and the detached
+    ``[M, K]`` ``log_ratio`` itself (per-timestep logs)."""
+    log_ratio = log_ratio.detach()
+    real = torch.exp(log_ratio[mask])
+    return {
+        "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+        "ratio_mean": real.mean() if real.numel() else log_ratio.new_zeros(()),
+        "ratio_std": real.std(unbiased=False) if real.numel() else log_ratio.new_zeros(()),
+        "log_ratio": log_ratio,
+    }
 
 
 def total_loss(terms: TensorDictBase) -> Tensor:
@@ -339,4 +358,4 @@ def loss_class(name: str) -> type[EdgeLoss]:
 
 __all__ = [
     "LOSSES", "EdgeBatchError", "EdgeLoss", "PPOClipLoss", "ReinforceLoss", "loss_class", "masked_mean",
-    "ppo_clip_objective", "register_loss", "total_loss"]
+    "ppo_clip_objective", "ratio_diagnostics", "register_loss", "total_loss"]

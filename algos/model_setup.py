@@ -9,6 +9,7 @@ checkpointing hook.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from treegrpo.errors import TreegrpoWarning
-from treegrpo.problems.lora import _tuner_layers, has_adapters  # noqa: F401  (has_adapters: re-exported)
+from treegrpo.problems.lora import _tuner_layers, has_adapters
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 RANK_WIDTHS = 4
@@ -130,6 +131,23 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer in layers:
             layer.enable_adapters(True)
+
+
+def kl_reference(model: nn.Module, *, adapters: bool | None = None) -> nn.Module | str:
+    """The reference of a KL term to ``model``'s starting weights, as a loss's ``reference=`` takes it.
+
+    With LoRA adapters (``adapters=True``, or found in ``model`` when ``None``) it is the string
+    ``"disable_adapter"``: the base model is the model with its adapters off, and no copy is made.
+    Otherwise it is a frozen copy of ``model`` (no gradients, eval mode), made now: build it before
+    the first optimiser step. The trainer uses this for ``loss.kl_coef > 0``; from Python::
+
+        loss = PPOClipLoss(problem.model, problem.transition, kl_coef=0.04, reference=kl_reference(problem.model))
+    """
+    if adapters if adapters is not None else has_adapters(model):
+        return "disable_adapter"
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> int:

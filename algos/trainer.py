@@ -51,7 +51,7 @@ from treegrpo.algos.distributed import (
 )
 from treegrpo.algos.evaluation import held_out_scores
 from treegrpo.algos.losses import EdgeLoss
-from treegrpo.algos.model_setup import prepare_model
+from treegrpo.algos.model_setup import kl_reference, prepare_model
 from treegrpo.algos.pruning import prune_edges, pruned_depths, pruning_active
 from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
 from treegrpo.algos.reporting import Scalars, iteration_metrics, save_grid
@@ -153,7 +153,7 @@ class Trainer:
         }
         self.model = problem.model
         if reference is None and config.loss.kl_coef > 0:
-            reference = "disable_adapter" if train.lora_rank > 0 else _frozen_copy(self.model)
+            reference = kl_reference(self.model, adapters=train.lora_rank > 0)  # adapters come with prepare_model
         self.setup = prepare_model(self.model, train)
         self.policy = wrap_for_training(self.model, train.parallel, self.device)  # what the loss calls
         self.sampler: Sampler = sampler or build_sampler(config, problem)
@@ -586,7 +586,3 @@ def _unwrapped(model: nn.Module) -> nn.Module:
     return model
 
 
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    reference = copy.deepcopy(model)
-    reference.requires_grad_(False)
-    return reference.eval()

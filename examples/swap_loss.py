@@ -1,25 +1,29 @@
 """Swap the objective, keep the tree: TreeGRPO's sampler and tree advantages under five losses.
 
 Part 1 samples one forest on ``toy2d``, backs up its advantages once, and evaluates every loss on
-that same parent batch. At the behaviour policy (importance ratio 1), before any update (so the KL
-reference still equals the policy), every objective here has the same gradient,
-``-mean A grad log pi``. They differ only once the policy has moved (clipping, the KL term), which
-part 2 shows by training each with ``Trainer(problem, config, loss=...)`` for the same iterations,
-two optimisation passes per iteration. The last loss is a new one written here in a few lines:
-PPO-clip with a wider upper bound (DAPO's "clip-higher").
+that same parent batch at the behaviour policy (importance ratio 1), before any update (so the KL
+reference still equals the policy). There the first four objectives have the same gradient,
+``-mean A grad log pi``; they part ways only once the policy has moved (clipping, the KL term).
+The fifth, a preference loss between siblings written here, reads only which sibling did better,
+not by how much, so its gradient differs from the start. Part 2 trains each with
+``Trainer(problem, config, loss=...)`` for the same iterations, two optimisation passes per iteration.
+
+The two losses written here are registered, so the command line selects them too, with their own
+options from ``loss.options``:
 
     python examples/swap_loss.py --iterations 12
+    treegrpo train --plugin examples/swap_loss.py --model.kind toy2d --loss.algorithm sibling_preference --loss.options beta=20
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 from collections.abc import Callable
 
 import torch
-from tensordict import TensorDict
+import torch.nn.functional as F
+from tensordict import TensorDict, TensorDictBase
 from treegrpo.algos import (
     Config,
     EdgeLoss,
@@ -27,6 +31,8 @@ from treegrpo.algos import (
     ReinforceLoss,
     Trainer,
     build_sampler,
+    kl_reference,
+    ratio_diagnostics,
     register_loss,
     total_loss,
 )
@@ -50,22 +56,45 @@ class ClipHigherLoss(PPOClipLoss):
         """From the command line: ``loss.clip_high`` if set, else 1.4 times ``loss.clip_range``."""
         c = config.loss
         return cls(model, transition, clip_range=c.clip_range, clip_high=c.clip_high or None, kl_coef=c.kl_coef,
-                   reference=reference if c.kl_coef > 0 else None, kl_form=c.kl_form)
+                   reference=reference if c.kl_coef > 0 else None, kl_form=c.kl_form, **cls.options_from(config))
 
 
-def frozen(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy of the starting weights: the reference of the KL term."""
-    return copy.deepcopy(model).requires_grad_(False)
+@register_loss("sibling_preference", like="treegrpo")
+class SiblingPreferenceLoss(EdgeLoss):
+    """A logistic preference loss between siblings: for every pair of children of one parent where
+    child ``i`` has the larger advantage, ``-log sigmoid(beta (log_ratio_i - log_ratio_j))``.
+
+    Only the order of the siblings' advantages counts (DPO's pairwise form, with the behaviour
+    policy as the reference). ``beta`` is its own option: ``--loss.options beta=20``.
+    """
+
+    def __init__(self, model, transition, *, beta: float = 10.0, **kl) -> None:
+        super().__init__(model, transition, **kl)
+        if not beta > 0:
+            raise ValueError(f"beta: expected a number > 0, got {beta!r}")
+        self.beta = beta
+
+    def forward(self, td: TensorDictBase) -> TensorDict:
+        new_log_prob, old_log_prob, advantage, mask, mean, std = self.edge_terms(td)
+        log_ratio = new_log_prob - old_log_prob  # [M, K]
+        margin = self.beta * (log_ratio[:, :, None] - log_ratio[:, None, :])  # [M, K, K]: i over j
+        better = (advantage[:, :, None] > advantage[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+        pairs = F.logsigmoid(margin)[better]
+        objective = -pairs.mean() if pairs.numel() else log_ratio.sum() * 0
+        terms = {"loss_objective": objective, **ratio_diagnostics(log_ratio.detach(), mask),
+                 **self.kl_terms(td, mean, std), **self.rounding_terms(td, mean, std)}
+        return TensorDict(terms, batch_size=[])
 
 
 LOSSES: dict[str, Callable[[Problem], EdgeLoss]] = {
     "ppo-clip (TreeGRPO)": lambda p: PPOClipLoss(p.model, p.transition, clip_range=0.2),
     "ppo-clip + KL (GRPO)": lambda p: PPOClipLoss(p.model, p.transition, clip_range=0.2, kl_coef=0.04,
-                                                  reference=frozen(p.model)),
-    "ddpo-ppo": lambda p: PPOClipLoss(p.model, p.transition, clip_range=0.2),
+                                                  reference=kl_reference(p.model)),
     "reinforce": lambda p: ReinforceLoss(p.model, p.transition),
     "clip-higher (custom)": lambda p: ClipHigherLoss(p.model, p.transition, clip_range=0.2),
+    "sibling preference (custom)": lambda p: SiblingPreferenceLoss(p.model, p.transition, beta=10.0),
 }
+SAME_GRADIENT = 4  # the first four: -mean A grad log pi at the behaviour policy
 
 
 def gradient_norm(loss: EdgeLoss, batch: TensorDict) -> tuple[float, float]:
@@ -102,7 +131,7 @@ def main() -> None:
     print(f"one forest: {tree.num_nodes} nodes, {batch.batch_size[0]} parents, {int(batch['mask'].sum())} edges")
     for name, make in LOSSES.items():
         value, norm = gradient_norm(make(problem), batch)
-        print(f"at the behaviour policy  {name:<22} loss {value:+.5f}  gradient norm {norm:.6f}")
+        print(f"at the behaviour policy  {name:<27} loss {value:+.5f}  gradient norm {norm:.6f}")
 
     # Part 2: the same sampler and advantages (loss.algorithm=treegrpo), a different objective each run.
     with tempfile.TemporaryDirectory() as scratch:
@@ -111,7 +140,7 @@ def main() -> None:
             run = config.override([f"train.out_dir={scratch}/run-{index}"])
             history = Trainer(problem, run, loss=make(problem)).fit(progress=False)
             first, last = history[0]["reward_mean"], sum(h["reward_mean"] for h in history[-3:]) / 3
-            print(f"trained  {name:<22} reward {first:+.4f} -> {last:+.4f} (mean of the last 3 iterations)")
+            print(f"trained  {name:<27} reward {first:+.4f} -> {last:+.4f} (mean of the last 3 iterations)")
 
 
 if __name__ == "__main__":

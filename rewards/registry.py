@@ -58,7 +58,7 @@ def check_reward_names(names: Sequence[str], field: str, *, kind: str) -> None:
     known = rewards_for(kind)
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise UnknownRewardError(f"{field}: unknown reward {unknown[0]!r} for model.kind={kind}; expected one of "
+        raise UnknownRewardError(f"{field}: unknown reward {unknown[0]!r} for the {kind} model; expected one of "
                                  f"{known}")
 
 
@@ -68,7 +68,7 @@ def build_reward(name: str, *, kind: str | None = None, **options: Any) -> Rewar
     ``exact_preprocessing``, see :func:`~treegrpo.rewards.base.for_evaluation`)."""
     known = rewards_for(kind) if kind else sorted(REWARDS)
     if name not in known:
-        where = f" for model.kind={kind}" if kind else ""
+        where = f" for the {kind} model" if kind else ""
         raise UnknownRewardError(f"model.rewards: unknown reward {name!r}{where}; expected one of {known}")
     return REWARDS[name].factory(**options)
 

@@ -443,6 +443,8 @@ class LossConfig(_Section):
                               min_open=True, from_text=True)
     estimator_options: list[str] = _opt([], "other options of loss.estimator as name=value, comma-separated (the "
                                             "fields of its dataclass)")
+    options: list[str] = _opt([], "the loss's own options as name=value, comma-separated: its constructor's keyword "
+                                  "arguments that no other loss.* option sets (a plugin loss's beta=10, say)")
     timestep_fraction: float = _opt(
         1.0, "fraction of SDE steps trained per iteration", min=0, max=1, min_open=True
     )
@@ -516,6 +518,11 @@ class LossConfig(_Section):
                               f"loss.algorithm={self.algorithm} samples trees whose leaves share their steps; use "
                               "random or first")
 
+        if self.options:  # typed by the loss's constructor, so checked against the class itself
+            from treegrpo.algos.loss_options import parse_loss_options
+            from treegrpo.algos.losses import loss_class
+
+            parse_loss_options(loss_class(self.algorithm), self.options)
         options = self.estimator_kwargs()  # its own one-line error for a malformed item
         try:
             treeadv.make_estimator(self.estimator, **options)

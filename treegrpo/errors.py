@@ -9,6 +9,9 @@ what is allowed; subclasses also inherit the builtin type callers already catch 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
 
 class TreegrpoError(Exception):
     """An input the user can fix: a config value, a file, a folder, a checkpoint."""
@@ -21,4 +24,26 @@ class TreegrpoWarning(UserWarning):
     """Something the user should know that does not stop the run; the command prints it as one line."""
 
 
-__all__ = ["TreegrpoError", "TreegrpoWarning"]
+@contextmanager
+def renamed_fields(names: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a one-line error whose message starts with ``name:`` (a key of ``names``) as the same
+    error naming ``names[name]`` instead, so it names what the caller wrote.
+
+    A Python builder names its arguments (``rewards: unknown reward ...``); the config path that
+    calls it maps them to the options they came from (``model.rewards: ...``), and the Python
+    builder maps the config-named errors of the functions it calls to its own arguments.
+    """
+    try:
+        yield
+    except (TreegrpoError, ValueError) as error:
+        name, sep, rest = str(error).partition(":")
+        if not sep or name not in names:
+            raise
+        try:
+            renamed = type(error)(f"{names[name]}:{rest}")
+        except TypeError:  # an error class whose constructor takes more than a message
+            raise error from None
+        raise renamed.with_traceback(error.__traceback__) from None
+
+
+__all__ = ["TreegrpoError", "TreegrpoWarning", "renamed_fields"]

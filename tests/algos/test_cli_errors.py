@@ -46,7 +46,7 @@ def test_bad_inputs_are_one_line_before_any_work(flags, starts, tmp_path, capsys
 def test_digits_errors_name_the_unknown_reward_and_zero_weights(tmp_path, capsys):
     out = ["--train.out_dir", str(tmp_path / "run")]
     message = _one_line_error(capsys, ["train", "--model.rewards", "foo", "--loss.reward_weights", "1", *out])
-    assert message.startswith("model.rewards: unknown reward 'foo' for model.kind=digits")
+    assert message.startswith("model.rewards: unknown reward 'foo' for the digits model")
     message = _one_line_error(capsys, ["train", "--loss.reward_weights", "0,0", *out])
     assert message.startswith("loss.reward_weights: all zero")
 

@@ -264,9 +264,9 @@ def test_unknown_reward_names_are_one_line_errors_naming_the_kind() -> None:
 
     check_reward_names(["hpsv2", "jpeg_compressibility"], "model.rewards", kind="sd3")  # known names pass
     assert "classifier" in rewards_for("digits") and "classifier" not in rewards_for("sd3")
-    with pytest.raises(UnknownRewardError, match=r"^eval.rewards: unknown reward 'x' for model.kind=digits; expected"):
+    with pytest.raises(UnknownRewardError, match=r"^eval.rewards: unknown reward 'x' for the digits model; expected"):
         check_reward_names(["classifier", "x"], "eval.rewards", kind="digits")
-    with pytest.raises(UnknownRewardError, match="unknown reward 'classifier' for model.kind=sd3"):
+    with pytest.raises(UnknownRewardError, match="unknown reward 'classifier' for the sd3 model"):
         check_reward_names(["classifier"], "model.rewards", kind="sd3")
 
 

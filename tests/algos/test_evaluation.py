@@ -76,7 +76,7 @@ def test_treegrpo_eval_on_the_embedded_default(tmp_path, capsys):
 def test_unknown_eval_reward_is_a_one_line_error(tmp_path, capsys):
     assert main(["eval", "--train.out_dir", str(tmp_path), "--eval.rewards", "hpsv2"]) == 2
     error = capsys.readouterr().err
-    assert "eval.rewards: unknown reward 'hpsv2' for model.kind=digits" in error and error.count("\n") == 1
+    assert "eval.rewards: unknown reward 'hpsv2' for the digits model" in error and error.count("\n") == 1
 
 
 def test_eval_num_steps_reaches_every_problem_kind():

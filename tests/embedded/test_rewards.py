@@ -120,5 +120,5 @@ def test_bad_inputs_and_names_give_one_line_errors() -> None:
         ClassifierReward()(torch.zeros(2, 1, 16, 16), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"classifier: expected 2 prompts \(one per image\), got 3 prompts"):
         build_reward("classifier", kind="digits")(torch.zeros(2, 1, 16, 16), ["1", "2", "3"])
-    with pytest.raises(UnknownRewardError, match="model.rewards: unknown reward 'hps' for model.kind=digits"):
+    with pytest.raises(UnknownRewardError, match="model.rewards: unknown reward 'hps' for the digits model"):
         build_reward("hps", kind="digits")

@@ -66,16 +66,40 @@ def test_a_loss_registered_by_a_plugin_is_selectable_by_name_from_the_cli(tmp_pa
     assert "--plugin: no such file" in capsys.readouterr().err
 
 
-def test_swap_loss_same_gradient_at_the_behaviour_policy_and_every_loss_trains(tmp_path):
+def test_swap_loss_five_distinct_objectives_four_share_the_gradient_at_the_behaviour_policy(tmp_path):
     out = run_example("swap_loss.py", "--iterations", "8", cwd=tmp_path)
     norms = [float(n) for n in re.findall(rf"at the behaviour policy .* gradient norm ({NUMBER})", out)]
     assert len(norms) == 5 and max(norms) > 0, out
-    assert max(norms) - min(norms) <= 1e-5 * max(norms), norms  # at ratio 1 every gradient is -A grad log pi
+    same, preference = norms[:4], norms[4]
+    assert max(same) - min(same) <= 1e-5 * max(same), norms  # at ratio 1 each is -A grad log pi
+    assert abs(preference - same[0]) > 0.1 * same[0], norms  # the pairwise loss reads only the order
     trained = re.findall(rf"trained  (.+?) +reward ({NUMBER}) -> ({NUMBER})", out)
-    assert [name for name, _, _ in trained] == ["ppo-clip (TreeGRPO)", "ppo-clip + KL (GRPO)", "ddpo-ppo", "reinforce",
-                                                "clip-higher (custom)"], out
+    assert [name for name, _, _ in trained] == ["ppo-clip (TreeGRPO)", "ppo-clip + KL (GRPO)", "reinforce",
+                                                "clip-higher (custom)", "sibling preference (custom)"], out
     for name, first, last in trained:
         assert improved(float(first), float(last), by=0.3), (name, first, last)
+
+
+def test_a_plugin_loss_takes_its_own_options_from_the_command_line(tmp_path, capsys):
+    from treegrpo.algos.losses import LOSSES
+
+    from treegrpo import cli
+
+    out_dir = tmp_path / "run"
+    argv = ["train", "--plugin", str(REPO / "examples" / "swap_loss.py"), "--model.kind", "toy2d",
+            "--loss.algorithm", "sibling_preference", "--loss.options", "beta=20", "--train.iterations", "1",
+            "--train.out_dir", str(out_dir)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert LOSSES["sibling_preference"].__name__ == "SiblingPreferenceLoss"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["config"]["loss"]["options"] == ["beta=20"]
+    from treegrpo.algos import Config, build_loss, build_problem
+
+    config = Config().override(["model.kind=toy2d", "loss.algorithm=sibling_preference", "loss.options=beta=20"])
+    assert build_loss(config, build_problem(config), None).beta == 20.0  # typed from the constructor: a float
+    assert cli.main([*argv[:-4], "--loss.options", "gamma=1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("loss.options: SiblingPreferenceLoss has no option 'gamma'; its options: beta"), error
 
 
 def test_new_estimator_passes_the_kit_catches_a_false_claim_and_trains(tmp_path):

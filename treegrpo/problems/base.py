@@ -18,6 +18,11 @@ from torch import Tensor
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.transitions import Transition
 
+SAMPLING_ARGUMENTS: dict[str, str] = {f"sampling.{name}": name for name in (
+    "transition", "schedule", "num_steps", "noise_level", "shift", "cps_scoring")}
+"""Options the transitions' own errors name, to the problem builders' arguments they come from (the
+builders re-raise those errors naming their arguments: :func:`treegrpo.errors.renamed_fields`)."""
+
 PromptFn = Callable[[int, torch.Generator], tuple[Cond, Tensor]]
 """``(iteration, generator) -> (cond [P, ...], prompt_ids [P])``: one iteration's prompts."""
 RewardFn = Callable[[Tensor, Tensor], Tensor]

@@ -15,7 +15,8 @@ import torch
 from treegrpo.config import Config, ConfigError
 from treegrpo.devices import local_device
 from treegrpo.envs.transitions import FLOW_TRANSITIONS, Transition
-from treegrpo.problems.base import Problem
+from treegrpo.errors import renamed_fields
+from treegrpo.problems.base import SAMPLING_ARGUMENTS, Problem
 
 ProblemBuilder = Callable[..., Problem]
 """``(config, *, fuse_model_lora=True) -> Problem`` (``fuse_model_lora``: pipelines fuse ``model.lora``
@@ -85,6 +86,13 @@ def check_step_numbers(config: Config, transition: Transition | None = None) -> 
                           "use a noise level near 1 (Flow-GRPO: 0.7) and a shift near 1-3")
 
 
+SHARED_FIELDS = {**{name: option for option, name in SAMPLING_ARGUMENTS.items()}, "eval_num_steps": "eval.num_steps",
+                 "prompts_per_iteration": "sampling.prompts_per_iteration"}
+"""The Python builders' arguments to the options they are read from (errors name the option)."""
+DIGITS_FIELDS = {**SHARED_FIELDS, "rewards": "model.rewards", "eval_rewards": "eval.rewards",
+                 "guidance_scale": "sampling.guidance_scale", "weights": "model.path", "eval_count": "model.eval_count"}
+
+
 def _toy2d(config: Config, *, fuse_model_lora: bool = True) -> Problem:
     from treegrpo.problems.toy2d import toy2d_problem
     from treegrpo.rewards import check_reward_names
@@ -92,9 +100,10 @@ def _toy2d(config: Config, *, fuse_model_lora: bool = True) -> Problem:
     s = config.sampling
     check_flow_transition(config, "toy2d")
     check_reward_names(config.eval.rewards, "eval.rewards", kind="toy2d")
-    return toy2d_problem(s.num_steps, s.noise_level, prompts_per_iteration=s.prompts_per_iteration,
-                         seed=config.train.seed, eval_num_steps=config.eval.num_steps, shift=s.shift,
-                         transition=s.transition, schedule=s.schedule)
+    with renamed_fields(SHARED_FIELDS):
+        return toy2d_problem(s.num_steps, s.noise_level, prompts_per_iteration=s.prompts_per_iteration,
+                             seed=config.train.seed, eval_num_steps=config.eval.num_steps, shift=s.shift,
+                             transition=s.transition, schedule=s.schedule)
 
 
 def _digits(config: Config, *, fuse_model_lora: bool = True) -> Problem:
@@ -102,12 +111,14 @@ def _digits(config: Config, *, fuse_model_lora: bool = True) -> Problem:
 
     s = config.sampling
     check_flow_transition(config, "digits")
-    return digits_problem(num_steps=s.num_steps, noise_level=s.noise_level, shift=s.shift,
-                          transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
-                          rewards=config.model.rewards, guidance_scale=s.guidance_scale,
-                          weights=config.model.path or None, eval_rewards=config.eval.rewards,
-                          eval_num_steps=config.eval.num_steps, eval_count=config.model.eval_count,
-                          schedule=s.schedule, cps_scoring=s.cps_scoring, device=local_device(config.train.device))
+    with renamed_fields(DIGITS_FIELDS):
+            return digits_problem(num_steps=s.num_steps, noise_level=s.noise_level, shift=s.shift,
+                              transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
+                              rewards=config.model.rewards, guidance_scale=s.guidance_scale,
+                              weights=config.model.path or None, eval_rewards=config.eval.rewards,
+                              eval_num_steps=config.eval.num_steps, eval_count=config.model.eval_count,
+                              schedule=s.schedule, cps_scoring=s.cps_scoring,
+                              device=local_device(config.train.device))
 
 
 def _pipeline(config: Config, *, fuse_model_lora: bool = True) -> Problem:

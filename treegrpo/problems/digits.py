@@ -24,7 +24,8 @@ from treegrpo.embedded.model import DEFAULT_NUM_STEPS, DEFAULT_SHIFT, load_base,
 from treegrpo.embedded.rewards import DIGITS_REWARDS
 from treegrpo.envs import FlowTimesteps, GuidedDenoiser, Transition, gather_cond
 from treegrpo.envs.transitions import flow_transition as make_flow_transition
-from treegrpo.problems.base import Problem
+from treegrpo.errors import renamed_fields
+from treegrpo.problems.base import SAMPLING_ARGUMENTS, Problem
 from treegrpo.rewards import RewardModel, build_reward, check_reward_names
 from treegrpo.rewards.diversity import embedding_diversity, pixel_diversity
 
@@ -37,9 +38,9 @@ def flow_transition(name: str, num_steps: int, shift: float, noise_level: float,
     return make_flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
 
 
-def reward_models(names: Sequence[str], weights: Path | None, field: str = "model.rewards") -> list[RewardModel]:
+def reward_models(names: Sequence[str], weights: Path | None, field: str = "rewards") -> list[RewardModel]:
     """The digits rewards ``names`` from the one registry (``weights``: the folder holding the
-    classifier's and the judge's, ``None`` for the shipped ones); ``field`` names the option in errors."""
+    classifier's and the judge's, ``None`` for the shipped ones); ``field`` names the argument in errors."""
     check_reward_names(names, field, kind="digits")
     return [build_reward(name, kind="digits", root=weights) for name in names]
 
@@ -101,12 +102,14 @@ def digits_problem(
     rewards = tuple(rewards)
     if not rewards:
         raise ValueError("rewards: expected at least one reward name")
-    scorers = reward_models(rewards, root)
+    scorers = reward_models(rewards, root, "rewards")
     every_name = tuple(eval_rewards) or DIGITS_REWARDS
-    every_scorer = reward_models(every_name, root, "eval.rewards")
+    every_scorer = reward_models(every_name, root, "eval_rewards")
     options = {"schedule": schedule, "cps_scoring": cps_scoring}
-    step = flow_transition(transition, num_steps, shift, noise_level, **options)
-    eval_step = flow_transition(transition, eval_num_steps, shift, noise_level, **options) if eval_num_steps else None
+    with renamed_fields(SAMPLING_ARGUMENTS):
+        step = flow_transition(transition, num_steps, shift, noise_level, **options)
+    with renamed_fields({**SAMPLING_ARGUMENTS, "sampling.num_steps": "eval_num_steps", "num_steps": "eval_num_steps"}):
+        eval_step = flow_transition(transition, eval_num_steps, shift, noise_level, **options) if eval_num_steps else None
 
     base = load_base(root / "base", device)
     base.text_encoder.requires_grad_(False)

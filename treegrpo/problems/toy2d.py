@@ -13,7 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 from treegrpo.envs import Denoiser, FlowTimesteps, GaussianData, flow_transition
 from treegrpo.envs.models import Cond
-from treegrpo.problems.base import Problem
+from treegrpo.errors import renamed_fields
+from treegrpo.problems.base import SAMPLING_ARGUMENTS, Problem
 from treegrpo.rewards.diversity import pixel_diversity
 
 
@@ -77,7 +78,8 @@ def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequen
     torch.manual_seed(seed)
     goals = torch.tensor(targets, dtype=torch.float32)
     model = ResidualVelocity(GaussianData(torch.zeros(2), torch.eye(2)), num_prompts=goals.shape[0])
-    step = flow_transition(transition, FlowTimesteps.named(schedule, num_steps, shift=shift), noise_level)
+    with renamed_fields(SAMPLING_ARGUMENTS):
+        step = flow_transition(transition, FlowTimesteps.named(schedule, num_steps, shift=shift), noise_level)
 
     def prompts(iteration: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         ids = torch.randint(goals.shape[0], (prompts_per_iteration,), generator=generator)
@@ -98,8 +100,10 @@ def toy2d_problem(num_steps: int = 10, noise_level: float = 0.7, targets: Sequen
 
     eval_transition = None
     if eval_num_steps:
-        eval_transition = flow_transition(transition, FlowTimesteps.named(schedule, eval_num_steps, shift=shift),
-                                          noise_level)
+        with renamed_fields({**SAMPLING_ARGUMENTS, "sampling.num_steps": "eval_num_steps",
+                                     "num_steps": "eval_num_steps"}):
+            eval_transition = flow_transition(transition, FlowTimesteps.named(schedule, eval_num_steps, shift=shift),
+                                              noise_level)
     return Problem(model=model, transition=step, latent_shape=(2,), prompts=prompts, reward=reward,
                    reward_names=("target",), decode=decode, eval_prompts=every_prompt, eval_transition=eval_transition,
                    eval_diversity=spread)
