@@ -47,8 +47,8 @@ def test_each_option_is_typed_from_its_annotation():
 
 @pytest.mark.parametrize(("item", "message"), [
     ("beta", "loss.options: expected name=value, got 'beta'"),
-    ("gamma=1", "loss.options: TypedOptionsLoss has no option 'gamma'; its options: beta, cap, hinge, label, mode, "
-                "pairs"),
+    ("gamma=1", ("loss.options: TypedOptionsLoss has no option 'gamma'; its options: beta, cap, hinge, label, mode, "
+                 "pairs")),
     ("clip_range=1", "loss.options: TypedOptionsLoss has no option 'clip_range' (it is loss.clip_range)"),
     ("pairs=2.5", "loss.options: pairs='2.5', expected an int"),
     ("hinge=maybe", "loss.options: hinge='maybe', expected true or false"),
