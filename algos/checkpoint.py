@@ -326,6 +326,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder
 
 
+def _refuse_legacy(path: Path) -> None:
+    """A one-line :class:`CheckpointError` for a treegrpo 0.1 checkpoint (a pickled state, never loaded)."""
+    if (path / LEGACY_STATE).exists() and not (path / STATE_JSON).exists():
+        raise CheckpointError(f"checkpoint: {path} was written by an older treegrpo ({LEGACY_STATE} is a pickle, which "
+                              "is never loaded because it can run code); retrain or convert it in a trusted session")
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read ``(model_state, state)`` from a checkpoint directory, after checking every file against
     ``checksums.json``. Only safetensors and JSON are read, never a pickle; every problem is a
@@ -336,9 +343,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     if path.is_symlink() and CHECKPOINT_NAME.fullmatch(path.name):
         raise CheckpointError(f"checkpoint: {path} is a link; a run's checkpoint is a real folder (a link may lead "
                               "into another run)")
-    if (path / LEGACY_STATE).exists() and not (path / STATE_JSON).exists():
-        raise CheckpointError(f"checkpoint: {path} was written by an older treegrpo ({LEGACY_STATE} is a pickle, which "
-                              "is never loaded because it can run code); retrain or convert it in a trusted session")
+    _refuse_legacy(path)
     for name in (MODEL_FILE, STATE_TENSORS, STATE_JSON, CHECKSUMS):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint: {path / name} is missing; expected a folder written by save_checkpoint")
@@ -384,3 +389,64 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     if problem is not None:  # checked whatever the checksums say: they may have been recomputed
         raise CheckpointError(f"checkpoint: {path / STATE_JSON} {problem}; expected a state written by save_checkpoint")
     return weights, state
+
+
+# ---------------------------------------------------------------------------------------------- reading parts
+
+
+def checkpoint_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The configuration a checkpoint was trained with (``state.json``'s ``config``: section to field
+    to value), or ``{}`` when it records none. Only ``state.json`` is read, as JSON, after it matches
+    its sha256 in ``checksums.json``; every problem is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    _refuse_legacy(path)
+    for name in (STATE_JSON, CHECKSUMS):
+        if not (path / name).is_file() or (path / name).is_symlink():
+            raise CheckpointError(f"checkpoint: {path / name} is missing or a link; expected a folder written by "
+                                  "save_checkpoint")
+    try:
+        checksums = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        checksums = None
+    if not isinstance(checksums, dict) or checksums.get(STATE_JSON) != _sha256(path / STATE_JSON):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} does not match its sha256 in {CHECKSUMS} (the file is "
+                              "corrupt or was changed)")
+    try:
+        document = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not valid JSON (or is nested too deep)") from None
+    state = document.get("state") if isinstance(document, dict) and document.get("format") == FORMAT else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not a treegrpo state (format {FORMAT})")
+    config = decode_state(state.get("config", {}), {})  # a tensor reference in it is a CheckpointError
+    if not isinstance(config, dict) or not all(isinstance(values, dict) for values in config.values()):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} holds a config that is not a table of sections")
+    return config
+
+
+def weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor in a checkpoint's ``model.safetensors`` (the trained parameters),
+    read from the file's header alone (checked first, :func:`check_safetensors`); the tensors, and their
+    checksums, are read when the checkpoint loads (:func:`load_checkpoint`)."""
+    file = Path(path) / MODEL_FILE
+    if not file.is_file() or file.is_symlink():
+        raise CheckpointError(f"checkpoint: {file} is missing or a link; expected a folder written by save_checkpoint")
+    try:
+        check_safetensors(file, "checkpoint")
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except FileFormatError as error:
+        raise CheckpointError(str(error)) from None
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint: cannot read the header of {file} ({type(error).__name__})") from None
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise CheckpointError(f"checkpoint: {file} gives a tensor without a shape; expected a file written by "
+                                  "save_checkpoint")
+        shapes[name] = tuple(shape)
+    return shapes

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from treegrpo.algos.baseline import baseline_key, measure_start, read_baseline, write_baseline
-from treegrpo.algos.checkpoint import latest_checkpoint
+from treegrpo.algos.checkpoint import CheckpointError, latest_checkpoint, weight_shapes
 from treegrpo.algos.distributed import barrier
 from treegrpo.algos.evaluation import (
     OTHER_TITLES,
@@ -114,6 +115,9 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
     Rows, in order: ``base`` (the weights at ``model.path``, when ``eval.base``), ``+ lora`` (after
     fusing ``model.lora``), and the checkpoint (``checkpoint``, else the latest in
     ``train.out_dir``, if any), loaded as ``treegrpo train`` would resume it: LoRA fused first.
+    The checkpoint's trained parameters are checked against the built model
+    (:func:`check_checkpoint_fits`) before anything is sampled. ``config`` is used as given;
+    ``treegrpo eval`` layers the checkpoint's own configuration under the user's (:mod:`treegrpo.cli`).
     """
     model = config.model
     run_dir = Path(config.train.out_dir)
@@ -124,6 +128,8 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
     if model.lora and problem.apply_lora is None:
         raise ConfigError(f"model.lora: model.kind={model.kind} does not take a diffusers LoRA; "
                           "use sd3 or sd15, or evaluate a training checkpoint")
+    if checkpoint is not None:  # before any sampling: a checkpoint of another model fails here, in one line
+        check_checkpoint_fits(checkpoint, problem.model, config)
     scores: dict[str, HeldOutScores] = {}
 
     def score(row: str) -> None:
@@ -165,6 +171,62 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
     print(paper_table(rows, columns, titles))
     print(f"wrote {out}")
     return result
+
+
+def checkpoint_fit_problems(shapes: dict[str, tuple[int, ...]], model: nn.Module, lora_rank: int) -> list[str]:
+    """Why a checkpoint's trained parameters (``shapes``: name to shape, :func:`weight_shapes`) do not
+    fit ``model`` as the trainer would prepare it (``lora_rank``: ``train.lora_rank``), one entry per
+    parameter; empty when they fit.
+
+    Full fine-tuning (``lora_rank`` 0): the checkpoint holds exactly the model's trainable parameters,
+    with their shapes. LoRA: every tensor is a peft adapter weight (``<module>.lora_A.<adapter>.weight``)
+    of a module the model has, and for a linear module ``lora_A`` is ``[lora_rank, in]`` and ``lora_B``
+    ``[out, lora_rank]`` (the adapters are not injected here; which modules get one is checked when
+    the checkpoint loads)."""
+    problems: list[str] = []
+    if lora_rank == 0:
+        params = dict(model.named_parameters())
+        problems += [f"{name} {shape} is not a parameter of the model"
+                     + (" (a LoRA weight: the run set train.lora_rank)" if ".lora_" in name else "")
+                     for name, shape in shapes.items() if name not in params]
+        for name, p in params.items():
+            if p.requires_grad and name not in shapes:
+                problems.append(f"{name} {tuple(p.shape)} is missing from the checkpoint")
+            elif name in shapes and shapes[name] != tuple(p.shape):
+                problems.append(f"{name} is {shapes[name]} in the checkpoint, {tuple(p.shape)} in the model")
+        return problems
+    for name, shape in shapes.items():
+        prefix, marker, rest = name.partition(".lora_")
+        if not marker:
+            problems.append(f"{name} {shape} is not a LoRA weight (the checkpoint is full fine-tuning; "
+                            f"train.lora_rank={lora_rank})")
+            continue
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            problems.append(f"{name}: the model has no module {prefix}")
+            continue
+        if not isinstance(module, nn.Linear):  # peft wraps it: the base layer holds the shape
+            module = getattr(module, "base_layer", module)
+        if isinstance(module, nn.Linear) and rest.endswith(".weight"):
+            expected = {"A": (lora_rank, module.in_features), "B": (module.out_features, lora_rank)}.get(rest[0])
+            if expected is not None and shape != expected:
+                problems.append(f"{name} is {shape} in the checkpoint, {expected} for train.lora_rank={lora_rank} "
+                                f"on the model's {prefix}")
+    return problems
+
+
+def check_checkpoint_fits(checkpoint: str | Path, model: nn.Module, config: Config) -> None:
+    """Refuse, in one line naming the checkpoint, ``model.kind`` and the first mismatch, a checkpoint whose
+    trained parameters do not fit ``model`` (:func:`checkpoint_fit_problems`); reads only the weights'
+    header, so it runs before any sampling or scoring."""
+    shapes = weight_shapes(checkpoint)
+    problems = checkpoint_fit_problems(shapes, model, config.train.lora_rank)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"checkpoint: {checkpoint} does not fit model.kind={config.model.kind} "
+                              f"(train.lora_rank={config.train.lora_rank}): {problems[0]}{more}; evaluate it with "
+                              "the settings it was trained with (drop the --model.* or --train.lora_* overrides)")
 
 
 def on_policy_summary(history: list[dict[str, float]]) -> dict[str, float]:

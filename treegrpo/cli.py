@@ -207,11 +207,63 @@ def _train(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_LOCAL = frozenset({"train.out_dir", "train.resume", "train.overwrite", "train.allow_config_change", "eval.out"})
+"""Options of a checkpoint's saved configuration that ``treegrpo eval`` does not take over: where the
+run is (the folder eval was pointed at) and how a training run starts or writes."""
+
+
+def _with_run_config(args: argparse.Namespace, saved: dict, out_dir: str, source: Path) -> Config:
+    """The configuration ``treegrpo eval`` uses for a checkpoint that records its run's (``saved``):
+    the model kind's preset < the algorithm's recipe < the run's configuration < ``--config`` <
+    ``--set`` < per-field flags, as :func:`resolve_config` layers them with the run's configuration
+    under the file (less :data:`RUN_LOCAL`; ``train.out_dir`` stays ``out_dir``)."""
+    from treegrpo.config import ConfigError
+
+    given = vars(args)
+    known = {f"{option.section}.{option.name}" for option in options()}
+    data: dict[str, dict[str, Any]] = {
+        section: {name: value for name, value in values.items()
+                  if f"{section}.{name}" in known and f"{section}.{name}" not in RUN_LOCAL}
+        for section, values in saved.items() if any(key.startswith(f"{section}.") for key in known)}
+    file = read_config_file(given["config"]) if "config" in given else {}
+    for section, values in file.items():  # the file (resolve_config has read and checked it) over the run
+        data[section] = {**data.get(section, {}), **values}
+    data.setdefault("train", {})["out_dir"] = out_dir
+    assignments = list(given.get("set", []))
+    for option in options():
+        key = f"{option.section}.{option.name}"
+        if key in given:
+            value = given[key]
+            assignments.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    kind = _last_setting(assignments, data, "model", "kind") or ModelConfig().kind
+    algorithm = _last_setting(assignments, data, "loss", "algorithm")
+    try:
+        base = preset_config(kind, algorithm if algorithm in ALGORITHMS else None) if kind in MODELS else None
+        config = Config.from_dict(data, base, check_used=False)
+        config = config.override(assignments, check_used=False) if assignments else config
+        config.check_used({a.partition("=")[0].strip() for a in assignments})
+    except ConfigError as error:
+        raise ConfigError(f"{error} (with the run configuration read from {source}; flags override it)") from None
+    return config
+
+
 def _eval(config: Config, args: argparse.Namespace) -> int:
     """Score held-out samples of the base weights, ``model.lora`` and ``--checkpoint`` (default: the
-    latest in ``train.out_dir``); prints the paper's table and writes ``eval.out``."""
+    latest in ``train.out_dir``); prints the paper's table and writes ``eval.out``. The checkpoint's
+    saved configuration (its ``state.json``) is the base that ``--config`` and flags override
+    (:func:`_with_run_config`): a run is evaluated as the model it trained."""
+    from treegrpo.algos.checkpoint import STATE_JSON, checkpoint_config, latest_checkpoint
     from treegrpo.algos.entrypoints import run_eval
 
+    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(config.train.out_dir)
+    if checkpoint is not None and checkpoint.is_dir():  # a missing one is run_eval's one-line error
+        saved = checkpoint_config(checkpoint)
+        if saved:
+            config = _with_run_config(args, saved, config.train.out_dir, checkpoint / STATE_JSON)
+            run = {key: saved.get(section, {}).get(name, "?") for key, (section, name) in
+                   (("model.kind", ("model", "kind")), ("loss.algorithm", ("loss", "algorithm")))}
+            print(f"run configuration: {checkpoint / STATE_JSON} (model.kind={run['model.kind']}, loss.algorithm="
+                  f"{run['loss.algorithm']}); --config and flags override it", flush=True)
     run_eval(config, args.checkpoint)
     return 0
 
