@@ -17,6 +17,7 @@ from typing import Any
 from treegrpo.rewards import clip_models
 from treegrpo.rewards.base import RewardModel
 from treegrpo.rewards.imagereward import imagereward
+from treegrpo.rewards.ocr import ocr
 from treegrpo.rewards.offline import JpegSize
 
 from treegrpo.errors import TreegrpoError
@@ -79,6 +80,7 @@ for _name, _factory in {
     "imagereward": imagereward,
     "pickscore": clip_models.pickscore,
     "aesthetic": clip_models.aesthetic,
+    "ocr": ocr,  # Flow-GRPO's text rendering; needs the `ocr` extra, which is checked when it is built
 }.items():
     register_reward(_name, _factory)
 # DDPO's JPEG rewards need no weights; 16-pixel digits are enlarged to 64 pixels first, as any small image is.
