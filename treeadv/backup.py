@@ -46,7 +46,7 @@ def backup(
     come from ``estimator`` (a registered name with its ``options``, or an instance). The default
     is the paper's ``logprob_softmax`` with ``temperature=1``.
     """
-    return backup_with_weights(tree, leaf_adv, estimator, **options).advantage
+    return _backup(tree, leaf_adv, make_estimator(estimator, **options), keep_weights=False).advantage
 
 
 def backup_with_weights(
@@ -56,23 +56,29 @@ def backup_with_weights(
     **options: object,
 ) -> BackupResult:
     """:func:`backup` that also returns the per-edge weights (for diagnostics and tests)."""
-    chosen = make_estimator(estimator, **options)
-    n = tree.num_nodes
+    return _backup(tree, leaf_adv, make_estimator(estimator, **options), keep_weights=True)
+
+
+def _backup(tree: Tree, leaf_adv: Tensor, chosen: BackupEstimator, *, keep_weights: bool) -> BackupResult:
+    """The level loop. Internal nodes start at zero and each level scatters its children's weighted
+    advantages (and leaf counts) straight into its parents' entries, so a parent without children
+    (a leaf one level up) keeps its own value with no mask, copy or ``where`` per level."""
     _check_leaf_advantages(tree, leaf_adv)
+    is_leaf, parent = tree.is_leaf, tree.parent
     dtype = leaf_adv.dtype
-    advantage = torch.where(tree.is_leaf, leaf_adv, torch.zeros((), dtype=dtype, device=leaf_adv.device))
-    weight = torch.ones(n, dtype=dtype, device=leaf_adv.device)
-    leaf_count = tree.is_leaf.to(dtype)
+    advantage = torch.where(is_leaf, leaf_adv, torch.zeros((), dtype=dtype, device=leaf_adv.device))
+    _check_finite_leaves(tree, leaf_adv, advantage)
+    leaf_count = is_leaf.to(dtype)
     log_prob = tree.log_prob.to(dtype)
+    weight = torch.ones(tree.num_nodes, dtype=dtype, device=leaf_adv.device) if keep_weights else None
 
     levels = tree.level_selectors()
     slot = _slot_within_level(tree, levels)
     for depth in range(len(levels) - 1, 0, -1):
         child, parents = levels[depth], levels[depth - 1]
-        parent_slot = tree.parent[child]
-        parent_slot = parent_slot - parents.start if slot is None else slot[parent_slot]
+        child_parent = parent[child]  # [E] node index of each edge's parent (a view when levels are slices)
         siblings = Siblings(
-            index=parent_slot,
+            index=child_parent - parents.start if slot is None else slot.index_select(0, child_parent),
             num_parents=_level_size(parents),
             advantage=advantage[child],
             log_prob=log_prob[child],
@@ -80,12 +86,13 @@ def backup_with_weights(
         )
         edge_weight = chosen.weights(siblings)
         _check_weights(chosen, edge_weight, siblings)
-        # Parents without children are leaves one level up: they keep their own values.
-        has_children = siblings.sum(torch.ones_like(siblings.advantage)) > 0  # [P]
-        value = siblings.sum(edge_weight * siblings.advantage)
-        advantage[parents] = torch.where(has_children, value, advantage[parents])
-        leaf_count[parents] = torch.where(has_children, siblings.sum(siblings.leaf_count), leaf_count[parents])
-        weight[child] = edge_weight
+        # Parents' entries are disjoint from their children's: with slices, the parents' level is a
+        # view to add into (so index_add_ sees no overlap with the children's view it reads).
+        target, into = (parents, siblings.index) if slot is None else (slice(None), child_parent)
+        advantage[target].index_add_(0, into, _as_dtype(edge_weight * siblings.advantage, dtype))
+        leaf_count[target].index_add_(0, into, siblings.leaf_count)
+        if weight is not None:
+            weight[child] = edge_weight
     return BackupResult(advantage, weight)
 
 
@@ -119,6 +126,10 @@ def _slot_within_level(tree: Tree, levels: list[slice | Tensor]) -> Tensor | Non
     return slot
 
 
+def _as_dtype(values: Tensor, dtype: torch.dtype) -> Tensor:
+    return values if values.dtype == dtype else values.to(dtype)
+
+
 def _level_size(level: slice | Tensor) -> int:
     return level.stop - level.start if isinstance(level, slice) else level.numel()
 
@@ -133,6 +144,14 @@ def _check_leaf_advantages(tree: Tree, leaf_adv: Tensor) -> None:
         )
     if leaf_adv.device != tree.parent.device:
         raise TreeError(f"leaf_adv: on {leaf_adv.device}, but the tree is on {tree.parent.device}")
+
+
+def _check_finite_leaves(tree: Tree, leaf_adv: Tensor, advantage: Tensor) -> None:
+    """Raise unless every leaf's value is finite. ``advantage`` is ``leaf_adv`` at the leaves and 0
+    elsewhere: one sum over it is finite when they all are (a NaN or inf anywhere makes it NaN or
+    inf), so the per-node scan runs only when the sum is not (a bad leaf, or an overflow)."""
+    if bool(torch.isfinite(advantage.sum())):
+        return
     bad = tree.is_leaf & ~torch.isfinite(leaf_adv)
     if bool(bad.any()):
         bad = bad.nonzero().squeeze(1)

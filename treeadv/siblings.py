@@ -57,16 +57,16 @@ class Siblings:
 
     def mean(self, values: Tensor) -> Tensor:
         """``[P]`` per-parent mean of ``[E]`` edge values (0 for parents without children)."""
-        return self.sum(values) / self.sum(torch.ones_like(values)).clamp(min=1)
+        return self.sum(values) / self._counts().to(values.dtype).clamp(min=1)
 
     def broadcast(self, per_parent: Tensor) -> Tensor:
         """``[E]`` copy of a ``[P]`` per-parent value onto each of its edges."""
-        return per_parent[self.index]
+        return per_parent.index_select(0, self.index)  # as per_parent[index], without advanced indexing
 
     @property
     def num_siblings(self) -> Tensor:
         """``[E]`` number of children of each edge's parent (the edge included)."""
-        return self.broadcast(self.sum(torch.ones_like(self.advantage)))
+        return self.broadcast(self._counts().to(self.advantage.dtype))
 
     def normalize(self, scores: Tensor) -> Tensor:
         """``[E]`` non-negative scores divided by their per-parent sum, so they sum to one."""
@@ -74,8 +74,20 @@ class Siblings:
 
     def softmax(self, logits: Tensor) -> Tensor:
         """``[E]`` softmax of ``logits`` over each parent's children, shifted by the max for stability."""
-        shifted = logits - self.broadcast(self.max(logits))
-        return self.normalize(shifted.exp())
+        shift = self.broadcast(self.max(logits))
+        if logits.requires_grad and torch.is_grad_enabled():
+            return self.normalize((logits - shift).exp())
+        # Each step writes into a tensor made here: two [E] buffers per call rather than five.
+        scores = torch.sub(logits, shift, out=shift).exp_()
+        return scores.div_(self.broadcast(self.sum(scores)))
+
+    def _counts(self) -> Tensor:
+        """``[P]`` int64 number of children of each parent."""
+        if self.index.device.type == "cpu":
+            return torch.bincount(self.index, minlength=self.num_parents)
+        # bincount sizes its output by the largest index, a read back to the host on an accelerator.
+        counts = torch.zeros(self.num_parents, dtype=torch.long, device=self.index.device)
+        return counts.index_add_(0, self.index, torch.ones_like(self.index, dtype=torch.long))
 
     def sort(self, values: Tensor) -> SortedSiblings:
         """Sort ``[E]`` edge values within each parent, stably (equal values keep their edge order).
@@ -93,7 +105,7 @@ class Siblings:
         The smallest child of a parent has rank 0 and the largest ``num_siblings - 1``.
         """
         order = self.sort(values).order
-        counts = self.sum(torch.ones_like(values)).long()  # [P]
+        counts = self._counts()  # [P]
         first = torch.cumsum(counts, 0) - counts  # [P] position of each parent's block
         position = torch.arange(values.numel(), device=values.device)
         rank = torch.empty_like(order)
@@ -112,7 +124,7 @@ class Siblings:
         if values.numel() == 0:
             return missing
         ordered = self.sort(values).values
-        counts = self.sum(torch.ones_like(values)).long()  # [P]
+        counts = self._counts()  # [P]
         first = torch.cumsum(counts, 0) - counts  # [P] position of each parent's block
         position = q * (counts - 1).clamp(min=0).to(values.dtype)  # [P] fractional position in the block
         low, high = position.floor().long(), position.ceil().long()
