@@ -2,8 +2,9 @@
 
 A reward model maps ``(images [B, C, H, W] in [0, 1], prompts: list of B strings)`` to ``[B]``
 float32 scores, without gradients, on the images' device; a score depends only on its own image
-and prompt, never on the batch. :func:`build_reward` makes one by name (see :data:`REWARDS`);
-:func:`for_evaluation` gives the view that preprocesses exactly as the official scorer does.
+and prompt, never on the batch. :func:`build_reward` makes one by name (see :data:`REWARDS`;
+``remote:http://HOST:PORT/NAME`` names a reward served by ``treegrpo serve-reward``, see
+:class:`RemoteReward`); :func:`for_evaluation` gives the view that preprocesses exactly as the official scorer does.
 Importable as ``treegrpo.rewards`` (the source lives in the top-level ``rewards/`` folder).
 """
 
@@ -13,6 +14,7 @@ from treegrpo.rewards.base import PreprocessingMode, RewardModel, for_evaluation
 from treegrpo.rewards.clip_models import Aesthetic, OpenClipCosine, PickScore
 from treegrpo.rewards.diversity import ClipDiversity, embedding_diversity, pixel_diversity
 from treegrpo.rewards.imagereward import ImageReward
+from treegrpo.rewards.ocr import OcrReward
 from treegrpo.rewards.offline import JpegSize
 from treegrpo.rewards.pil_resize import pil_bicubic_resize
 from treegrpo.rewards.preprocess import (
@@ -31,6 +33,7 @@ from treegrpo.rewards.registry import (
     register_reward,
     rewards_for,
 )
+from treegrpo.rewards.remote import RemoteReward, RemoteRewardError
 from treegrpo.rewards.weights import ENV_VAR, MissingRewardWeightsError, reward_dir
 
 __all__ = [
@@ -41,10 +44,13 @@ __all__ = [
     "ImageReward",
     "JpegSize",
     "MissingRewardWeightsError",
+    "OcrReward",
     "OpenClipCosine",
     "PickScore",
     "Preprocess",
     "PreprocessingMode",
+    "RemoteReward",
+    "RemoteRewardError",
     "RewardEntry",
     "RewardModel",
     "UnknownRewardError",

@@ -19,6 +19,8 @@ from treegrpo.rewards.base import RewardModel
 from treegrpo.rewards.imagereward import imagereward
 from treegrpo.rewards.ocr import ocr
 from treegrpo.rewards.offline import JpegSize
+from treegrpo.rewards.remote import PREFIX as REMOTE_PREFIX
+from treegrpo.rewards.remote import RemoteReward, parse_remote_name
 
 from treegrpo.errors import TreegrpoError
 
@@ -55,9 +57,13 @@ def rewards_for(kind: str) -> list[str]:
 
 
 def check_reward_names(names: Sequence[str], field: str, *, kind: str) -> None:
-    """A one-line error naming ``field`` and the first of ``names`` that ``kind`` has no reward of."""
+    """A one-line error naming ``field`` and the first of ``names`` that ``kind`` has no reward of
+    (``remote:http://HOST:PORT/NAME``, a served reward, is accepted for every kind)."""
     known = rewards_for(kind)
-    unknown = [name for name in names if name not in known]
+    for name in names:  # a served reward, any kind: its URL is checked here, the server when it is built
+        if name.startswith(REMOTE_PREFIX):
+            parse_remote_name(name, field)
+    unknown = [name for name in names if name not in known and not name.startswith(REMOTE_PREFIX)]
     if unknown:
         raise UnknownRewardError(f"{field}: unknown reward {unknown[0]!r} for the {kind} model; expected one of "
                                  f"{known}")
@@ -67,6 +73,8 @@ def build_reward(name: str, *, kind: str | None = None, **options: Any) -> Rewar
     """The reward model registered as ``name`` (for ``kind``, if given), built with ``options``
     (``root``: its weights folder, ``device``; the learned text-to-image rewards also take
     ``exact_preprocessing``, see :func:`~treegrpo.rewards.base.for_evaluation`)."""
+    if name.startswith(REMOTE_PREFIX):  # remote:http://HOST:PORT/NAME, see treegrpo.rewards.remote
+        return RemoteReward.from_name(name)
     known = rewards_for(kind) if kind else sorted(REWARDS)
     if name not in known:
         where = f" for the {kind} model" if kind else ""
