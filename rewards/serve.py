@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from treegrpo.errors import TreegrpoError
+from treegrpo.errors import TreegrpoError, renamed_fields
 
 INSTALL_HINT = "pip install -e '.[serve]'"
 TENSOR_TYPE = "application/x-uint8-tensor"
@@ -426,7 +426,8 @@ def serve_reward_command(config: Any, args: argparse.Namespace) -> int:
     _aiohttp_web()  # a missing extra is reported before a large reward loads
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     options = ServeOptions(**{name: getattr(args, name) for name in _FIELD_HELP}, token=token, device=args.device)
-    reward = build_reward(args.name, kind=args.kind, root=args.reward_dir, device=args.device)
+    with renamed_fields({"model.rewards": "serve-reward NAME"}):
+        reward = build_reward(args.name, kind=args.kind, root=args.reward_dir, device=args.device)
     serve(args.name, reward, options, host=args.host, port=args.port)
     return 0
 

@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from treegrpo.algorithms import ALGORITHMS
 from treegrpo.config import MODELS, Config, ModelConfig, Option, options, preset_config, read_config_file
 from treegrpo.errors import TreegrpoError, TreegrpoWarning
+from treegrpo.rewards.serve import add_serve_reward_parser, serve_reward_command
 
 __all__ = ["build_parser", "main", "resolve_config"]
 
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``treegrpo`` parser; the config options are on it and on every subcommand."""
     parser = _Parser(prog=PROG, description="RL post-training of diffusion/flow models (TreeGRPO).")
     _add_config_options(parser)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,pretrain}",
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,bench,pretrain,serve-reward}",
                                      parser_class=_Parser)
     train = commands.add_parser("train", help="train with the resolved config")
     _add_config_options(train)
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="re-make the embedded digits weights; arguments after -- go to treegrpo.embedded.pretrain")
     pretrain.add_argument("script_args", nargs=argparse.REMAINDER,
                           help="arguments for python -m treegrpo.embedded.pretrain (see its --help), after --")
+    add_serve_reward_parser(commands)
     return parser
 
 
@@ -329,7 +331,8 @@ def _pretrain(config: Config, args: argparse.Namespace) -> int:
     return pretrain.main(_after_dashes(list(args.script_args)))
 
 
-HANDLERS = {"train": _train, "eval": _eval, "bench": _bench, "pretrain": _pretrain}
+HANDLERS = {"train": _train, "eval": _eval, "bench": _bench, "pretrain": _pretrain,
+            "serve-reward": serve_reward_command}
 
 
 def _one_line_warnings() -> None:

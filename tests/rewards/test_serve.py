@@ -229,6 +229,29 @@ def test_a_full_queue_answers_503_and_the_client_retries():
         slow.stop()
 
 
+def test_cli_serve_reward_starts():
+    """``treegrpo serve-reward`` (the CLI's subcommand) smoke test."""
+    process = subprocess.Popen([sys.executable, "-m", "treegrpo", "serve-reward", "classifier", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert "serving reward 'classifier' on http://127.0.0.1:" in line, process.stderr.read()[-2000:]
+        base = line.split(" on ")[1].split()[0].rsplit("/", 1)[0]
+        with urllib.request.urlopen(base + "/health", timeout=10) as response:
+            assert json.loads(response.read())["reward"] == "classifier"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_cli_names_an_unknown_served_reward_in_one_line(capsys):
+    from treegrpo.cli import main
+
+    assert main(["serve-reward", "nosuch", "--port", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("treegrpo: error: serve-reward NAME: unknown reward 'nosuch'") and "\n" not in error
+
+
 # ---------------------------------------------------------------- training against a served reward
 TRAIN = ["--loss.reward_weights", "1", "--sampling.prompts_per_iteration", "2", "--sampling.num_steps", "4",
          "--sampling.depth", "2", "--sampling.branching", "2", "--model.eval_count", "2", "--sampling.chunks", "2"]
