@@ -9,6 +9,7 @@ pipeline's own component folder.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,8 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    if "peft" not in sys.modules:  # no adapter exists before peft is imported; importing it costs seconds
+        return
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for name, module in model.named_modules():
