@@ -83,6 +83,8 @@ SLOW: dict[tuple[str, str], str] = {
     ("README.md", "def test_soft_optimistic(case)"): "a property test over 100 hypothesis forests (~9 s)",
     ("docs/tutorials/estimator.md", "assert_catches(SoftmaxOfNegativeLogProb()"):
         "a hypothesis search for the violation, shrunk (~9 s)",
+    ("docs/tutorials/swap_loss.md", "check_loss(lambda problem, kl: ReinforceLoss"):
+        "the shared loss suite: two short toy2d trainings (~30 s)",
 }
 
 # Shell commands that are not checked: not the project's (venv, test runner, docs server, shell builtins).
