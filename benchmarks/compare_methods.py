@@ -331,11 +331,12 @@ def plot_reward_vs_diversity(table: list[dict[str, Any]], path: Path) -> Path | 
             axis.errorbar([row[diversity][0]], [row[key][0]], xerr=[row[diversity][1]], yerr=[row[key][1]], fmt="o",
                           color=f"C{colour}", label=row["name"], capsize=3)
             axis.plot([1.0], [row[f"before_{key}"][0]], "*", color=f"C{colour}", markersize=9, alpha=0.5)
+        colours = {row["name"]: f"C{index}" for index, row in enumerate(methods)}
         for method in dict.fromkeys(r["name"].split(",")[0] for r in rows if r["group"] == "kl"):
             ablation = sorted((r for r in rows if r["group"] == "kl" and r["name"].startswith(f"{method},")),
                               key=lambda r: r["kl_coef"])
             axis.plot([r[diversity][0] for r in ablation], [r[key][0] for r in ablation], "--", marker="s", alpha=0.7,
-                      label=f"{method}: KL ablation")
+                      color=colours.get(method), label=f"{method}: KL ablation (seed 0)")
             for r in ablation:
                 axis.annotate(f"kl {r['kl_coef']:g}", (r[diversity][0], r[key][0]), textcoords="offset points",
                               xytext=(4, 4), fontsize=7)

@@ -78,3 +78,25 @@ def test_pages_without_markers_pass_and_bad_markers_fail(page, code, bench_json,
 def test_wallclock_table_reads_the_budget(bench_json):
     table = results_page.render_tables(json.loads(bench_json.read_text()))["wallclock"]
     assert "iterations done in 40 s" in table and "| flow_grpo | 40 | 0.700 ± 0.010 | 0.700 ± 0.010 |" in table
+
+
+def test_the_committed_results_page_matches_the_committed_json(capsys):
+    """docs/results.md's generated tables are what benchmarks/results/compare_methods.json renders to,
+    and the page has every table the JSON supports (so a rerun cannot leave one stale)."""
+    page = results_page.DEFAULT_PAGE.read_text()
+    data = json.loads(results_page.DEFAULT_JSON.read_text())
+    assert set(results_page.generated_names(page)) == set(results_page.render_tables(data))
+    assert results_page.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_the_committed_json_holds_diversity_the_judge_and_the_cost_for_every_method_and_seed():
+    data = json.loads(results_page.DEFAULT_JSON.read_text())
+    runs = [run for run in data["runs"] if run["group"] == "methods"]
+    methods = {run["name"] for run in runs}
+    assert methods == {"treegrpo", "branch_grpo", "flow_grpo", "dance_grpo", "mix_grpo", "ddpo"}
+    assert all(sum(run["name"] == name for run in runs) == 3 for name in methods)  # three seeds each
+    for run in runs:
+        assert {"eval/judge", "eval/diversity/pixel", "eval/diversity/features"} <= set(run["after"])
+        assert {"pixel", "features"} <= set(run["diversity_kept"])
+        assert run["seconds_per_iteration"] > 0 and all(h["nfe_sampled"] > 0 and h["backward_rows"] > 0
+                                                          for h in run["history"])
