@@ -37,7 +37,6 @@ from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
 from treegrpo.algos.update import EMA, Optimisation, optimise
 
 from treegrpo.config import Config, ConfigError
-from treegrpo.problems import Problem, build_problem, toy2d_problem
 
 __all__ = [
     "EMA",
@@ -52,7 +51,6 @@ __all__ = [
     "Optimisation",
     "PPOClipLoss",
     "PerPromptStatTracker",
-    "Problem",
     "Ranks",
     "ReinforceLoss",
     "Trainer",
@@ -60,7 +58,6 @@ __all__ = [
     "apply_lora",
     "build_advantage",
     "build_loss",
-    "build_problem",
     "build_sampler",
     "build_window",
     "clip_advantages",
@@ -82,6 +79,5 @@ __all__ = [
     "save_checkpoint",
     "select_steps",
     "total_loss",
-    "toy2d_problem",
     "wrap_for_training",
 ]

@@ -88,7 +88,9 @@ def main() -> None:
         raise SystemExit("3. expected check_estimator to reject equal_logprob_mean on irregular forests")
 
     # The registry makes the name usable anywhere an estimator name is: treeadv.backup, GroupAdvantage, the config.
-    from treegrpo.algos import Config, Trainer, toy2d_problem
+    from treegrpo.algos import Config, Trainer
+
+    from treegrpo.problems import toy2d_problem
 
     with tempfile.TemporaryDirectory() as scratch:
         config = Config().override([

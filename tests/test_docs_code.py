@@ -94,10 +94,7 @@ OTHER_COMMANDS = {"printf", "mkdocs", "python -m venv", "python -m pytest"}
 FILE_SUFFIXES = {"py", "json", "toml", "yaml", "yml", "md", "txt", "pt", "safetensors", "bin", "png", "csv"}
 
 # Problem-builder imports not from treegrpo.problems that this file cannot fix (example code, not docs).
-OTHER_PROBLEM_IMPORTS: dict[tuple[str, str], str] = {
-    ("examples/new_estimator.py", "from treegrpo.algos import toy2d_problem"):
-        "the example's code (not its docstring) is outside the docs' fix; treegrpo.algos re-exports the builders",
-}
+OTHER_PROBLEM_IMPORTS: dict[tuple[str, str], str] = {}
 
 PROBLEM_BUILDERS = re.compile(r"^(?:build_problem|register_problem|\w+_problem|PROBLEMS)$")
 

@@ -38,3 +38,12 @@ def test_every_dotted_treegrpo_name_in_the_compose_tutorial_resolves():
         except ModuleNotFoundError:
             pass
         assert hasattr(importlib.import_module(module), attribute), f"docs/tutorials/compose.md names {name}"
+
+
+def test_treegrpo_algos_does_not_re_export_the_problem_builders():
+    """One documented path: the API page of treegrpo.algos lists its __all__, so a builder there would
+    be documented twice."""
+    import treegrpo.algos
+
+    assert not {"Problem", "build_problem", "toy2d_problem", "digits_problem"} & set(treegrpo.algos.__all__)
+    assert not hasattr(treegrpo.algos, "toy2d_problem")

@@ -93,7 +93,9 @@ def test_a_plugin_loss_takes_its_own_options_from_the_command_line(tmp_path, cap
     assert LOSSES["sibling_preference"].__name__ == "SiblingPreferenceLoss"
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["config"]["loss"]["options"] == ["beta=20"]
-    from treegrpo.algos import Config, build_loss, build_problem
+    from treegrpo.algos import Config, build_loss
+
+    from treegrpo.problems import build_problem
 
     config = Config().override(["model.kind=toy2d", "loss.algorithm=sibling_preference", "loss.options=beta=20"])
     assert build_loss(config, build_problem(config), None).beta == 20.0  # typed from the constructor: a float
