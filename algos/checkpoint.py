@@ -326,6 +326,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder
 
 
+def _encoded_state(path: Path) -> dict[str, Any]:
+    """The encoded training state in ``path``'s ``state.json`` (tensors still referenced by name); a
+    file that is not JSON, or not a treegrpo state, is a one-line :class:`CheckpointError`."""
+    try:
+        document = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not valid JSON (or is nested too deep)") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("state"), dict):
+        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not a treegrpo state (format {FORMAT})")
+    return document["state"]
+
+
 def _refuse_legacy(path: Path) -> None:
     """A one-line :class:`CheckpointError` for a treegrpo 0.1 checkpoint (a pickled state, never loaded)."""
     if (path / LEGACY_STATE).exists() and not (path / STATE_JSON).exists():
@@ -372,16 +384,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     if bad:
         raise CheckpointError(f"checkpoint: {path} holds {len(bad)} tensor(s) with NaN or inf (first: {bad[0][:60]}); "
                               "save_checkpoint never writes one, so the files were changed")
-    try:
-        document = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not valid JSON (or is nested too deep)") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("state"), dict):
-        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not a treegrpo state (format {FORMAT})")
-    problem = state_depth_problem(document["state"])
+    encoded = _encoded_state(path)
+    problem = state_depth_problem(encoded)
     if problem is None:
         try:
-            state = decode_state(document["state"], tensors)
+            state = decode_state(encoded, tensors)
         except (TypeError, ValueError, KeyError, IndexError):
             problem = "holds an entry the state codec cannot decode"
         else:
@@ -411,13 +418,7 @@ def checkpoint_config(path: str | Path) -> dict[str, dict[str, Any]]:
     if not isinstance(checksums, dict) or checksums.get(STATE_JSON) != _sha256(path / STATE_JSON):
         raise CheckpointError(f"checkpoint: {path / STATE_JSON} does not match its sha256 in {CHECKSUMS} (the file is "
                               "corrupt or was changed)")
-    try:
-        document = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not valid JSON (or is nested too deep)") from None
-    state = document.get("state") if isinstance(document, dict) and document.get("format") == FORMAT else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint: {path / STATE_JSON} is not a treegrpo state (format {FORMAT})")
+    state = _encoded_state(path)
     config = decode_state(state.get("config", {}), {})  # a tensor reference in it is a CheckpointError
     if not isinstance(config, dict) or not all(isinstance(values, dict) for values in config.values()):
         raise CheckpointError(f"checkpoint: {path / STATE_JSON} holds a config that is not a table of sections")
