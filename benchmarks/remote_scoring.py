@@ -33,7 +33,7 @@ MODES = (("one piece", 1, False), ("chunks, inline", None, False), ("chunks, bac
 
 def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
     """``treegrpo serve-reward classifier`` on a free port; the process and its ``remote:`` URL."""
-    process = subprocess.Popen([sys.executable, "-m", "treegrpo.rewards.serve", "classifier", "--kind", "digits",
+    process = subprocess.Popen([sys.executable, "-m", "treegrpo", "serve-reward", "classifier", "--kind", "digits",
                                 "--port", "0", "--latency-ms", str(latency_ms), "--max-wait-ms", "2"],
                                stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()

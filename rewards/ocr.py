@@ -81,20 +81,6 @@ def ocr_score(recognised: str, target: str) -> float:
     return 1.0 - min(d, len(t)) / len(t)
 
 
-def load_ocr_prompts(path: str | Path, split: str | None = "train") -> list[str]:
-    """Flow-GRPO's OCR prompts: ``path`` is its ``dataset/ocr`` folder (``train.txt``, ``test.txt``,
-    one prompt per line; ``split`` picks one) or one such file. Every prompt must quote its text."""
-    from treegrpo.envs.prompts import load_prompts
-
-    prompts = load_prompts(path, split)
-    for number, prompt in enumerate(prompts, start=1):
-        try:
-            ocr_target(prompt)
-        except OcrTargetError as error:
-            raise OcrTargetError(f"{path}: prompt {number} (blank lines skipped): {error}") from None
-    return prompts
-
-
 def _short(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
@@ -164,7 +150,6 @@ __all__ = [
     "OcrReward",
     "OcrTargetError",
     "levenshtein",
-    "load_ocr_prompts",
     "normalise_text",
     "ocr",
     "ocr_score",

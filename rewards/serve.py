@@ -420,7 +420,6 @@ def serve_reward_command(config: Any, args: argparse.Namespace) -> int:
     """``treegrpo serve-reward``: build the reward ``args.name`` and serve it until interrupted."""
     import os
 
-    import treegrpo.embedded  # noqa: F401  (registers the digits rewards)
     from treegrpo.rewards.registry import build_reward
 
     _aiohttp_web()  # a missing extra is reported before a large reward loads
@@ -444,25 +443,6 @@ __all__ = [
     "decode_json",
     "decode_png",
     "decode_tensor",
-    "main",
     "serve",
     "serve_reward_command",
 ]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m treegrpo.rewards.serve NAME [options]``: ``treegrpo serve-reward`` without the CLI's
-    config options (what tests and benchmarks start in a subprocess)."""
-    import sys
-
-    commands = argparse.ArgumentParser(prog="treegrpo").add_subparsers(dest="command", required=True)
-    parser = add_serve_reward_parser(commands)
-    try:
-        return serve_reward_command(None, parser.parse_args(argv))
-    except TreegrpoError as error:
-        print(f"treegrpo serve-reward: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

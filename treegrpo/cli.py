@@ -178,7 +178,20 @@ def resolve_config(args: argparse.Namespace) -> Config:
     config = config.override(assignments, check_used=False) if assignments else config
     # A flag names an option on purpose, even at its default; a file may spell out defaults it does not rely on.
     config.check_used({a.partition("=")[0].strip() for a in assignments})
+    if config.loss.options:  # typed by the loss's constructor: checked against the class, before any model loads
+        from treegrpo.algos.loss_options import parse_loss_options
+        from treegrpo.algos.losses import loss_class
+
+        parse_loss_options(loss_class(config.loss.algorithm), config.loss.options)
     return config
+
+
+def _serve_reward(config: Config, args: argparse.Namespace) -> int:
+    """``treegrpo serve-reward``, with every built-in reward registered (the digits rewards register
+    when :mod:`treegrpo.embedded` is imported)."""
+    import treegrpo.embedded  # noqa: F401
+
+    return serve_reward_command(config, args)
 
 
 def load_plugins(argv: list[str]) -> list[str]:
@@ -332,7 +345,7 @@ def _pretrain(config: Config, args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"train": _train, "eval": _eval, "bench": _bench, "pretrain": _pretrain,
-            "serve-reward": serve_reward_command}
+            "serve-reward": _serve_reward}
 
 
 def _one_line_warnings() -> None:

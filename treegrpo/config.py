@@ -518,11 +518,6 @@ class LossConfig(_Section):
                               f"loss.algorithm={self.algorithm} samples trees whose leaves share their steps; use "
                               "random or first")
 
-        if self.options:  # typed by the loss's constructor, so checked against the class itself
-            from treegrpo.algos.loss_options import parse_loss_options
-            from treegrpo.algos.losses import loss_class
-
-            parse_loss_options(loss_class(self.algorithm), self.options)
         options = self.estimator_kwargs()  # its own one-line error for a malformed item
         try:
             treeadv.make_estimator(self.estimator, **options)

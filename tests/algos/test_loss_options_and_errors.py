@@ -69,11 +69,16 @@ def test_registered_loss_gets_its_options_through_the_config(typed_loss):
     assert loss.clip_range == config.loss.clip_range  # the loss.* fields still set theirs
 
 
-def test_a_builtin_loss_refuses_options_when_the_config_is_made():
-    with pytest.raises(ConfigError, match=r"^loss.options: PPOClipLoss has no option 'beta'; its options: none$"):
-        Config().override(["loss.options=beta=10"])
-    with pytest.raises(ConfigError, match="ReinforceLoss has no option 'beta'"):
-        Config().override(["model.kind=toy2d", "loss.algorithm=reinforce", "loss.options=beta=10"])
+def test_a_builtin_loss_refuses_options_before_any_model_loads(capsys, tmp_path):
+    from treegrpo import cli
+
+    assert cli.main(["train", "--loss.options", "beta=10", "--train.out_dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("loss.options: PPOClipLoss has no option 'beta'; its options: none"), error
+    assert not any(tmp_path.iterdir())  # refused before the run folder, the model or the rewards
+    config = Config().override(["model.kind=toy2d", "loss.algorithm=reinforce", "loss.options=beta=10"])
+    with pytest.raises(ConfigError, match="ReinforceLoss has no option 'beta'"):  # and from Python, when built
+        build_loss(config, build_problem(config))
 
 
 def test_python_builders_name_their_arguments_and_the_config_names_its_fields():

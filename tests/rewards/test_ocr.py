@@ -19,10 +19,11 @@ from treegrpo.rewards.ocr import (
     OcrReward,
     OcrTargetError,
     levenshtein,
-    load_ocr_prompts,
     ocr_score,
     ocr_target,
 )
+
+from treegrpo.problems.ocr import load_ocr_prompts
 
 HAS_RAPIDOCR = importlib.util.find_spec("rapidocr_onnxruntime") is not None
 needs_rapidocr = pytest.mark.skipif(not HAS_RAPIDOCR, reason="rapidocr-onnxruntime is not installed "

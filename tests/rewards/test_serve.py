@@ -43,12 +43,12 @@ TOKEN = "s3cret"
 
 
 class Server:
-    """``python -m treegrpo.rewards.serve NAME --port 0 ...`` in a subprocess; ``url`` once it listens."""
+    """``python -m treegrpo serve-reward NAME --port 0 ...`` in a subprocess; ``url`` once it listens."""
 
     def __init__(self, *args: str, name: str = "classifier", env: dict | None = None) -> None:
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "treegrpo.rewards.serve", name, "--kind", "digits", "--port", "0", *args],
+            [sys.executable, "-m", "treegrpo", "serve-reward", name, "--kind", "digits", "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         line = self.process.stdout.readline()  # blocks until it listens (or exits)
         if "serving reward" not in line:
