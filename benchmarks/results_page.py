@@ -3,9 +3,9 @@
 The page keeps its prose by hand; each table that comes from the benchmark sits between two marker
 comments and is rewritten from the JSON::
 
-    <!-- generated: methods -->
+    <!-- results-table: methods -->
     | method | ... |
-    <!-- end generated -->
+    <!-- end results-table -->
 
 Table names: ``methods`` (held-out scores and cost at the same number of iterations), ``wallclock``
 (training reward at a common wall-clock budget), and one per ablation group present in the JSON
@@ -34,8 +34,8 @@ DEFAULT_PAGE = ROOT / "docs" / "results.md"
 
 DIVERSITY = "eval/diversity/"
 KEPT = "diversity_kept/"
-START = re.compile(r"<!-- generated: (?P<name>[a-z_]+) -->\n")
-END = "<!-- end generated -->"
+START = re.compile(r"<!-- results-table: (?P<name>[a-z_]+) -->\n")
+END = "<!-- end results-table -->"
 ABLATIONS = ("kl", "tree_shape", "alpha", "estimator")
 
 
@@ -146,17 +146,17 @@ def render_tables(data: Mapping[str, Any]) -> dict[str, str]:
 
 
 def fill(page: str, tables: Mapping[str, str]) -> str:
-    """``page`` with the text between each ``<!-- generated: NAME -->`` line and the next
-    ``<!-- end generated -->`` replaced by ``tables[NAME]``."""
+    """``page`` with the text between each ``<!-- results-table: NAME -->`` line and the next
+    ``<!-- end results-table -->`` replaced by ``tables[NAME]``."""
     parts, position = [], 0
     for match in START.finditer(page):
         name = match.group("name")
         if name not in tables:
-            raise PageError(f"<!-- generated: {name} -->: the JSON has no such table; expected one of "
+            raise PageError(f"<!-- results-table: {name} -->: the JSON has no such table; expected one of "
                             f"{', '.join(tables) or '(none)'}")
         end = page.find(END, match.end())
         if end < 0:
-            raise PageError(f"<!-- generated: {name} --> has no '{END}' after it")
+            raise PageError(f"<!-- results-table: {name} --> has no '{END}' after it")
         parts += [page[position:match.end()], tables[name], "\n"]
         position = end
     parts.append(page[position:])
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     names = generated_names(page)
     if not names:
-        print(f"{args.page}: no '<!-- generated: NAME -->' markers; nothing to {'check' if args.check else 'write'}")
+        print(f"{args.page}: no '<!-- results-table: NAME -->' markers; nothing to {'check' if args.check else 'write'}")
         return 0
     if new == page:
         print(f"{args.page}: generated tables ({', '.join(names)}) match {args.json}")

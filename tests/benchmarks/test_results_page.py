@@ -36,14 +36,14 @@ PAGE = """# Results
 
 Prose the generator never touches.
 
-<!-- generated: methods -->
+<!-- results-table: methods -->
 (stale)
-<!-- end generated -->
+<!-- end results-table -->
 
 More prose.
 
-<!-- generated: estimator -->
-<!-- end generated -->
+<!-- results-table: estimator -->
+<!-- end results-table -->
 """
 
 
@@ -67,8 +67,8 @@ def test_write_then_check_passes_and_a_changed_number_fails(bench_json, tmp_path
 
 
 @pytest.mark.parametrize(("page", "code"), [("no markers here\n", 0),
-                                            ("<!-- generated: tree_shape -->\n<!-- end generated -->\n", 2),
-                                            ("<!-- generated: methods -->\nno end\n", 2)])
+                                            ("<!-- results-table: tree_shape -->\n<!-- end results-table -->\n", 2),
+                                            ("<!-- results-table: methods -->\nno end\n", 2)])
 def test_pages_without_markers_pass_and_bad_markers_fail(page, code, bench_json, tmp_path):
     path = tmp_path / "results.md"
     path.write_text(page)
