@@ -16,14 +16,13 @@ writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 from treegrpo.algos.scoring import sample_and_score
+from treegrpo.benchmarks import run_facts, write_result
 from treegrpo.envs import TreeSampler, gather_cond
 
 from treegrpo.problems.digits import digits_problem
@@ -31,23 +30,36 @@ from treegrpo.problems.digits import digits_problem
 MODES = (("one piece", 1, False), ("chunks, inline", None, False), ("chunks, background", None, True))
 
 
-def time_mode(problem, sampler, chunks: int, background: bool, prompts: int, repeats: int, device) -> list[float]:
+def time_mode(problem, sampler, chunks: int, background: bool, prompts: int, repeats: int,
+              device) -> list[dict[str, float]]:
+    """``repeats`` timed runs (after one warm-up) of sampling and scoring ``prompts`` prompts in ``chunks``
+    pieces, ``background`` scoring them on the worker thread: each run's ``wall_s``, the ``sampling_s``
+    spent inside the sampler, and ``idle_s``, the rest (what the sampler waited for rewards)."""
     generator = torch.Generator(device).manual_seed(0)
     cond, prompt_ids = problem.prompts(0, torch.Generator().manual_seed(0))
+    sampling = [0.0]  # seconds spent in sample_chunk this run
 
     def sample_chunk(lo: int, hi: int):
-        part = cond if (lo, hi) == (0, prompts) else gather_cond(cond, torch.arange(lo, hi))
-        return sampler.sample(part, latent_shape=problem.latent_shape, num_prompts=hi - lo, generator=generator,
-                              device=device)
-
-    seconds = []
-    for _ in range(repeats + 1):  # the first run warms up
         start = time.perf_counter()
-        sample_and_score(sample_chunk, problem.reward, prompt_ids, chunks=chunks, background=background, device=device)
+        part = cond if (lo, hi) == (0, prompts) else gather_cond(cond, torch.arange(lo, hi))
+        rollout = sampler.sample(part, latent_shape=problem.latent_shape, num_prompts=hi - lo, generator=generator,
+                                 device=device)
+        sampling[0] += time.perf_counter() - start
+        return rollout
+
+    runs = []
+    for _ in range(repeats + 1):  # the first run warms up
+        sampling[0] = 0.0
+        start = time.perf_counter()
+        _, rewards = sample_and_score(sample_chunk, problem.reward, prompt_ids, chunks=chunks, background=background,
+                                      device=device)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return seconds[1:]
+        wall = time.perf_counter() - start
+        if not torch.isfinite(rewards).all():
+            raise SystemExit("a non-finite reward came back")
+        runs.append({"wall_s": wall, "sampling_s": sampling[0], "idle_s": wall - sampling[0]})
+    return runs[1:]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = TreeSampler(problem.model, problem.transition, branching=3, depth=3)
     rows = []
     for name, chunks, background in MODES:
-        times = time_mode(problem, sampler, chunks or args.chunks, background, args.prompts, args.repeats, args.device)
+        runs = time_mode(problem, sampler, chunks or args.chunks, background, args.prompts, args.repeats, args.device)
+        times = [run["wall_s"] for run in runs]
         rows.append({"mode": name, "chunks": chunks or args.chunks, "background": background,
                      "median_s": statistics.median(times), "min_s": min(times), "times_s": times})
     base = rows[0]["median_s"]
@@ -88,12 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{base / row['median_s']:>13.2f}x")
     result = {"prompts": args.prompts, "images_per_prompt": 27, "device": args.device,
               "reward_latency_s": args.reward_latency,
-              "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-              "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return result
+              **run_facts(), "rows": rows}
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,17 @@ sampling: what the sampler waits for rewards. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-from treegrpo.algos.scoring import sample_and_score
-from treegrpo.envs import TreeSampler, gather_cond
+from treegrpo.benchmarks import run_facts, write_result
+from treegrpo.benchmarks.background_scoring import MODES, time_mode
+from treegrpo.envs import TreeSampler
 
 from treegrpo.problems.digits import digits_problem
-
-MODES = (("one piece", 1, False), ("chunks, inline", None, False), ("chunks, background", None, True))
 
 
 def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
@@ -41,31 +37,6 @@ def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
         process.kill()
         raise SystemExit(f"the reward server did not start: {line!r}")
     return process, line.split(" on ")[1].split()[0]
-
-
-def time_mode(problem, sampler, chunks: int, background: bool, prompts: int, repeats: int) -> list[dict]:
-    generator = torch.Generator().manual_seed(0)
-    cond, prompt_ids = problem.prompts(0, torch.Generator().manual_seed(0))
-    runs = []
-    sampling = [0.0]  # seconds spent in sample_chunk this run
-
-    def sample_chunk(lo: int, hi: int):
-        start = time.perf_counter()
-        part = cond if (lo, hi) == (0, prompts) else gather_cond(cond, torch.arange(lo, hi))
-        rollout = sampler.sample(part, latent_shape=problem.latent_shape, num_prompts=hi - lo,
-                                 generator=generator, device="cpu")
-        sampling[0] += time.perf_counter() - start
-        return rollout
-
-    for _ in range(repeats + 1):  # the first run warms up
-        sampling[0] = 0.0
-        start = time.perf_counter()
-        _, rewards = sample_and_score(sample_chunk, problem.reward, prompt_ids, chunks=chunks, background=background)
-        wall = time.perf_counter() - start
-        if not torch.isfinite(rewards).all():
-            raise SystemExit("a non-finite reward came back")
-        runs.append({"wall_s": wall, "sampling_s": sampling[0], "idle_s": wall - sampling[0]})
-    return runs[1:]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         sampler = TreeSampler(problem.model, problem.transition, branching=3, depth=3)
         rows = []
         for name, chunks, background in MODES:
-            runs = time_mode(problem, sampler, chunks or args.chunks, background, args.prompts, args.repeats)
+            runs = time_mode(problem, sampler, chunks or args.chunks, background, args.prompts, args.repeats, "cpu")
             rows.append({"mode": name, "chunks": chunks or args.chunks, "background": background,
                          **{f"median_{key}": statistics.median(r[key] for r in runs)
                             for key in ("wall_s", "sampling_s", "idle_s")}, "runs": runs})
@@ -97,14 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{row['mode']:<22}{row['chunks']:>7}{row['median_wall_s']:>9.3f}{row['median_sampling_s']:>12.3f}"
               f"{row['median_idle_s']:>9.3f}{row['median_idle_s'] / row['median_wall_s']:>11.0%}")
     result = {"prompts": args.prompts, "images_per_prompt": 27, "device": "cpu", "latency_ms": args.latency_ms,
-              "reward": "remote:<localhost>/classifier", "torch_threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(),
+              "reward": "remote:<localhost>/classifier", **run_facts(),
               "command": "python benchmarks/remote_scoring.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":
