@@ -24,8 +24,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -169,16 +168,10 @@ class _Negated:
         self.inner.load_state_dict(state)
 
 
-@contextmanager
-def _scratch() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="treegrpo-loss-suite-") as folder:
-        yield folder
-
-
 def trained_reward(make: LossFactory, *, flipped: bool, iterations: int = 8, seed: int = 0) -> tuple[float, float]:
     """``(first, last)`` training reward (last: the mean of the final 3 iterations) of ``iterations``
     of TreeGRPO on ``toy2d`` with this loss; ``flipped`` negates every advantage."""
-    with _scratch() as folder:
+    with tempfile.TemporaryDirectory(prefix="treegrpo-loss-suite-") as folder:
         config = toy_config(f"train.iterations={iterations}", f"train.seed={seed}", f"train.out_dir={folder}")
         problem = toy_problem(seed)
         advantage = build_advantage(config)
