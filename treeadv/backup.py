@@ -45,6 +45,17 @@ def backup(
     internal node ``n`` with children ``C(n)``: ``A_n = sum_{e in C(n)} w_e A_e`` where the weights
     come from ``estimator`` (a registered name with its ``options``, or an instance). The default
     is the paper's ``logprob_softmax`` with ``temperature=1``.
+
+    Examples:
+        >>> import torch
+        >>> from treeadv import Tree, backup
+        >>> tree = Tree.regular(1, 2, 2)  # one tree: root, 2 children, 4 leaves (level-major)
+        >>> leaf = torch.tensor([0.0, 0, 0, 1.0, 3.0, -1.0, -3.0])  # only the 4 leaves are read
+        >>> backup(tree, leaf, "mean")
+        tensor([ 0.,  2., -2.,  1.,  3., -1., -3.])
+        >>> tree = Tree.regular(1, 2, 1, log_prob=torch.tensor([0.0, 0.0, -2.0]))
+        >>> backup(tree, torch.tensor([0.0, 1.0, -1.0]))  # softmax(log-probs) weights the children
+        tensor([ 0.7616,  1.0000, -1.0000])
     """
     return _backup(tree, leaf_adv, make_estimator(estimator, **options), keep_weights=False).advantage
 

@@ -31,6 +31,7 @@ from typing import ClassVar, TypeVar
 from torch import Tensor
 
 from treeadv.errors import EstimatorError
+from treeadv.registry import Registry
 from treeadv.siblings import Siblings
 
 #: Invariants every convex-weight estimator satisfies; see :mod:`treeadv.testing`.
@@ -64,18 +65,34 @@ class BackupEstimator(ABC):
         """``[E]`` non-negative weights summing to one over each parent's children."""
 
 
-_REGISTRY: dict[str, type[BackupEstimator]] = {}
+_REGISTRY: Registry[type[BackupEstimator]] = Registry("estimator")
 EstimatorType = TypeVar("EstimatorType", bound=type[BackupEstimator])
 
 
-def register_estimator(name: str) -> Callable[[EstimatorType], EstimatorType]:
-    """Class decorator: make an estimator available to :func:`treeadv.backup` by ``name``."""
+def register_estimator(name: str, *, replace: bool = False) -> Callable[[EstimatorType], EstimatorType]:
+    """Class decorator: make an estimator available to :func:`treeadv.backup` by ``name``.
+
+    A taken name raises :class:`~treeadv.registry.RegistryError` unless ``replace=True`` or the class is a
+    re-definition of the registered one (the rule of :mod:`treeadv.registry`).
+
+    Examples:
+        >>> import torch
+        >>> from dataclasses import dataclass
+        >>> from treeadv import BackupEstimator, Tree, backup, register_estimator
+        >>> @register_estimator("by_leaf_count")
+        ... @dataclass(frozen=True)
+        ... class ByLeafCount(BackupEstimator):
+        ...     def weights(self, siblings):
+        ...         count = siblings.leaf_count.to(siblings.advantage.dtype)
+        ...         return count / siblings.sum(count)[siblings.index]
+        >>> tree = Tree.regular(1, 2, 1)
+        >>> backup(tree, torch.tensor([0.0, 1.0, -3.0]), "by_leaf_count")
+        tensor([-1.,  1., -3.])
+    """
 
     def register(cls: EstimatorType) -> EstimatorType:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise EstimatorError(f"estimator: the name {name!r} is already registered to {_REGISTRY[name]}")
+        _REGISTRY.add(name, cls, replace=replace)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return register
@@ -83,7 +100,7 @@ def register_estimator(name: str) -> Callable[[EstimatorType], EstimatorType]:
 
 def registered_estimators() -> list[str]:
     """Names accepted by :func:`make_estimator`, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def make_estimator(estimator: str | BackupEstimator, **options: object) -> BackupEstimator:

@@ -57,6 +57,15 @@ def leaf_advantages(
     NaN or inf rewards raise :class:`NonFiniteError` naming how many and in which groups, since a
     single NaN would otherwise poison its whole group.
 
+    Examples:
+        >>> import torch
+        >>> from treeadv import leaf_advantages
+        >>> leaf_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]), torch.tensor([0, 0, 1, 1]), eps=0.0)
+        tensor([-1.,  1.,  0.,  0.])
+        >>> rewards = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # two reward models, one group
+        >>> leaf_advantages(rewards, torch.tensor([0, 0]), weights=[0.8, 0.2], eps=0.0)
+        tensor([-1.,  1.])
+
     The statistics are computed in float64 (float32 rewards near ``1e30`` would overflow the
     variance and give all-zero advantages) and the result comes back in the dtype of ``rewards``.
     """

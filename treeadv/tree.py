@@ -50,6 +50,14 @@ class Tree:
     rows without re-numbering ``parent``: use :meth:`relabel` or :meth:`concat` to reorder or join
     forests, and ``tree.to(device)`` rather than ``tree.to(dtype)``, which would cast the index
     fields too.
+
+    Examples:
+        >>> from treeadv import Tree
+        >>> tree = Tree.from_parents([-1, 0, 0, 1, 1])  # a root, two children, two grandchildren
+        >>> tree.depth.tolist(), tree.is_leaf.tolist()
+        ([0, 1, 1, 2, 2], [False, False, True, True, True])
+        >>> Tree.regular(2, 3, 2).num_nodes  # two trees, k=3, d=2: 2 * (1 + 3 + 9)
+        26
     """
 
     parent: Tensor

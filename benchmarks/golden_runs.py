@@ -1,0 +1,103 @@
+"""Golden numbers for refactors: a short ``toy2d`` run of every shipped algorithm, through the CLI.
+
+A refactor that should not change what is trained runs this before and after and compares the two
+JSON files with ``--compare``: every number the runs report (held-out rewards, diversity, training
+statistics) and a hash of the final weights must be identical; timings are left out. It drives the
+``treegrpo`` command in a subprocess, so it runs unchanged on code whose modules have moved.
+
+    python benchmarks/golden_runs.py --out /tmp/golden-before.json
+    python benchmarks/golden_runs.py --out /tmp/golden-after.json
+    python benchmarks/golden_runs.py --compare /tmp/golden-before.json /tmp/golden-after.json
+    python benchmarks/golden_runs.py --compare-summaries runs/digits/summary.json /tmp/after/summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce", "flow_grpo", "dance_grpo", "mix_grpo",
+              "branch_grpo")
+TIMING = re.compile(r"second|wall|time|img_s|per_s|throughput|_s$|elapsed|date|out_dir|path")
+
+
+def without_timings(value: Any) -> Any:
+    """``value`` with every key that holds a time, a date or a path removed (they differ run to run)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not TIMING.search(str(k))}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def weights_hash(path: Path) -> str:
+    """sha256 over a safetensors file's tensors, by name (independent of the file's metadata)."""
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as weights:
+        for name in sorted(weights.keys()):
+            tensor = weights.get_tensor(name)
+            digest.update(name.encode())
+            digest.update(tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_one(algorithm: str, iterations: int, folder: Path) -> dict[str, Any]:
+    """Train ``toy2d`` with ``algorithm`` for ``iterations`` and return its summary and weights hash."""
+    command = [sys.executable, "-m", "treegrpo", "train", "--model.kind", "toy2d", "--loss.algorithm", algorithm,
+               "--train.iterations", str(iterations), "--train.out_dir", str(folder)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    summary = json.loads((folder / "summary.json").read_text())
+    checkpoint = sorted((folder / "checkpoints").glob("iter-*"))[-1]
+    return {"summary": without_timings(summary), "weights": weights_hash(checkpoint / "model.safetensors")}
+
+
+def differences(before: Any, after: Any, where: str = "") -> list[str]:
+    """Every path at which two JSON values differ."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        found = [f"{where}.{k}: only in {'before' if k in before else 'after'}" for k in before.keys() ^ after.keys()]
+        for key in sorted(before.keys() & after.keys()):
+            found += differences(before[key], after[key], f"{where}.{key}")
+        return found
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [d for i, (b, a) in enumerate(zip(before, after, strict=True)) for d in differences(b, a, f"{where}[{i}]")]
+    return [] if before == after else [f"{where}: {before!r} -> {after!r}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the golden JSON here")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two golden JSON files")
+    parser.add_argument("--compare-summaries", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="compare two runs' summary.json, timings left out")
+    args = parser.parse_args(argv)
+    if args.compare or args.compare_summaries:
+        before_path, after_path = args.compare or args.compare_summaries
+        load = (lambda p: without_timings(json.loads(Path(p).read_text()))) if args.compare_summaries else (
+            lambda p: json.loads(Path(p).read_text()))
+        found = differences(load(before_path), load(after_path))
+        print("\n".join(found) if found else "identical")
+        return 1 if found else 0
+    if not args.out:
+        parser.error("--out: needed unless --compare or --compare-summaries")
+    golden = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for algorithm in args.algorithms.split(","):
+            golden[algorithm] = run_one(algorithm, args.iterations, Path(scratch) / algorithm)
+            print(f"{algorithm:12s} weights {golden[algorithm]['weights'][:16]}")
+    Path(args.out).write_text(json.dumps(golden, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
