@@ -33,7 +33,7 @@ WINDOW_STARTS = (0, 4, 7)
 
 def problems(scratch: Path) -> dict[str, tuple]:
     """``name -> (model, transition, cond, latent_shape)`` for the digits model and a tiny SD3 pipeline."""
-    from treegrpo.envs.pipelines import load_pipeline
+    from treegrpo.families.pipelines import load_pipeline
 
     from treegrpo.problems.digits import digits_problem
     from treegrpo.testing.pipelines import save_tiny_sd3_pipeline

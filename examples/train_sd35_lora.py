@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from treegrpo.algos import Config, Trainer
-from treegrpo.envs.pipelines import load_pipeline
-from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
+from treegrpo.families.pipelines import load_pipeline
+from treegrpo.families.prompts import PromptEmbeddings, load_prompts
 from treegrpo.rewards import build_reward
 
 from treegrpo.devices import local_device

@@ -37,8 +37,8 @@ def test_treeadv_imports_only_torch_and_tensordict(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["treeadv", "treeadv.testing", "treeadv.interop", "treegrpo.envs", "treegrpo.algos",
-                                    "treegrpo.embedded", "treegrpo.rewards", "treegrpo.envs.pipelines",
-                                    "treegrpo.envs.prompts", "treegrpo.problems.text_to_image", "treegrpo.algos.distributed"])
+                                    "treegrpo.embedded", "treegrpo.rewards", "treegrpo.families.pipelines",
+                                    "treegrpo.families.prompts", "treegrpo.problems.text_to_image", "treegrpo.algos.distributed"])
 def test_every_public_name_has_a_docstring(module):
     package = importlib.import_module(module)
     missing = [name for name in package.__all__ if not (getattr(package, name).__doc__ or "").strip()]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from treegrpo.envs import prompts
-from treegrpo.envs.prompts import MAX_PROMPT_CHARS, PromptFileError, load_prompts
+from treegrpo.families import prompts
+from treegrpo.families.prompts import MAX_PROMPT_CHARS, PromptFileError, load_prompts
 
 
 def test_a_huge_one_line_prompt_file_is_one_line_at_once(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from treegrpo.envs import FluxDenoiser, TrajectorySampler, TreeSampler, check_on_policy, sample_forest
 from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.flux import has_distilled_guidance, latent_image_ids, pack_latents, unpack_latents
-from treegrpo.envs.pipelines import (
+from treegrpo.families.pipelines import (
     PipelineLayoutError,
     check_image_size,
     check_true_cfg,

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from treegrpo.envs import GuidedDenoiser, sample_forest
-from treegrpo.envs.pipelines import PipelineLayoutError, load_pipeline
+from treegrpo.families.pipelines import PipelineLayoutError, load_pipeline
 
 STEPS = 4
 

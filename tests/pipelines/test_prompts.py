@@ -8,8 +8,8 @@ import pytest
 import torch
 from tensordict import TensorDict
 from treegrpo.envs import sample_forest
-from treegrpo.envs.pipelines import load_pipeline
-from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
+from treegrpo.families.pipelines import load_pipeline
+from treegrpo.families.prompts import PromptEmbeddings, load_prompts
 
 
 def test_text_file_strips_drops_blank_and_repeated_lines(tmp_path):

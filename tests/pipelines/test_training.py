@@ -11,7 +11,7 @@ import torch
 from tensordict import TensorDict
 from treegrpo.algos.trainer import Trainer
 from treegrpo.envs import FluxDenoiser
-from treegrpo.envs.pipelines import load_pipeline
+from treegrpo.families.pipelines import load_pipeline
 
 from treegrpo.cli import main
 from treegrpo.config import Config

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from treegrpo.envs.pipelines import PipelineLayoutError, check_weight_files
+from treegrpo.families.pipelines import PipelineLayoutError, check_weight_files
 from treegrpo.rewards.clip_models import load_state_dict
 
 from treegrpo.formats import FileFormatError

@@ -4,7 +4,7 @@
 small config (the way diffusers' own tests do), write the pipeline with ``save_pretrained`` and
 return ``dir``. Tokenizers are real ``CLIPTokenizer``/``T5Tokenizer`` objects over a byte-level
 vocabulary, so nothing is downloaded. Load the folder back with
-:func:`treegrpo.envs.pipelines.load_pipeline`, exactly as with SD3.5, FLUX.1 or SD1.5 weights.
+:func:`treegrpo.families.pipelines.load_pipeline`, exactly as with SD3.5, FLUX.1 or SD1.5 weights.
 """
 
 from __future__ import annotations
