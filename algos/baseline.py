@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
-from treegrpo.algos.evaluation import held_out_prompts, held_out_scores
-from treegrpo.algos.report import write_json
 
+from treegrpo.algos.evaluation import held_out_prompts, held_out_scores
+from treegrpo.algos.run_summary import write_json
 from treegrpo.config import Config
 from treegrpo.problems import Problem
 

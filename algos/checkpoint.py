@@ -34,8 +34,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from treegrpo.algos.state_schema import state_depth_problem, training_state_problem
 
+from treegrpo.algos.state_schema import state_depth_problem, training_state_problem
+from treegrpo.config import Config, default
 from treegrpo.errors import TreegrpoError
 from treegrpo.formats import FileFormatError, check_safetensors
 
@@ -48,6 +49,57 @@ FORMAT = 2
 
 class CheckpointError(TreegrpoError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupt, or cannot be written; the message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------- the resume policy
+
+MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
+    *(f"train.{name}" for name in ("iterations", "log_every", "checkpoint_every", "sample_every", "eval_every",
+                                   "keep_checkpoints", "resume", "overwrite", "allow_config_change", "out_dir",
+                                   "device", "dist_backend", "check_on_policy", "rescore_on_policy", "compile",
+                                   "compile_backend", "gradient_checkpointing", "deterministic")),
+    "train.parallel", "sampling.chunks",  # how the work is shared out: any world size resumes any checkpoint
+    *(f"sampling.{name}" for name in ("max_batch", "static_shapes", "background_scoring")),
+    *(f"model.{name}" for name in ("eval_count", "eval_prompts", "embedding_cache", "embedding_memory",
+                                   "precompute_embeddings", "vae_batch", "reward_dir")),
+})
+"""Options a resumed run may change freely: run length, logging, checkpointing, devices, speed, and
+evaluation (the whole ``eval`` section); everything else changes what is trained."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def config_changes(saved: Mapping[str, Any], config: Config) -> list[str]:
+    """``section.field old -> new`` for every option that differs between a checkpoint's saved
+    configuration and ``config``, outside :data:`MAY_CHANGE_ON_RESUME` and ``eval``. An option the
+    checkpoint does not record counts as its default."""
+    changes = []
+    current = config.to_dict()
+    for section, values in current.items():
+        if section == "eval":
+            continue
+        recorded = saved.get(section, {}) if isinstance(saved.get(section, {}), Mapping) else {}
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            if key in MAY_CHANGE_ON_RESUME:
+                continue
+            old = recorded.get(name, default(key))
+            if isinstance(old, list | tuple) and isinstance(value, list):
+                old = list(old)
+            if isinstance(old, str) and _number(value) and _as_number(old) == value:
+                old = value  # a number an earlier version stored as text (loss.temperature)
+            if old != value:
+                changes.append(f"{key} {old!r} -> {value!r}")
+    return changes
 
 
 # ---------------------------------------------------------------------------------------------- the state codec

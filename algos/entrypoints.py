@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from treegrpo.algos.baseline import baseline_key, measure_start, read_baseline, write_baseline
 from treegrpo.algos.checkpoint import CheckpointError, latest_checkpoint, weight_shapes
 from treegrpo.algos.distributed import barrier
@@ -25,13 +26,13 @@ from treegrpo.algos.evaluation import (
     held_out_scores,
     paper_table,
 )
-from treegrpo.algos.report import diversity_kept, plot_reward_curve, summary_table, write_json
 from treegrpo.algos.run_folder import claim_run_folder
+from treegrpo.algos.run_summary import diversity_kept, plot_reward_curve, summary_table, write_json
 from treegrpo.algos.trainer import Trainer
-from treegrpo.envs.pipelines import LAYOUTS
-
-from treegrpo.config import Config, ConfigError
+from treegrpo.config import Config
 from treegrpo.devices import ranks_from_env
+from treegrpo.errors import ConfigError
+from treegrpo.families.pipelines import LAYOUTS
 from treegrpo.problems import Problem, build_problem
 
 

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
-from treegrpo.config import ConfigError
+from treegrpo.errors import ConfigError
 
 SET_ELSEWHERE = frozenset({"model", "transition", "reference", "kl_coef", "kl_form", "clip_range", "clip_high"})
 """Constructor arguments the trainer or another ``loss.*`` field sets: never a ``loss.options`` key."""
@@ -79,7 +79,7 @@ def _convert(text: str, annotation: Any) -> Any:
 def parse_loss_options(loss_class: type, items: Sequence[str], field: str = "loss.options") -> dict[str, Any]:
     """The keyword arguments ``items`` (``name=value`` each) give ``loss_class``, typed by its
     annotations; a malformed item, an unknown name or an unconvertible value is one
-    :class:`~treegrpo.config.ConfigError` line naming ``field``."""
+    :class:`~treegrpo.errors.ConfigError` line naming ``field``."""
     declared = declared_options(loss_class)
     options: dict[str, Any] = {}
     for item in items:

@@ -53,7 +53,7 @@ def check_lora(host: nn.Module, rank: int, targets: Sequence[str]) -> None:
     :data:`RANK_WIDTHS` times the widest targeted layer: the update ``B A`` has rank at most
     ``min(in, out)``, so such a rank only allocates (a huge one stalls doing so). Up to that, a
     family's rank on a smaller model (a test model) is allowed, as peft allows it."""
-    from treegrpo.config import ConfigError
+    from treegrpo.errors import ConfigError
 
     modules = [(name, module) for name, module in host.named_modules() if name]
     linear = linear_module_names(host)

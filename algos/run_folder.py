@@ -29,8 +29,8 @@ from pathlib import Path
 
 from treegrpo.algos.checkpoint import CHECKPOINT_NAME, LATEST, _written_by_save, remove_staging
 from treegrpo.algos.checkpoint import free_bytes as _free_bytes
-
-from treegrpo.config import ConfigError, TrainConfig
+from treegrpo.config import TrainConfig
+from treegrpo.errors import ConfigError
 
 LOCK_FILE, MARKER = ".lock", ".treegrpo-run"
 OUTPUT_FOLDERS = ("checkpoints", "tensorboard", "samples", "final")

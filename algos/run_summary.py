@@ -1,4 +1,4 @@
-"""End-of-run artefacts: the reward curve (PNG), a summary (JSON) and the table printed to the user."""
+"""The run summary: the reward curve (PNG), the summary JSON and the table printed at the end of a run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from treegrpo.errors import RunFileError
 
 
 def plot_reward_curve(history: Sequence[Mapping[str, float]], path: str | Path,
@@ -65,15 +67,13 @@ def write_json(data: object, path: str | Path) -> Path:
 
 
 def read_json(path: str | Path) -> dict:
-    """A JSON object written by :func:`write_json`; anything else is a one-line :class:`ConfigError`."""
-    from treegrpo.config import ConfigError
-
+    """A JSON object written by :func:`write_json`; anything else is a one-line :class:`RunFileError`."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise ConfigError(f"train.out_dir: cannot read {path} ({type(error).__name__})") from None
+        raise RunFileError(f"train.out_dir: cannot read {path} ({type(error).__name__})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"train.out_dir: {path} does not hold a JSON object")
+        raise RunFileError(f"train.out_dir: {path} does not hold a JSON object")
     return data
 
 

@@ -363,9 +363,9 @@ def api_block(module: str) -> str:
 def window_table(arg: str | None = None) -> str:
     """Start distribution and expected cost of the geometric window for a few alphas, at the default tree."""
     import torch
-    from treegrpo.envs import tree_nfe, truncated_geometric_probs
 
     from treegrpo.config import SamplingConfig
+    from treegrpo.envs import tree_nfe, truncated_geometric_probs
 
     defaults = SamplingConfig()
     steps, k, d = defaults.num_steps, defaults.branching, defaults.depth
@@ -384,11 +384,12 @@ def window_table(arg: str | None = None) -> str:
 
 
 def presets_table(arg: str | None = None) -> str:
-    """What each model kind's preset changes from the paper's defaults (``treegrpo.presets.PRESETS``)."""
-    from treegrpo.presets import PRESETS
+    """What each model kind's preset changes from the paper's defaults (each kind's ``preset``, declared
+    next to its problem and registered in ``treegrpo.kinds.KINDS``)."""
+    from treegrpo.kinds import model_kinds
 
-    rows = [f"| `{kind}` | " + "<br>".join(code(item) for item in overrides) + " |"
-            for kind, overrides in PRESETS.items()]
+    rows = [f"| `{kind}` | " + "<br>".join(code(item) for item in entry.preset) + " |"
+            for kind, entry in model_kinds().items()]
     return "| `model.kind` | preset, applied over `Config()` |\n|---|---|\n" + "\n".join(rows)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from treeadv.registry import Registry
+from treegrpo.errors import TreegrpoError
 from treegrpo.rewards import clip_models
 from treegrpo.rewards.base import RewardModel
 from treegrpo.rewards.imagereward import imagereward
@@ -21,8 +23,6 @@ from treegrpo.rewards.ocr import ocr
 from treegrpo.rewards.offline import JpegSize
 from treegrpo.rewards.remote import PREFIX as REMOTE_PREFIX
 from treegrpo.rewards.remote import RemoteReward, parse_remote_name
-
-from treegrpo.errors import TreegrpoError
 
 TEXT_TO_IMAGE = ("sd3", "flux", "sd15")
 """The model kinds a text-to-image reward scores unless it says otherwise."""
@@ -40,15 +40,29 @@ class RewardEntry:
     kinds: tuple[str, ...]
 
 
-REWARDS: dict[str, RewardEntry] = {}
-"""Reward name to its :class:`RewardEntry`; :func:`register_reward` adds, :func:`build_reward` builds."""
+REWARDS: Registry[RewardEntry] = Registry("reward", field="model.rewards")
+"""Reward name to its :class:`RewardEntry` (a :class:`treeadv.registry.Registry`); :func:`register_reward`
+adds, :func:`build_reward` builds."""
+
+
+def _same_factory(old: RewardEntry | None, new: RewardEntry) -> bool:
+    """Whether ``new`` registers ``old`` again: the same kinds, and the same factory or a re-definition
+    of it (the same module and name, as when a plugin file is loaded a second time)."""
+    if old is None or old.kinds != new.kinds:
+        return False
+    names = ("__module__", "__qualname__")
+    return old.factory is new.factory or all(
+        getattr(old.factory, n, None) is not None and getattr(old.factory, n, None) == getattr(new.factory, n, None)
+        for n in names)
 
 
 def register_reward(name: str, factory: Callable[..., RewardModel], *,
-                    kinds: Sequence[str] = TEXT_TO_IMAGE) -> None:
+                    kinds: Sequence[str] = TEXT_TO_IMAGE, replace: bool = False) -> None:
     """Register ``factory(root=..., device=...)`` as the reward ``name`` for ``kinds`` (one factory
-    per name: registering a name again replaces it)."""
-    REWARDS[name] = RewardEntry(factory, tuple(kinds))
+    per name: registering it again, or a re-definition of it, replaces it; another factory under a
+    taken name needs ``replace=True``)."""
+    entry = RewardEntry(factory, tuple(kinds))
+    REWARDS.add(name, entry, replace=replace or _same_factory(REWARDS.get(name), entry))
 
 
 def rewards_for(kind: str) -> list[str]:

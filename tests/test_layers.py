@@ -11,22 +11,29 @@ FOLDERS = {"treeadv": "treeadv", "treegrpo": "treegrpo", "envs": "treegrpo.envs"
            "embedded": "treegrpo.embedded", "rewards": "treegrpo.rewards", "benchmarks": "treegrpo.benchmarks"}
 
 # Each package (or core module) and the packages it may import, lowest layer first.
-CORE = {"treegrpo.errors", "treegrpo.formats", "treegrpo.algorithms", "treegrpo.config", "treegrpo.devices"}
+CORE = {"treegrpo.errors", "treegrpo.formats", "treegrpo.uses", "treegrpo.recipes", "treegrpo.kinds", "treegrpo.config",
+        "treegrpo.devices"}
 ALLOWED: dict[str, set[str]] = {
     "treeadv": set(),
     "treegrpo.errors": set(),
     "treegrpo.formats": {"treegrpo.errors"},
-    "treegrpo.algorithms": {"treegrpo.errors"},
-    "treegrpo.config": {"treegrpo.errors", "treegrpo.algorithms", "treeadv"},
-    "treegrpo.devices": {"treegrpo.config"},
-    "treegrpo.presets": {"treegrpo.config"},
+    "treegrpo.uses": set(),
+    # The declarations of who reads which option: the recipes, and the model kinds (filled by treegrpo.problems).
+    "treegrpo.recipes": {"treegrpo.errors", "treegrpo.uses", "treeadv"},
+    "treegrpo.kinds": {"treegrpo.uses", "treeadv"},
+    "treegrpo.config": {"treegrpo.errors", "treegrpo.uses", "treegrpo.recipes", "treegrpo.kinds", "treeadv"},
+    "treegrpo.devices": {"treegrpo.errors"},
     # The test kits for users: the loss suite trains through treegrpo.algos, which never imports them.
-    "treegrpo.testing": {"treegrpo.algos", "treegrpo.envs", "treegrpo.problems", *CORE, "treeadv"},
+    "treegrpo.testing": {"treegrpo.algos", "treegrpo.envs", "treegrpo.families", "treegrpo.problems", *CORE, "treeadv"},
     "treegrpo.envs": {"treeadv", "treegrpo.errors", "treegrpo.formats"},
-    "treegrpo.rewards": {"treegrpo.errors", "treegrpo.formats"},
+    "treegrpo.rewards": {"treegrpo.errors", "treegrpo.formats", "treeadv"},
     "treegrpo.embedded": {"treegrpo.envs", "treegrpo.rewards", "treegrpo.errors", "treeadv"},
-    "treegrpo.problems": {"treegrpo.embedded", "treegrpo.rewards", "treegrpo.envs", *CORE, "treeadv"},
-    "treegrpo.algos": {"treegrpo.problems", "treegrpo.rewards", "treegrpo.envs", *CORE, "treeadv"},
+    # Model families: a pipeline folder loaded as a denoiser and a transition, and prompt files.
+    "treegrpo.families": {"treegrpo.envs", "treegrpo.errors", "treegrpo.formats", "treeadv"},
+    "treegrpo.problems": {"treegrpo.embedded", "treegrpo.families", "treegrpo.rewards", "treegrpo.envs", *CORE,
+                          "treeadv"},
+    "treegrpo.algos": {"treegrpo.problems", "treegrpo.families", "treegrpo.rewards", "treegrpo.envs", *CORE,
+                       "treeadv"},
     # The top: the command line and the benchmarks may use everything.
     "treegrpo.cli": {"*"},
     "treegrpo.benchmarks": {"*"},

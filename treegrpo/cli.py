@@ -3,7 +3,7 @@
 Every subcommand takes ``--config PATH`` (TOML or YAML), one flag per configuration field generated from
 the dataclasses in :mod:`treegrpo.config` (``--sampling.num_steps 20``, ``--train.resume`` /
 ``--no-train.resume``, lists comma-separated) and repeatable ``--set section.field=value``.
-Precedence: the model kind's preset (:mod:`treegrpo.presets`) < config file < ``--set`` <
+Precedence: the model kind's preset (:func:`treegrpo.config.preset_config`) < config file < ``--set`` <
 per-field flags. ``--print-config`` prints the resolved configuration as TOML and exits.
 
     treegrpo train --config run.toml --loss.algorithm grpo --train.iterations 50
@@ -28,9 +28,10 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
-from treegrpo.algorithms import ALGORITHMS
-from treegrpo.config import MODELS, Config, ModelConfig, Option, options, preset_config, read_config_file
-from treegrpo.errors import TreegrpoError, TreegrpoWarning
+from treegrpo.config import Config, ModelConfig, Option, options, preset_config, read_config_file
+from treegrpo.errors import ConfigError, TreegrpoError, TreegrpoWarning
+from treegrpo.kinds import model_kinds
+from treegrpo.recipes import RECIPES
 from treegrpo.rewards.serve import add_serve_reward_parser, serve_reward_command
 
 __all__ = ["build_parser", "main", "resolve_config"]
@@ -173,7 +174,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     kind = _last_setting(assignments, data, "model", "kind") or ModelConfig().kind
     algorithm = _last_setting(assignments, data, "loss", "algorithm")
     # the preset, then the algorithm's recipe, under the file and the flags
-    base = preset_config(kind, algorithm if algorithm in ALGORITHMS else None) if kind in MODELS else None
+    base = preset_config(kind, algorithm if algorithm in RECIPES else None) if kind in model_kinds() else None
     config = Config.from_dict(data, base, check_used=False)
     config = config.override(assignments, check_used=False) if assignments else config
     # A flag names an option on purpose, even at its default; a file may spell out defaults it does not rely on.
@@ -232,8 +233,6 @@ def _with_run_config(args: argparse.Namespace, saved: dict, out_dir: str, source
     the model kind's preset < the algorithm's recipe < the run's configuration < ``--config`` <
     ``--set`` < per-field flags, as :func:`resolve_config` layers them with the run's configuration
     under the file (less :data:`RUN_LOCAL`; ``train.out_dir`` stays ``out_dir``)."""
-    from treegrpo.config import ConfigError
-
     given = vars(args)
     known = {f"{option.section}.{option.name}" for option in options()}
     data: dict[str, dict[str, Any]] = {
@@ -253,7 +252,7 @@ def _with_run_config(args: argparse.Namespace, saved: dict, out_dir: str, source
     kind = _last_setting(assignments, data, "model", "kind") or ModelConfig().kind
     algorithm = _last_setting(assignments, data, "loss", "algorithm")
     try:
-        base = preset_config(kind, algorithm if algorithm in ALGORITHMS else None) if kind in MODELS else None
+        base = preset_config(kind, algorithm if algorithm in RECIPES else None) if kind in model_kinds() else None
         config = Config.from_dict(data, base, check_used=False)
         config = config.override(assignments, check_used=False) if assignments else config
         config.check_used({a.partition("=")[0].strip() for a in assignments})

@@ -20,18 +20,20 @@ import json
 import math
 import tomllib
 import typing
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from treegrpo.algorithms import ALGORITHMS, Algorithm
-from treegrpo.errors import TreegrpoError
+from treegrpo.errors import ConfigError
+from treegrpo.kinds import kind_uses, model_kinds
+from treegrpo.recipes import RECIPES, Recipe
+from treegrpo.recipes import USES as RECIPE_USES
+from treegrpo.uses import Use
 
 __all__ = [
-    "PRESETS",
     "SECTIONS",
     "Config",
     "ConfigError",
@@ -42,17 +44,11 @@ __all__ = [
     "Option",
     "SamplingConfig",
     "TrainConfig",
+    "Use",
     "options",
     "preset_config",
     "to_toml",
 ]
-
-
-class ConfigError(TreegrpoError, ValueError):
-    """An invalid configuration value; the message is one line starting with ``section.field: ``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).splitlines()))
 
 
 def _opt(default: Any, help: str, **spec: Any) -> Any:
@@ -296,8 +292,6 @@ def _kinds_of(cls: type) -> dict[str, str]:
 
 TRANSITIONS = ("flow_sde", "dance_sde", "cps", "ddim")
 WINDOWS = ("fixed", "geometric", "shifting", "adaptive")
-MODELS: list[str] = ["digits", "sd3", "flux", "sd15", "toy2d"]
-"""Values of ``model.kind``; :func:`treegrpo.problems.register_problem` adds to it."""
 PARALLEL_MODES = ("ddp", "fsdp")
 """Values of ``train.parallel``: how ranks share the trained weights (:mod:`treegrpo.algos.distributed`)."""
 BACKENDS = ("auto", "nccl", "gloo")
@@ -310,7 +304,7 @@ class ModelConfig(_Section):
 
     section: ClassVar[str] = "model"
 
-    kind: str = _opt("digits", "model family", choices=lambda: MODELS)
+    kind: str = _opt("digits", "model family", choices=lambda: list(model_kinds()))
     path: str = _opt("", "local directory with the model weights (empty = embedded default)")
     rewards: list[str] = _opt(["classifier"], "reward names, comma-separated", min_items=1)
     image_size: int = _opt(16, "image side in pixels (sd3, flux, sd15)", min=1)
@@ -424,8 +418,8 @@ class LossConfig(_Section):
 
     section: ClassVar[str] = "loss"
 
-    algorithm: str = _opt("treegrpo", "training algorithm (treegrpo.algorithms; register_loss adds more)",
-                          choices=lambda: sorted(ALGORITHMS))
+    algorithm: str = _opt("treegrpo", "training algorithm (treegrpo.recipes; register_loss adds more)",
+                          choices=RECIPES.names)
     clip_range: float = _opt(
         1e-4, "PPO clip epsilon; Flow-GRPO/DanceGRPO use 1e-4 with mean-reduced log-probs", min=0, min_open=True
     )
@@ -481,9 +475,9 @@ class LossConfig(_Section):
     tracker_min_count: int = _opt(16, "DDPO tracker minimum samples before per-prompt stats", min=1)
 
     @property
-    def recipe(self) -> Algorithm:
-        """The recipe of ``algorithm`` (:mod:`treegrpo.algorithms`)."""
-        return ALGORITHMS[self.algorithm]
+    def recipe(self) -> Recipe:
+        """The recipe of ``algorithm`` (:mod:`treegrpo.recipes`)."""
+        return RECIPES[self.algorithm]
 
     @property
     def upper_clip(self) -> float:
@@ -615,159 +609,23 @@ class EvalConfig(_Section):
     out: str = _opt("", "treegrpo eval: JSON path, empty = <train.out_dir>/eval.json")
 
 
-class Use(NamedTuple):
-    """Options that only some algorithms or model kinds read: ``applies(config)`` says whether this
-    run reads them, ``who`` names, for the error, the settings that would (text, or a function of
-    nothing when it lists registered algorithms)."""
-
-    fields: tuple[str, ...]
-    applies: Callable[[Config], bool]
-    who: str | Callable[[], str]
-    by: str = "algorithm"  # what decides: "algorithm" (loss.algorithm), "kind" (model.kind), "schedule"
-    #                         (model.kind with sampling.schedule) or "transition"
-
-    def context(self, config: Config) -> str:
-        """The setting that rules the option out, as the error names it."""
-        if self.by == "kind":
-            return f"model.kind={config.model.kind}"
-        if self.by == "schedule":
-            return f"model.kind={config.model.kind} with sampling.schedule={config.sampling.schedule}"
-        if self.by == "transition":
-            return f"sampling.transition={config.sampling.transition}"
-        return f"loss.algorithm={config.loss.algorithm}" + (
-            f" (sampling.window={config.sampling.window})" if _window_tree(config) else "")
-
-    def users(self) -> str:
-        """The settings that would read these options."""
-        return self.who() if callable(self.who) else self.who
-
-
-PIPELINE_KINDS = ("sd3", "flux", "sd15")
-
-
-def _algorithms(applies: Callable[[Algorithm], bool]) -> Callable[[], str]:
-    """``loss.algorithm=a, b``: the registered algorithms whose recipe ``applies``."""
-    return lambda: "loss.algorithm=" + ", ".join(sorted(a.name for a in ALGORITHMS.values() if applies(a)))
-
-
-def _tree(config: Config) -> bool:
-    """Whether the run samples trees (TreeGRPO's window or BranchGRPO's splits)."""
-    return config.loss.recipe.tree
-
-
-def _window_tree(config: Config) -> bool:
-    """Whether the run samples TreeGRPO's trees, whose window ``sampling.window`` places."""
-    return config.loss.recipe.sampler == "tree"
-
-
-def _branch(config: Config) -> bool:
-    return config.loss.recipe.sampler == "branch"
-
-
-def sliding_window(config: Config) -> bool:
-    """Trajectories whose SDE steps are a sliding window (MixGRPO, or ``sampling.sde_steps=window``)."""
-    recipe = config.loss.recipe
-    return recipe.sampler == "sliding" or (recipe.sampler == "trajectory" and config.sampling.sde_steps == "window")
-
-
-def windowed(config: Config) -> bool:
-    """Whether the SDE steps are a window of ``sampling.depth`` steps (a tree's, or a sliding one)."""
-    return _window_tree(config) or sliding_window(config)
-
-
-def window_start_fixed(config: Config) -> bool:
-    """Whether the window starts at ``sampling.window_start`` (a fixed or shifting tree window, or a
-    sliding one) rather than at a drawn step."""
-    return (_window_tree(config) and config.sampling.window in ("fixed", "shifting")) or sliding_window(config)
-
-
-def _advantage(config: Config) -> str:
-    return config.loss.recipe.advantage
-
-
-USES: tuple[Use, ...] = (
-    Use(("sampling.branching", "sampling.trees_per_prompt"), _tree, _algorithms(lambda a: a.tree)),
-    Use(("loss.estimator", "loss.estimator_options"), lambda c: _advantage(c) in ("tree", "depth"),
-        _algorithms(lambda a: a.advantage in ("tree", "depth"))),
-    Use(("loss.temperature",), lambda c: _advantage(c) in ("tree", "depth") and c.loss.estimator == "logprob_softmax",
-        lambda: _algorithms(lambda a: a.advantage in ("tree", "depth"))() + " with loss.estimator=logprob_softmax"),
-    Use(("sampling.window",), _window_tree, _algorithms(lambda a: a.sampler == "tree")),
-    Use(("sampling.alpha",), lambda c: _window_tree(c) and c.sampling.window in ("geometric", "adaptive"),
-        "a tree algorithm (treegrpo) with sampling.window=geometric or adaptive"),
-    Use(("sampling.split_steps", "sampling.split_noise_scale", "loss.prune_depths", "loss.prune_every",
-         "loss.prune_stop_depth", "loss.width_pruning", "loss.width_ratio", "loss.prune_fraction"), _branch,
-        _algorithms(lambda a: a.sampler == "branch")),
-    Use(("sampling.slide",), sliding_window, "loss.algorithm=mixgrpo, mix_grpo, or sampling.sde_steps=window"),
-    Use(("loss.kl_form",), lambda c: c.loss.kl_coef > 0, "loss.kl_coef > 0"),
-    Use(("sampling.depth",), windowed,
-        "loss.algorithm=treegrpo, mixgrpo, mix_grpo, or a trajectory algorithm with sampling.sde_steps=window"),
-    Use(("sampling.window_start",), window_start_fixed,
-        "sampling.window=fixed or shifting (treegrpo), mixgrpo, mix_grpo, or sampling.sde_steps=window"),
-    Use(("sampling.window_shift", "sampling.window_every"),
-        lambda c: (_window_tree(c) and c.sampling.window == "shifting") or sliding_window(c),
-        "sampling.window=shifting (treegrpo), mixgrpo, mix_grpo, or sampling.sde_steps=window"),
-    Use(("sampling.group_size",), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
-    Use(("sampling.sde_steps", "sampling.shared_noise"), lambda c: not _tree(c), _algorithms(lambda a: not a.tree)),
-    Use(("loss.clip_range", "loss.clip_high"), lambda c: c.loss.recipe.clipped, _algorithms(lambda a: a.clipped)),
-    Use(("loss.tracker_buffer", "loss.tracker_min_count"), lambda c: _advantage(c) == "tracker",
-        _algorithms(lambda a: a.advantage == "tracker")),
-    Use(("loss.reward_aggregation", "loss.advantage_std", "loss.advantage_eps"), lambda c: _advantage(c) != "tracker",
-        "every algorithm but ddpo (its tracker normalises the weighted reward)"),
-    Use(("model.image_size", "model.prompts", "model.eval_prompts", "model.frozen_precision", "model.embedding_cache",
-         "model.embedding_memory", "model.precompute_embeddings", "model.negative_prompt", "model.vae_batch",
-         "model.lora", "model.reward_dir", "eval.diversity_model"),
-        lambda c: c.model.kind in PIPELINE_KINDS, f"model.kind={', '.join(PIPELINE_KINDS)}", "kind"),
-    Use(("model.t5", "model.max_sequence_length"), lambda c: c.model.kind in ("sd3", "flux"), "model.kind=sd3, flux",
-        "kind"),
-    Use(("sampling.true_cfg_scale",), lambda c: c.model.kind == "flux", "model.kind=flux", "kind"),
-    Use(("sampling.shift",), lambda c: c.model.kind != "flux" or c.sampling.schedule == "dancegrpo",
-        "a model.kind other than flux, or sampling.schedule=dancegrpo (FLUX.1 samples on its scheduler's own "
-        "shift)", "schedule"),
-    Use(("sampling.schedule",), lambda c: c.model.kind != "sd15",
-        "model.kind=digits, sd3, flux, toy2d (flow models)", "kind"),
+SECTION_USES: tuple[Use, ...] = (
     Use(("sampling.cps_scoring",), lambda c: c.sampling.transition == "cps", "sampling.transition=cps", "transition"),
-    Use(("model.path", "model.rewards", "model.eval_count", "sampling.guidance_scale"),
-        lambda c: c.model.kind != "toy2d", "model.kind=digits, sd3, flux, sd15 (toy2d has one reward, 'target')", "kind"),
 )
-"""Which runs read which options; :meth:`Config.check_used` refuses a set option that this run would ignore."""
+"""Options read only with some value of another section's option (the section-level rules); the
+recipes declare theirs in :data:`treegrpo.recipes.USES`, the model kinds theirs when registered
+(:mod:`treegrpo.kinds`)."""
 
 
-MAY_CHANGE_ON_RESUME: frozenset[str] = frozenset({
-    *(f"train.{name}" for name in ("iterations", "log_every", "checkpoint_every", "sample_every", "eval_every",
-                                   "keep_checkpoints", "resume", "overwrite", "allow_config_change", "out_dir",
-                                   "device", "dist_backend", "check_on_policy", "rescore_on_policy", "compile", "compile_backend",
-                                   "gradient_checkpointing", "deterministic")),
-    "train.parallel", "sampling.chunks",  # how the work is shared out: any world size resumes any checkpoint
-    *(f"sampling.{name}" for name in ("max_batch", "static_shapes", "background_scoring")),
-    *(f"model.{name}" for name in ("eval_count", "eval_prompts", "embedding_cache", "embedding_memory",
-                                   "precompute_embeddings", "vae_batch", "reward_dir")),
-})
-"""Options a resumed run may change freely: run length, logging, checkpointing, devices, speed, and
-evaluation (the whole ``eval`` section); everything else changes what is trained."""
+def uses() -> list[Use]:
+    """Every declaration of options only some runs read: the recipes', the model kinds', the sections'."""
+    return [*RECIPE_USES, *kind_uses(), *SECTION_USES]
 
 
-def config_changes(saved: Mapping[str, Any], config: Config) -> list[str]:
-    """``section.field old -> new`` for every option that differs between a checkpoint's saved
-    configuration and ``config``, outside :data:`MAY_CHANGE_ON_RESUME` and ``eval``. An option the
-    checkpoint does not record counts as its default."""
-    changes = []
-    current = config.to_dict()
-    for section, values in current.items():
-        if section == "eval":
-            continue
-        recorded = saved.get(section, {}) if isinstance(saved.get(section, {}), Mapping) else {}
-        for name, value in values.items():
-            key = f"{section}.{name}"
-            if key in MAY_CHANGE_ON_RESUME:
-                continue
-            old = recorded.get(name, _default(SECTIONS[section], name))
-            if isinstance(old, list | tuple) and isinstance(value, list):
-                old = list(old)
-            if isinstance(old, str) and _is_number(value) and _as_number(old) == value:
-                old = value  # a number an earlier version stored as text (loss.temperature)
-            if old != value:
-                changes.append(f"{key} {old!r} -> {value!r}")
-    return changes
+def preset(kind: str) -> tuple[str, ...]:
+    """The assignments model kind ``kind``'s preset makes over ``Config()`` (none for an unknown kind)."""
+    entry = model_kinds().get(kind)
+    return entry.preset if entry is not None else ()
 
 
 def _starting_values(kind: str, key: str, algorithm: str | None = None) -> list[Any]:
@@ -775,8 +633,8 @@ def _starting_values(kind: str, key: str, algorithm: str | None = None) -> list[
     value ``algorithm``'s recipe gives it, in that order."""
     section, name = key.split(".")
     values = [_default(SECTIONS[section], name)]
-    recipe = ALGORITHMS[algorithm].defaults if algorithm in ALGORITHMS else ()
-    for assignment in (*PRESETS.get(kind, ()), *recipe):
+    recipe = RECIPES[algorithm].defaults if algorithm in RECIPES else ()
+    for assignment in (*preset(kind), *recipe):
         preset_key, _, text = assignment.partition("=")
         if preset_key == key:
             values.append(SECTIONS[section]._parse_text(name, text))
@@ -788,8 +646,8 @@ def _with_recipe(config: Config, algorithm: str) -> Config:
     the previous recipe set (and still holds its value) and the new one does not goes back to the
     model kind's starting value. Not validated: the caller applies the user's settings, then validates."""
     fresh = copy.deepcopy(config)
-    new = ALGORITHMS[algorithm].defaults if algorithm in ALGORITHMS else ()
-    old = ALGORITHMS[config.loss.algorithm].defaults if config.loss.algorithm in ALGORITHMS else ()
+    new = RECIPES[algorithm].defaults if algorithm in RECIPES else ()
+    old = RECIPES[config.loss.algorithm].defaults if config.loss.algorithm in RECIPES else ()
     mine = {item.partition("=")[0] for item in new}
     for item in old:
         key, _, text = item.partition("=")
@@ -802,6 +660,12 @@ def _with_recipe(config: Config, algorithm: str) -> Config:
         setattr(getattr(fresh, section), name, SECTIONS[section]._parse_text(name, text))
     fresh.loss.algorithm = algorithm
     return fresh
+
+
+def default(key: str) -> Any:
+    """The default of option ``section.field`` (a fresh copy of a list)."""
+    section, name = key.split(".")
+    return _default(SECTIONS[section], name)
 
 
 def _default(cls: type, name: str) -> Any:
@@ -818,38 +682,6 @@ SECTIONS: dict[str, type[_Section]] = {
     "eval": EvalConfig,
 }
 """Section name to its dataclass: the tables of a config file, in order."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-model starting points (treegrpo.presets documents them).
-
-PRESETS: dict[str, tuple[str, ...]] = {
-    "toy2d": (
-        "sampling.shift=1.0", "sampling.num_steps=8", "sampling.prompts_per_iteration=4", "sampling.group_size=8",
-        "optim.lr=3e-3", "loss.clip_range=0.2", "train.inner_epochs=2", "train.minibatch_parents=8",
-        "train.iterations=30", "train.out_dir=runs/toy2d",
-    ),
-    "digits": (
-        "model.rewards=classifier,aesthetic_proxy", "loss.reward_weights=0.7,0.3", "sampling.shift=1.0",
-        "sampling.prompts_per_iteration=8", "optim.lr=2e-5", "loss.clip_range=1e-2", "loss.kl_coef=0.15",
-        "train.iterations=100", "train.out_dir=runs/digits",
-    ),
-    # Real pipelines: the paper's setting; only what a 16-pixel digits default would get wrong.
-    "sd3": (
-        "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
-        "train.out_dir=runs/sd3",
-    ),
-    "flux": (
-        "model.rewards=hpsv2", "model.image_size=512", "model.max_sequence_length=512",
-        "sampling.prompts_per_iteration=32", "sampling.guidance_scale=3.5", "train.out_dir=runs/flux",
-    ),
-    "sd15": (
-        "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
-        "sampling.transition=ddim", "sampling.noise_level=1.0", "train.out_dir=runs/sd15",
-    ),
-}
-"""Model kind to the assignments its preset makes over ``Config()`` (the CLI starts from them;
-:meth:`Config.check_used` counts them as starting values, not user settings)."""
 
 
 @dataclass
@@ -901,8 +733,10 @@ class Config:
     def check_used(self, given: Collection[str] = ()) -> None:
         """Refuse, in one line, an option the run would ignore: one named in ``given`` (``section.field``
         keys a user wrote), or whose value is neither its default nor the model kind's preset
-        (:data:`PRESETS`), while the chosen algorithm or model kind does not use it (:data:`USES`)."""
-        for use in USES:
+        (:func:`preset`), while the chosen algorithm, model kind or section setting does not use it
+        (:func:`uses`: the recipes', the kinds' and the sections' declarations)."""
+        kind = model_kinds().get(self.model.kind)
+        for use in [*uses(), *(kind.uses if kind is not None else ())]:
             if use.applies(self):
                 continue
             for key in use.fields:
@@ -1043,7 +877,7 @@ def preset_config(kind: str, algorithm: str | None = None) -> Config:
     """``Config()`` with ``model.kind = kind`` and that kind's preset applied, then, when given,
     ``algorithm`` with its recipe's defaults (not yet checked for unused options: files and flags
     may still change the algorithm)."""
-    config = Config().override([f"model.kind={kind}", *PRESETS.get(kind, ())], check_used=False)
+    config = Config().override([f"model.kind={kind}", *preset(kind)], check_used=False)
     if algorithm is not None and algorithm != config.loss.algorithm:
         config = config.override([f"loss.algorithm={algorithm}"], check_used=False)
     return config

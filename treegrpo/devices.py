@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from treegrpo.config import ConfigError
+from treegrpo.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ are bugs.
 
 Every such error's message is one line that names what was wrong (an option, a file, a value) and
 what is allowed; subclasses also inherit the builtin type callers already catch (``ValueError``,
-``FileNotFoundError``, ...).
+``FileNotFoundError``, ...). One type per kind of failure: :class:`ConfigError` (an option's value),
+:class:`RunFileError` (a file a run wrote that cannot be read back).
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ class TreegrpoError(Exception):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(" ".join(str(message).split("\n")))
+
+
+class ConfigError(TreegrpoError, ValueError):
+    """An invalid configuration value; the message is one line starting with ``section.field: ``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+class RunFileError(TreegrpoError, ValueError):
+    """A file a run wrote (its summary, its evaluation JSON) that cannot be read back."""
 
 
 class TreegrpoWarning(UserWarning):
@@ -46,4 +58,4 @@ def renamed_fields(names: Mapping[str, str]) -> Iterator[None]:
         raise renamed.with_traceback(error.__traceback__) from None
 
 
-__all__ = ["TreegrpoError", "TreegrpoWarning", "renamed_fields"]
+__all__ = ["ConfigError", "RunFileError", "TreegrpoError", "TreegrpoWarning", "renamed_fields"]

@@ -217,7 +217,7 @@ def test_config_error_is_a_value_error() -> None:
 
 def test_precedence_defaults_then_toml_then_flags(tmp_path, capsys) -> None:
     """A TOML value beats the preset; a flag beats the TOML value; --set loses to a per-field flag."""
-    from treegrpo.presets import preset_config
+    from treegrpo.config import preset_config
 
     path = tmp_path / "run.toml"
     path.write_text('[train]\niterations = 7\nseed = 3\n\n[loss]\nalgorithm = "grpo"\n')
@@ -325,7 +325,7 @@ def test_bench_runs_the_installed_module_as_main_with_its_arguments(tmp_path, mo
 
 
 def test_model_kind_presets_sit_under_files_and_flags(tmp_path, capsys) -> None:
-    from treegrpo.presets import preset_config
+    from treegrpo.config import preset_config
 
     toy = preset_config("toy2d")
     assert toy.optim.lr == 3e-3 and toy.sampling.num_steps == 8
@@ -439,7 +439,7 @@ def test_options_every_algorithm_reads_are_accepted_and_order_does_not_matter(tm
 def test_a_preset_value_is_no_set_option_wherever_the_config_is_validated() -> None:
     """The digits preset sets loss.clip_range; switching to reinforce (no clip) is not a user setting
     it, so the CLI, the problem builder and the trainer (which all validate) accept it."""
-    from treegrpo.presets import preset_config
+    from treegrpo.config import preset_config
 
     config = preset_config("digits").override(["loss.algorithm=reinforce"])
     assert config.loss.clip_range == 1e-2
@@ -474,7 +474,6 @@ def test_estimator_options_reach_the_estimator_and_bad_ones_are_one_line() -> No
 
 def test_clip_high_reaches_the_loss_and_is_refused_where_nothing_clips() -> None:
     from treegrpo.algos import build_loss
-
     from treegrpo.problems import build_problem
 
     config = Config().override(["model.kind=toy2d", "loss.clip_range=0.2", "loss.clip_high=0.28"])
@@ -486,23 +485,20 @@ def test_clip_high_reaches_the_loss_and_is_refused_where_nothing_clips() -> None
 
 
 def test_a_registered_problem_kind_is_a_model_kind() -> None:
-    from treegrpo.config import MODELS
-    from treegrpo.problems import PROBLEMS, build_problem, register_problem, toy2d_problem
+    from treegrpo.problems import KINDS, build_problem, register_problem, toy2d_problem
 
     register_problem("toy2d_copy", lambda config, **_: toy2d_problem(config.sampling.num_steps))
     try:
         config = Config().override(["model.kind=toy2d_copy", "sampling.num_steps=6"])
         assert build_problem(config).transition.num_steps == 6
     finally:
-        PROBLEMS.pop("toy2d_copy")
-        MODELS.remove("toy2d_copy")
+        KINDS.remove("toy2d_copy")
     with pytest.raises(ConfigError, match="^model.kind: expected one of"):
         Config().override(["model.kind=toy2d_copy"])
 
 
 def test_the_trainer_refuses_a_problem_with_other_step_counts(tmp_path) -> None:
     from treegrpo.algos import Trainer
-
     from treegrpo.problems import toy2d_problem
 
     config = Config().override(["model.kind=toy2d", "sampling.num_steps=8", f"train.out_dir={tmp_path}"])

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-from treegrpo.algos.losses import PPOClipLoss
-from treegrpo.algos.recipes import build_advantage, build_sampler, run_transition
-from treegrpo.envs import CallableDenoiser, FlowSDE, FlowTimesteps, GaussianData
 
-from treegrpo.algorithms import ALGORITHMS
+from treegrpo.algos.build import build_advantage, build_sampler, run_transition
+from treegrpo.algos.losses import PPOClipLoss
 from treegrpo.cli import main
 from treegrpo.config import Config, ConfigError, preset_config
+from treegrpo.envs import CallableDenoiser, FlowSDE, FlowTimesteps, GaussianData
 from treegrpo.problems import build_problem
+from treegrpo.recipes import RECIPES
 
 PEERS = ("flow_grpo", "dance_grpo", "mix_grpo", "branch_grpo")
 
@@ -40,7 +40,7 @@ def test_each_recipe_sets_its_peers_defaults():
         for config in (preset_config("digits", name), Config().override([f"loss.algorithm={name}"])):
             assert _settings(config, list(expected[name])) == expected[name], name
             config.check_used()  # a recipe's defaults are starting values, not settings the run ignores
-        assert ALGORITHMS[name].peer and ALGORITHMS[name].defaults
+        assert RECIPES[name].peer and RECIPES[name].defaults
 
 
 def test_the_users_settings_win_over_the_recipe_and_switching_back_restores_the_preset():

@@ -3,17 +3,19 @@
 A :class:`Problem` holds the policy, its transition, where prompts come from and how leaves are
 scored. :func:`build_problem` makes the one a :class:`~treegrpo.config.Config` names: ``toy2d``
 (:mod:`.toy2d`), ``digits`` (the embedded default, :mod:`.digits`) or a diffusers pipeline
-(``sd3``, ``sd15``: :mod:`.text_to_image`).
+(``sd3``, ``flux``, ``sd15``: :mod:`.text_to_image`). Importing this package registers them in
+:data:`KINDS`, each with its builder, preset and the options it reads (:func:`register_problem`).
 """
 
 from __future__ import annotations
 
+from treegrpo.kinds import KINDS
 from treegrpo.problems.base import Problem, PromptFn, RewardFn
-from treegrpo.problems.build import PROBLEMS, build_problem, register_problem
+from treegrpo.problems.build import build_problem, register_problem
 from treegrpo.problems.toy2d import ResidualVelocity, render_points, toy2d_problem
 
 __all__ = [
-           "PROBLEMS",
+           "KINDS",
            "Problem",
            "PromptFn",
            "ResidualVelocity",

@@ -1,8 +1,9 @@
 """``build_problem(config)``: the problem ``model.kind`` names, checked before any weights load.
 
-Each kind registers a builder ``(config, **options) -> Problem``; the built-in ones are ``toy2d``,
-``digits`` and the diffusers pipelines (``sd3``, ``flux``, ``sd15``). A new model family is one
-:func:`register_problem` call, which also makes its name a value of ``model.kind``.
+Each kind registers, in one :func:`register_problem` call, a builder ``(config, **options) -> Problem``,
+its preset (declared next to its problem) and the kind-specific options it reads; the built-in ones are
+``digits``, the diffusers pipelines (``sd3``, ``flux``, ``sd15``) and ``toy2d``. A new model family is
+one such call, which also makes its name a value of ``model.kind`` (:data:`treegrpo.kinds.KINDS`).
 """
 
 from __future__ import annotations
@@ -12,28 +13,46 @@ from typing import Any
 
 import torch
 
-from treegrpo.config import Config, ConfigError
+from treegrpo.config import Config
 from treegrpo.devices import local_device
 from treegrpo.envs.transitions import FLOW_TRANSITIONS, Transition
-from treegrpo.errors import renamed_fields
+from treegrpo.errors import ConfigError, renamed_fields
+from treegrpo.kinds import KINDS, KindOptions, ModelKind
 from treegrpo.problems.base import SAMPLING_ARGUMENTS, Problem
+from treegrpo.problems.digits import PRESET as DIGITS_PRESET
+from treegrpo.problems.text_to_image import (
+    FLUX_PRESET,
+    FLUX_USES,
+    PIPELINE_OPTIONS,
+    SD3_PRESET,
+    SD15_PRESET,
+    T5_OPTIONS,
+    TRUE_CFG_OPTIONS,
+)
+from treegrpo.problems.toy2d import PRESET as TOY2D_PRESET
+from treegrpo.uses import Use
 
 ProblemBuilder = Callable[..., Problem]
 """``(config, *, fuse_model_lora=True) -> Problem`` (``fuse_model_lora``: pipelines fuse ``model.lora``
 unless ``treegrpo eval`` scores the weights without it first; other kinds ignore it)."""
 
-PROBLEMS: dict[str, ProblemBuilder] = {}
-"""``model.kind`` to the builder of its problem, ``(config, **options) -> Problem``."""
+MODEL_OPTIONS = KindOptions(("model.path", "model.rewards", "model.eval_count", "sampling.guidance_scale"),
+                            " (toy2d has one reward, 'target')")
+"""Options of a model with weights, rewards and guidance (every built-in kind but toy2d)."""
+FLOW_SCHEDULE = KindOptions(("sampling.schedule",), " (flow models)")
+"""The flow-matching schedule, read by flow models (every built-in kind but sd15)."""
 
 
-def register_problem(kind: str, builder: ProblemBuilder) -> ProblemBuilder:
-    """Make ``model.kind = kind`` build its problem with ``builder(config, **options)`` (a new kind
-    also becomes a value of ``model.kind``)."""
-    from treegrpo.config import MODELS
-
-    PROBLEMS[kind] = builder
-    if kind not in MODELS:
-        MODELS.append(kind)
+def register_problem(kind: str, builder: ProblemBuilder, *, preset: tuple[str, ...] = (),
+                     reads: tuple[KindOptions, ...] = (), uses: tuple[Use, ...] = (),
+                     replace: bool = False) -> ProblemBuilder:
+    """Make ``model.kind = kind`` build its problem with ``builder(config, **options)``: ``kind``
+    becomes a value of ``model.kind``, starting from ``preset`` (``section.field=value`` assignments
+    over ``Config()``), and reading the kind-specific option groups ``reads`` (and ``uses``, options
+    it reads only under a condition); see :class:`treegrpo.kinds.ModelKind`. Registering a kind again
+    with another builder needs ``replace=True``."""
+    entry = ModelKind(kind, builder, tuple(preset), tuple(reads), tuple(uses))
+    KINDS.add(kind, entry, replace=replace or KINDS.get(kind) == entry)
     return builder
 
 
@@ -45,10 +64,10 @@ def build_problem(config: Config, **options: Any) -> Problem:
     """
     config.validate()
     kind = config.model.kind
-    if kind not in PROBLEMS:
-        raise ConfigError(f"model.kind: expected one of {', '.join(map(repr, sorted(PROBLEMS)))}, got {kind!r}")
+    if kind not in KINDS or KINDS[kind].builder is None:
+        raise ConfigError(f"model.kind: expected one of {', '.join(map(repr, KINDS.names()))}, got {kind!r}")
     check_step_numbers(config)  # before any weights load
-    return PROBLEMS[kind](config, **options)
+    return KINDS[kind].builder(config, **options)
 
 
 def check_flow_transition(config: Config, model: str) -> None:
@@ -127,8 +146,10 @@ def _pipeline(config: Config, *, fuse_model_lora: bool = True) -> Problem:
     return build_pipeline_problem(config, fuse_model_lora=fuse_model_lora)
 
 
-register_problem("toy2d", _toy2d)
-register_problem("digits", _digits)
-register_problem("sd3", _pipeline)
-register_problem("flux", _pipeline)
-register_problem("sd15", _pipeline)
+register_problem("digits", _digits, preset=DIGITS_PRESET, reads=(MODEL_OPTIONS, FLOW_SCHEDULE))
+register_problem("sd3", _pipeline, preset=SD3_PRESET,
+                 reads=(MODEL_OPTIONS, FLOW_SCHEDULE, PIPELINE_OPTIONS, T5_OPTIONS))
+register_problem("flux", _pipeline, preset=FLUX_PRESET,
+                 reads=(MODEL_OPTIONS, FLOW_SCHEDULE, PIPELINE_OPTIONS, T5_OPTIONS, TRUE_CFG_OPTIONS), uses=FLUX_USES)
+register_problem("sd15", _pipeline, preset=SD15_PRESET, reads=(MODEL_OPTIONS, PIPELINE_OPTIONS))
+register_problem("toy2d", _toy2d, preset=TOY2D_PRESET, reads=(FLOW_SCHEDULE,))

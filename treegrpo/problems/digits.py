@@ -17,17 +17,24 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from treegrpo.embedded._files import WEIGHTS_DIR
-from treegrpo.embedded.data import DigitPrompts, digits_prompts
-from treegrpo.embedded.judge import load_judge
-from treegrpo.embedded.model import DEFAULT_NUM_STEPS, DEFAULT_SHIFT, load_base, to_image
-from treegrpo.embedded.rewards import DIGITS_REWARDS
 from treegrpo.envs import FlowTimesteps, GuidedDenoiser, Transition, gather_cond
 from treegrpo.envs.transitions import flow_transition as make_flow_transition
 from treegrpo.errors import renamed_fields
 from treegrpo.problems.base import SAMPLING_ARGUMENTS, Problem
 from treegrpo.rewards import RewardModel, build_reward, check_reward_names
 from treegrpo.rewards.diversity import embedding_diversity, pixel_diversity
+
+# The embedded model (treegrpo.embedded, which imports diffusers and registers the digits rewards) is
+# imported by the functions that build the problem, so registering the kind costs no import time.
+
+PRESET: tuple[str, ...] = (
+    "model.rewards=classifier,aesthetic_proxy", "loss.reward_weights=0.7,0.3", "sampling.shift=1.0",
+    "sampling.prompts_per_iteration=8", "optim.lr=2e-5", "loss.clip_range=1e-2", "loss.kl_coef=0.15",
+    "train.iterations=100", "train.out_dir=runs/digits",
+)
+"""The digits preset (``model.kind=digits``) over ``Config()``: thousands of times smaller than the
+paper's SD3.5 setting, it trains for minutes, so it raises the learning rate and the clip range and
+sets the run length."""
 
 
 def flow_transition(name: str, num_steps: int, shift: float, noise_level: float, *, schedule: str = "scheduler",
@@ -41,6 +48,8 @@ def flow_transition(name: str, num_steps: int, shift: float, noise_level: float,
 def reward_models(names: Sequence[str], weights: Path | None, field: str = "rewards") -> list[RewardModel]:
     """The digits rewards ``names`` from the one registry (``weights``: the folder holding the
     classifier's and the judge's, ``None`` for the shipped ones); ``field`` names the argument in errors."""
+    import treegrpo.embedded  # noqa: F401 - registers the digits rewards
+
     check_reward_names(names, field, kind="digits")
     return [build_reward(name, kind="digits", root=weights) for name in names]
 
@@ -49,6 +58,9 @@ def digits_diversity(judge_weights: Path | None = None) -> Callable[[Tensor, Ten
     """Per-prompt diversity of digit samples: ``pixel`` (the per-pixel std across a prompt's samples,
     averaged) and ``features`` (the mean pairwise distance of the judge's unit-normalised
     penultimate features)."""
+    from treegrpo.embedded.judge import load_judge
+    from treegrpo.embedded.model import to_image
+
     judges: dict[torch.device, torch.nn.Module] = {}
 
     @torch.no_grad()
@@ -64,9 +76,9 @@ def digits_diversity(judge_weights: Path | None = None) -> Callable[[Tensor, Ten
 
 def digits_problem(
     *,
-    num_steps: int = DEFAULT_NUM_STEPS,
+    num_steps: int = 10,  # treegrpo.embedded.model.DEFAULT_NUM_STEPS
     noise_level: float = 0.7,
-    shift: float = DEFAULT_SHIFT,
+    shift: float = 1.0,  # treegrpo.embedded.model.DEFAULT_SHIFT
     transition: str = "flow_sde",
     prompts_per_iteration: int = 8,
     rewards: Sequence[str] = ("classifier",),
@@ -98,6 +110,11 @@ def digits_problem(
         schedule: ``scheduler`` (diffusers' shifted schedule) or ``dancegrpo``.
         cps_scoring: how the ``cps`` transition scores samples (``flow_grpo`` or ``density``).
     """
+    from treegrpo.embedded._files import WEIGHTS_DIR
+    from treegrpo.embedded.data import DigitPrompts, digits_prompts
+    from treegrpo.embedded.model import load_base, to_image
+    from treegrpo.embedded.rewards import DIGITS_REWARDS
+
     root = Path(weights) if weights is not None else WEIGHTS_DIR
     rewards = tuple(rewards)
     if not rewards:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
-from treegrpo.config import ConfigError
-from treegrpo.envs.pipelines import LAYOUTS, TextToImageModel
+from treegrpo.errors import ConfigError
+from treegrpo.families.pipelines import LAYOUTS, TextToImageModel
 from treegrpo.formats import FileFormatError, check_safetensors
 
 LORA_FILE = "pytorch_lora_weights.safetensors"

@@ -1,8 +1,8 @@
 """Text-to-image training problems: a local SD3/SD3.5, FLUX.1 or SD1.5-style pipeline, prompts and rewards.
 
-:func:`pipeline_problem` turns a loaded :class:`~treegrpo.envs.pipelines.TextToImageModel` into a
+:func:`pipeline_problem` turns a loaded :class:`~treegrpo.families.pipelines.TextToImageModel` into a
 :class:`~treegrpo.problems.Problem`: each iteration draws prompts, looks their embeddings up
-in a :class:`~treegrpo.envs.prompts.PromptEmbeddings` cache, and scores VAE-decoded leaves with
+in a :class:`~treegrpo.families.prompts.PromptEmbeddings` cache, and scores VAE-decoded leaves with
 every reward model (one column each). :func:`build_pipeline_problem` does all of it from a
 :class:`~treegrpo.config.Config`, as ``treegrpo train --model.kind sd3`` does.
 """
@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from treegrpo.config import Config, ConfigError
+from treegrpo.config import Config
 from treegrpo.devices import local_device
-from treegrpo.envs.pipelines import (
+from treegrpo.errors import ConfigError
+from treegrpo.families.pipelines import (
     TextToImageModel,
     check_image_size,
     check_layout,
@@ -26,11 +27,13 @@ from treegrpo.envs.pipelines import (
     load_pipeline,
     resolve_model_path,
 )
-from treegrpo.envs.prompts import PromptEmbeddings, load_prompts
+from treegrpo.families.prompts import PromptEmbeddings, load_prompts
+from treegrpo.kinds import KindOptions
 from treegrpo.problems.base import Problem
 from treegrpo.problems.lora import check_lora_file, export_trained, fuse_lora
 from treegrpo.rewards import RewardModel, build_reward, check_reward_names, for_evaluation
 from treegrpo.rewards.diversity import ClipDiversity
+from treegrpo.uses import Use
 
 __all__ = [
     "build_pipeline_problem",
@@ -38,6 +41,35 @@ __all__ = [
 ]
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+# The pipelines' presets: the paper's setting; only what a 16-pixel digits default would get wrong.
+SD3_PRESET: tuple[str, ...] = (
+    "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32", "train.out_dir=runs/sd3",
+)
+FLUX_PRESET: tuple[str, ...] = (
+    "model.rewards=hpsv2", "model.image_size=512", "model.max_sequence_length=512",
+    "sampling.prompts_per_iteration=32", "sampling.guidance_scale=3.5", "train.out_dir=runs/flux",
+)
+SD15_PRESET: tuple[str, ...] = (
+    "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
+    "sampling.transition=ddim", "sampling.noise_level=1.0", "train.out_dir=runs/sd15",
+)
+
+# The options only the pipelines read (treegrpo.problems.build registers which kind reads which).
+PIPELINE_OPTIONS = KindOptions(("model.image_size", "model.prompts", "model.eval_prompts", "model.frozen_precision",
+                                "model.embedding_cache", "model.embedding_memory", "model.precompute_embeddings",
+                                "model.negative_prompt", "model.vae_batch", "model.lora", "model.reward_dir",
+                                "eval.diversity_model"))
+T5_OPTIONS = KindOptions(("model.t5", "model.max_sequence_length"))
+"""The T5 text encoder's options (SD3, FLUX)."""
+TRUE_CFG_OPTIONS = KindOptions(("sampling.true_cfg_scale",))
+"""FLUX.1-dev's true classifier-free guidance."""
+FLUX_USES: tuple[Use, ...] = (
+    Use(("sampling.shift",), lambda c: c.sampling.schedule == "dancegrpo",
+        "a model.kind other than flux, or sampling.schedule=dancegrpo (FLUX.1 samples on its scheduler's own shift)",
+        "schedule"),
+)
+"""FLUX.1 samples on its scheduler's own shift: ``sampling.shift`` is read only with DanceGRPO's schedule."""
 
 
 def pipeline_problem(

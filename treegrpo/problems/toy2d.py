@@ -17,6 +17,14 @@ from treegrpo.errors import renamed_fields
 from treegrpo.problems.base import SAMPLING_ARGUMENTS, Problem
 from treegrpo.rewards.diversity import pixel_diversity
 
+PRESET: tuple[str, ...] = (
+    "sampling.shift=1.0", "sampling.num_steps=8", "sampling.prompts_per_iteration=4", "sampling.group_size=8",
+    "optim.lr=3e-3", "loss.clip_range=0.2", "train.inner_epochs=2", "train.minibatch_parents=8",
+    "train.iterations=30", "train.out_dir=runs/toy2d",
+)
+"""The toy2d preset (``model.kind=toy2d``) over ``Config()``: a problem that trains in seconds, with a
+learning rate and clip range to match and its run length."""
+
 
 class ResidualVelocity(Denoiser):
     """An exact base velocity plus a small MLP residual whose output layer starts at zero."""
