@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from treegrpo.algos.advantages import GroupAdvantage, PerPromptStatTracker, clip_advantages, combine_rewards
 from treegrpo.algos.batch import count_edges, select_steps
+from treegrpo.algos.build import build_advantage, build_loss, build_sampler, build_window
 from treegrpo.algos.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from treegrpo.algos.distributed import Ranks, gather_rows, init_distributed, wrap_for_training
 from treegrpo.algos.entrypoints import run, run_eval
+from treegrpo.algos.interfaces import EdgeBatchError, EdgeLoss
 from treegrpo.algos.losses import (
     LOSSES,
-    EdgeBatchError,
-    EdgeLoss,
     PPOClipLoss,
     ReinforceLoss,
     ppo_clip_objective,
@@ -32,10 +32,8 @@ from treegrpo.algos.model_setup import (
     enable_gradient_checkpointing,
     kl_reference,
 )
-from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler, build_window
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
 from treegrpo.algos.update import EMA, Optimisation, optimise
-
 from treegrpo.config import Config, ConfigError
 
 __all__ = [

@@ -1,17 +1,19 @@
-"""Selections over a parent batch (:func:`treegrpo.envs.parent_batch`): the steps trained, the edge count."""
+"""Selections over a parent batch (:class:`~treegrpo.envs.ParentBatch`): the steps trained, the edge count."""
 
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDictBase
 from torch import Tensor
+
+from treegrpo.envs import ParentBatch
 
 STEP_SELECTIONS = ("random", "first", "per_sample")
 """How :func:`select_steps` picks the steps ``fraction`` keeps (``loss.timestep_selection``)."""
 
 
-def select_steps(batch: TensorDict, fraction: float, generator: torch.Generator | None = None,
-                 selection: str = "random") -> TensorDict:
+def select_steps(batch: ParentBatch, fraction: float, generator: torch.Generator | None = None,
+                 selection: str = "random") -> ParentBatch:
     """Keep the parents of a ``fraction`` of the batch's ``S`` distinct SDE steps.
 
     ``selection`` says which, after each peer's ``timestep_fraction``:
@@ -34,24 +36,24 @@ def select_steps(batch: TensorDict, fraction: float, generator: torch.Generator 
         raise ValueError(f"selection: expected one of {', '.join(STEP_SELECTIONS)}, got {selection!r}")
     if fraction == 1:
         return batch
-    steps = torch.unique(batch["step"])  # [S], ascending: sampling order
+    steps = torch.unique(batch.step)  # [S], ascending: sampling order
     if selection == "random":
         keep = max(1, round(fraction * steps.numel()))
         chosen = steps[torch.randperm(steps.numel(), generator=generator)[:keep].to(steps.device)]
-        return batch[torch.isin(batch["step"], chosen)]
+        return batch[torch.isin(batch.step, chosen)]
     keep = max(1, int(steps.numel() * fraction))
     if selection == "first":
-        return batch[torch.isin(batch["step"], steps[:keep])]
+        return batch[torch.isin(batch.step, steps[:keep])]
     sample = trajectories(batch)  # [M] in 0..U-1
     num_samples = int(sample.max()) + 1 if sample.numel() else 0
     perms = torch.stack([torch.randperm(steps.numel(), generator=generator) for _ in range(num_samples)]) if (
         num_samples) else torch.zeros(0, steps.numel(), dtype=torch.long)  # [U, S]
     rank = perms.argsort(dim=1).to(steps.device)  # [U, S]: where each step falls in its sample's permutation
-    position = torch.searchsorted(steps, batch["step"])  # [M]
+    position = torch.searchsorted(steps, batch.step)  # [M]
     return batch[rank[sample, position] < keep]
 
 
-def trajectories(batch: TensorDict) -> Tensor:
+def trajectories(batch: ParentBatch) -> Tensor:
     """``[M]`` trajectory id of each parent row, numbered in the order of the trajectories' last node.
 
     A row's first child is the parent of at most one row below it (a wider parent's rows each hold
@@ -59,7 +61,7 @@ def trajectories(batch: TensorDict) -> Tensor:
     a trajectory when every row has one child. The chains are found by pointer jumping (one gather
     per doubling of the chain length), never by a loop over rows.
     """
-    node, first_child = batch["node"], batch["child"][:, 0]  # [M], [M]
+    node, first_child = batch.node, batch.child[:, 0]  # [M], [M]
     rows = torch.arange(node.numel(), device=node.device)
     size = int(torch.maximum(node.max(), first_child.max())) + 1 if node.numel() else 0
     row_of_node = torch.full((size,), -1, dtype=torch.long, device=node.device)
@@ -75,6 +77,6 @@ def trajectories(batch: TensorDict) -> Tensor:
     return sample
 
 
-def count_edges(batch: TensorDict) -> int:
-    """Number of real (unpadded) edges in a parent batch."""
+def count_edges(batch: ParentBatch | TensorDictBase) -> int:
+    """Number of real (unpadded) edges in a parent batch (or a TensorDict with its ``mask``)."""
     return int(batch["mask"].sum())

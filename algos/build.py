@@ -1,4 +1,4 @@
-"""Each algorithm's recipe (:mod:`treegrpo.algorithms`) turned into objects: sampler, advantage, loss.
+"""Each algorithm's recipe (:mod:`treegrpo.recipes`) turned into objects: sampler, advantage, loss.
 
 This is the only place a recipe becomes code; everything downstream reads the same parent batch.
 Swapping algorithms is ``loss.algorithm = ...`` in the config, registering a new loss
@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from treegrpo.algos.advantages import DepthNormalizedAdvantage, GroupAdvantage, PerPromptStatTracker
-from treegrpo.algos.losses import EdgeLoss, loss_class
+from treegrpo.algos.interfaces import Advantage, EdgeLoss, Sampler
+from treegrpo.algos.losses import loss_class
+from treegrpo.config import Config, ConfigError
 from treegrpo.envs import (
     AdaptiveGeometricWindow,
     BranchSampler,
@@ -22,13 +24,9 @@ from treegrpo.envs import (
     TreeSampler,
     WindowSchedule,
 )
-
-from treegrpo.config import Config, ConfigError, sliding_window, window_start_fixed, windowed
 from treegrpo.problems import Problem
 from treegrpo.problems.build import check_step_numbers
-
-Advantage = GroupAdvantage | PerPromptStatTracker
-Sampler = TreeSampler | TrajectorySampler | BranchSampler
+from treegrpo.recipes import sliding_window, window_start_fixed, windowed
 
 
 def build_window(config: Config, num_steps: int) -> WindowSchedule:

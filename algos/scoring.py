@@ -19,6 +19,7 @@ from typing import Self
 
 import torch
 from torch import Tensor
+
 from treegrpo.envs import Rollout, concat_rollouts
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict
 from torch import Tensor
-from treegrpo.algos.distributed import gather_rows
-from treegrpo.algos.scoring import chunk_bounds
-from treegrpo.envs import gather_cond
 
 import treeadv
+from treegrpo.algos.distributed import gather_rows
+from treegrpo.algos.scoring import chunk_bounds
 from treegrpo.devices import Ranks
+from treegrpo.envs import ParentBatch, gather_cond
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def gather_forest(ranks: Ranks, tree: treeadv.Tree, rewards: Tensor, leaf_prompt
     return forest, gather_rows(rewards), gather_rows(leaf_prompts), first_node
 
 
-def minibatch_rows(batch: TensorDictBase, shard: Shard, size: int, epochs: int, generator: torch.Generator
+def minibatch_rows(batch: ParentBatch, shard: Shard, size: int, epochs: int, generator: torch.Generator
                    ) -> list[list[Tensor]]:
     """Row indices of every minibatch of every inner epoch, in order.
 
@@ -99,7 +99,7 @@ def minibatch_rows(batch: TensorDictBase, shard: Shard, size: int, epochs: int, 
         rows, generators = [torch.arange(batch.batch_size[0])], [generator]
     else:
         starts = torch.tensor([a for a, _ in shard.pieces])
-        piece = torch.bucketize(batch["cond_index"].cpu(), starts, right=True) - 1
+        piece = torch.bucketize(batch.cond_index.cpu(), starts, right=True) - 1
         rows = [torch.nonzero(piece == j).squeeze(-1) for j in range(len(shard.pieces))]
         generators = [torch.Generator().manual_seed(seed + shard.first_piece + j) for j in range(len(shard.pieces))]
     per_piece = -(-size // shard.num_pieces)

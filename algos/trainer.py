@@ -21,17 +21,20 @@ import copy
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
+
 from treegrpo.algos.advantages import clip_advantages
 from treegrpo.algos.batch import select_steps
+from treegrpo.algos.build import build_advantage, build_loss, build_sampler
 from treegrpo.algos.checkpoint import (
     CheckpointError,
     capture_rng,
     checkpoint_dir,
+    config_changes,
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
@@ -50,17 +53,17 @@ from treegrpo.algos.distributed import (
     wrap_for_training,
 )
 from treegrpo.algos.evaluation import held_out_scores
-from treegrpo.algos.losses import EdgeLoss
+from treegrpo.algos.interfaces import Advantage, EdgeLoss, Sampler
 from treegrpo.algos.model_setup import kl_reference, prepare_model
 from treegrpo.algos.pruning import prune_edges, pruned_depths, pruning_active
-from treegrpo.algos.recipes import build_advantage, build_loss, build_sampler
 from treegrpo.algos.reporting import Scalars, iteration_metrics, save_grid
 from treegrpo.algos.run_folder import check_space, claim_run_folder
 from treegrpo.algos.scoring import sample_and_score
 from treegrpo.algos.sharding import Shard, gather_forest, minibatch_rows, piece_seed, prompt_rows, shard_prompts
 from treegrpo.algos.state_schema import optimizer_shape_problem
 from treegrpo.algos.update import Optimisation, optimise
-from treegrpo.envs import OnPolicyError, Rollout, WindowSchedule, parent_batch, rescore_children
+from treegrpo.config import Config, ConfigError
+from treegrpo.envs import OnPolicyError, ParentBatch, Rollout, parent_batch
 from treegrpo.envs.models import Cond
 from treegrpo.envs.numerics import (
     OnPolicyStats,
@@ -72,9 +75,6 @@ from treegrpo.envs.numerics import (
     rounding_unit,
 )
 from treegrpo.envs.precision import model_precision
-
-import treeadv
-from treegrpo.config import Config, ConfigError, config_changes
 from treegrpo.errors import TreegrpoError
 from treegrpo.problems import Problem
 
@@ -85,27 +85,6 @@ class NonFiniteTrainingError(TreegrpoError, FloatingPointError):
 
 WIDTH_PRUNING = {"off": 0, "branch": 1, "extremes": 2}
 """``loss.width_pruning`` to BranchGRPO's ``width_pruning_mode``."""
-
-
-class Sampler(Protocol):
-    """What the trainer needs of a sampler (every :class:`~treegrpo.envs.sampler.PlannedSampler`: tree, trajectory, branch)."""
-
-    @property
-    def schedule(self) -> WindowSchedule | None: ...
-
-    def sample(self, cond: Cond, *, epoch: int, latent_shape: tuple[int, ...], num_prompts: int,
-               generator: torch.Generator, device: torch.device) -> Rollout: ...
-
-
-class Advantage(Protocol):
-    """What the trainer needs of an advantage: ``(forest, rewards, leaf prompt ids) -> BackupResult``,
-    and a state for checkpoints (:class:`~treegrpo.algos.GroupAdvantage`, DDPO's tracker)."""
-
-    def __call__(self, tree: treeadv.Tree, rewards: Tensor, prompt_ids: Tensor) -> treeadv.BackupResult: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class Trainer:
@@ -160,7 +139,7 @@ class Trainer:
         self.advantage: Advantage = advantage or build_advantage(config)
         self.loss = loss or build_loss(config, problem, reference)
         if self.policy is not self.model:
-            if getattr(self.loss, "model", None) is not self.model:
+            if self.loss.model is not self.model:
                 raise ValueError("loss: under DDP the loss must hold problem.model as its `model` attribute "
                                  "(the trainer swaps in the DDP wrapper)")
             self.loss.model = self.policy
@@ -242,7 +221,7 @@ class Trainer:
             counters["forward_rows_check"] = float(batch.batch_size[0])
         advantaged = time.perf_counter()
 
-        def first_minibatches(scored: list[tuple[TensorDictBase, TensorDictBase]]) -> None:
+        def first_minibatches(scored: list[tuple[ParentBatch, TensorDictBase]]) -> None:
             if not checked:  # the ratios of what was scored before the first step: no extra forward
                 checked.update(self.judge_on_policy(self.stats_of(scored), rollout))
 
@@ -268,7 +247,7 @@ class Trainer:
                              if "/" not in k or k.startswith("onpolicy/")})
         return metrics
 
-    def prune(self, batch: TensorDictBase, rollout: Rollout) -> TensorDictBase:
+    def prune(self, batch: ParentBatch, rollout: Rollout) -> ParentBatch:
         """BranchGRPO's depth and width pruning of this iteration's edges (``branch_grpo``; off unless
         ``loss.prune_depths`` or ``loss.width_pruning`` is set): pruned edges are sampled and scored
         for the advantages but not trained."""
@@ -333,7 +312,7 @@ class Trainer:
         }
 
     def _advantage_state(self) -> dict[str, Any]:
-        return copy.deepcopy(self.advantage.state_dict()) if hasattr(self.advantage, "state_dict") else {}
+        return copy.deepcopy(self.advantage.state_dict())
 
     def save(self, *, start_of_iteration: bool = False) -> Path:
         """Write a checkpoint of the current state (atomically, once: rank 0 writes full tensors that
@@ -390,8 +369,7 @@ class Trainer:
             window = self.sampler.schedule
             if window and state["window"]:
                 window.load_state_dict(state["window"])
-            if hasattr(self.advantage, "load_state_dict"):
-                self.advantage.load_state_dict(state["advantage"])
+            self.advantage.load_state_dict(state["advantage"])
         except TreegrpoError:
             raise
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as error:
@@ -402,20 +380,19 @@ class Trainer:
         self._saved = self.iteration if path.parent == self.run_dir / "checkpoints" else None
         return True
 
-    def stats_of(self, scored: list[tuple[TensorDictBase, TensorDictBase]]) -> OnPolicyStats | None:
+    def stats_of(self, scored: list[tuple[ParentBatch, TensorDictBase]]) -> OnPolicyStats | None:
         """The on-policy statistics of minibatches the loss scored with unchanged weights: their
         ``log_ratio`` against the rounding scale ``ratio_sensitivity`` of the run's arithmetic
         (``None`` when the loss reports no ``log_ratio``)."""
         if not scored or any("log_ratio" not in terms.keys() for _, terms in scored):  # noqa: SIM118 - TensorDict has no `in`
             return None
         has_scale = all("ratio_sensitivity" in terms.keys() for _, terms in scored)  # noqa: SIM118
-        clip = getattr(self.loss, "clip_range", None)
         return on_policy_stats(
             torch.cat([terms["log_ratio"] for _, terms in scored]),
-            torch.cat([minibatch["mask"] for minibatch, _ in scored]),
+            torch.cat([minibatch.mask for minibatch, _ in scored]),
             torch.cat([terms["ratio_sensitivity"] for _, terms in scored]) if has_scale else None,
             rounding_unit(self.config.train.precision, self.device),
-            (clip, getattr(self.loss, "clip_high", clip)) if clip is not None else None)
+            self.loss.clip_bounds)
 
     def judge_on_policy(self, stats: OnPolicyStats | None, rollout: Rollout) -> dict[str, float]:
         """Tell rounding from a bug (:func:`~treegrpo.envs.numerics.diagnose`) and act on
@@ -441,15 +418,20 @@ class Trainer:
             self._warn_once("clipped", (
                 f"iteration {self.iteration}: rounding (u = {stats.unit:.2g} at train.precision={train.precision}) puts "
                 f"{stats.clipped_fraction:.1%} of edges outside the clip range before any update (ratio std "
-                f"{stats.ratio_std:.2g}, loss.clip_range {self.loss.clip_range:g}); PPO clips them as if off-policy: "
+                f"{stats.ratio_std:.2g}, loss.clip_range {self._clip_low():g}); PPO clips them as if off-policy: "
                 "widen loss.clip_range or compute in higher precision"))
         return stats.metrics()
 
+    def _clip_low(self) -> float:
+        """The loss's lower clip bound ``eps_low`` (0 for a loss that clips nothing)."""
+        bounds = self.loss.clip_bounds
+        return bounds[0] if bounds is not None else 0.0
+
     def _other_model(self) -> str | None:
         """How the sampler's and the loss's models differ, when they are different modules (a copy that
-        one side updates and the other does not); ``None`` when either holds no ``model``."""
-        sampler, loss = getattr(self.sampler, "model", None), getattr(self.loss, "model", None)
-        if sampler is None or loss is None or _unwrapped(sampler) is _unwrapped(loss):
+        one side updates and the other does not); ``None`` when the sampler holds no ``model``."""
+        sampler, loss = getattr(self.sampler, "model", None), self.loss.model
+        if sampler is None or _unwrapped(sampler) is _unwrapped(loss):
             return None
         return (f"the sampler samples with one {type(_unwrapped(sampler)).__name__} and the loss scores with another "
                 "module; give both the same model object")
@@ -460,31 +442,21 @@ class Trainer:
         self._warned.add(kind)
 
     @torch.no_grad()
-    def check_on_policy(self, batch: TensorDictBase, minibatches: list[Tensor], cond: Cond,
+    def check_on_policy(self, batch: ParentBatch, minibatches: list[Tensor], cond: Cond,
                         rollout: Rollout) -> dict[str, float]:
         """The full check (``train.rescore_on_policy``): before any update, re-score every row of the
-        batch the way the update will (the loss's own ``log_probs``, in its minibatches, under the
-        run's precision), at the cost of one extra forward per parent, then judge the statistics as
-        :meth:`judge_on_policy` does. A loss without ``log_probs`` is re-scored by
-        :func:`treegrpo.envs.rescore_children` on the rollout instead."""
-        log_probs = getattr(self.loss, "log_probs", None)
+        batch the way the update will (the loss's own :meth:`~treegrpo.algos.EdgeLoss.log_probs`, in
+        its minibatches, under the run's precision), at the cost of one extra forward per parent,
+        then judge the statistics as :meth:`judge_on_policy` does."""
         scored = []
         with self.precision_context():
-            if log_probs is None:
-                scored_batch, log_prob, sensitivity = rescore_children(
-                    self.model, self.problem.transition, rollout.tree, cond,
-                    max_batch=self.config.sampling.max_batch or None)
-                terms = TensorDict({"log_ratio": log_prob - scored_batch["log_prob"],
-                                    "ratio_sensitivity": sensitivity}, batch_size=[])
-                scored.append((scored_batch, terms))
-            else:
-                for rows in minibatches:
-                    minibatch = batch[rows]
-                    new, mean, std = log_probs(minibatch)
-                    sensitivity = edge_sensitivity(self.problem.transition, minibatch["latent"], minibatch["sample"],
-                                                   mean, std, minibatch["step"])
-                    scored.append((minibatch, TensorDict(
-                        {"log_ratio": new - minibatch["log_prob"], "ratio_sensitivity": sensitivity}, batch_size=[])))
+            for rows in minibatches:
+                minibatch = batch[rows]
+                new, mean, std = self.loss.log_probs(self.loss.loss_input(minibatch))
+                sensitivity = edge_sensitivity(self.problem.transition, minibatch.latent, minibatch.sample,
+                                               mean, std, minibatch.step)
+                scored.append((minibatch, TensorDict(
+                    {"log_ratio": new - minibatch.log_prob, "ratio_sensitivity": sensitivity}, batch_size=[])))
         return self.judge_on_policy(self.stats_of(scored), rollout)
 
     def guard(self, value: Tensor, name: str) -> None:

@@ -15,14 +15,16 @@ from contextlib import AbstractContextManager
 import torch
 from tensordict import TensorDictBase
 from torch import Tensor, nn
+
 from treegrpo.algos.batch import count_edges
 from treegrpo.algos.distributed import full_tensor, gradient_sync, shard_like
-from treegrpo.algos.losses import EdgeLoss, total_loss
-
+from treegrpo.algos.interfaces import EdgeLoss
+from treegrpo.algos.losses import total_loss
 from treegrpo.config import OptimConfig
+from treegrpo.envs import ParentBatch
 
 Guard = Callable[[Tensor, str], None]
-BeforeUpdate = Callable[[list[tuple[TensorDictBase, TensorDictBase]]], None]
+BeforeUpdate = Callable[[list[tuple[ParentBatch, TensorDictBase]]], None]
 """Called once with the ``(minibatch, loss terms)`` pairs scored before the first optimiser step."""
 
 
@@ -92,10 +94,12 @@ class Optimisation:
             self.ema.update()
 
 
-def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatches: Sequence[Tensor],
+def optimise(loss: EdgeLoss | nn.Module, policy: nn.Module, batch: ParentBatch | TensorDictBase, minibatches: Sequence[Tensor],
              optimisation: Optimisation, *, accumulation: int, precision: Callable[[], AbstractContextManager],
              guard: Guard, before_update: BeforeUpdate | None = None) -> tuple[dict[str, float], dict[str, float]]:
-    """One pass of ``loss`` over ``minibatches`` (row indices into ``batch``), an optimiser step every
+    """One pass of ``loss`` over ``minibatches`` (row indices into ``batch``; an
+    :class:`~treegrpo.algos.EdgeLoss` reads each under its own keys, :meth:`~treegrpo.algos.EdgeLoss.loss_input`;
+    a loss of another kind gets the rows as they are), an optimiser step every
     ``accumulation`` minibatches (the all-reduce of ``policy``'s gradients only then) and after the
     last; each step's gradient is the mean of its minibatches' loss gradients, so a last, partial
     group of ``n < accumulation`` minibatches is divided by ``n``, not ``accumulation``.
@@ -110,7 +114,7 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
     per_step: dict[int, list[Tensor]] = {}
     counters = dict.fromkeys(("edges_trained", "forward_rows", "backward_rows", "optimizer_steps"), 0.0)
     optimisation.optimizer.zero_grad(set_to_none=True)
-    unchanged: list[tuple[TensorDictBase, TensorDictBase]] = []  # scored before any step
+    unchanged: list[tuple[ParentBatch, TensorDictBase]] = []  # scored before any step
     for micro, rows in enumerate(minibatches, start=1):
         minibatch = batch[rows]
         steps_optimiser = micro % accumulation == 0 or micro == len(minibatches)
@@ -119,7 +123,7 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
         accumulated = min(accumulation, len(minibatches) - group_start)
         with gradient_sync(policy, steps_optimiser):  # accumulation steps skip the all-reduce
             with precision():
-                terms = loss(minibatch)
+                terms = loss(minibatch)  # an EdgeLoss reads a ParentBatch under its own keys (loss_input)
             total = total_loss(terms)
             guard(total.detach(), "loss")
             (total / accumulated).backward()
@@ -131,9 +135,10 @@ def optimise(loss: EdgeLoss, policy: nn.Module, batch: TensorDictBase, minibatch
             if value.dim() == 0:
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
         log_ratio = terms.get("log_ratio", None)  # [M, K], for per-timestep ratio statistics
-        for step in torch.unique(minibatch["step"]).tolist() if log_ratio is not None else ():
-            rows_at = minibatch["step"] == step
-            per_step.setdefault(step, []).append(log_ratio[rows_at][minibatch["mask"][rows_at]])
+        steps, mask = minibatch["step"], minibatch["mask"]  # the batch's own fields, never the loss's (renamed) keys
+        for step in torch.unique(steps).tolist() if log_ratio is not None else ():
+            rows_at = steps == step
+            per_step.setdefault(step, []).append(log_ratio[rows_at][mask[rows_at]])
         if before_update is not None and counters["optimizer_steps"] == 0:
             unchanged.append((minibatch, terms))
         if steps_optimiser:

@@ -4,14 +4,14 @@ Importable as ``treegrpo.envs`` (the source lives in the top-level ``envs/`` fol
 Denoising is a stateless TorchRL environment (:class:`DenoisingEnv`) driven by a denoiser and its
 transition as the policy (:class:`DenoisingPolicy`); :func:`tree_rollout` is the one sampling
 engine, and the samplers configure it. They return :class:`treeadv.Tree` forests whose edges are
-SDE steps, the one format every loss in :mod:`treegrpo.algos` reads.
+SDE steps; :func:`parent_batch` groups their edges by parent into a :class:`ParentBatch`, the one
+contract every loss in :mod:`treegrpo.algos` and its trainer read.
 """
 
 from __future__ import annotations
 
 from treegrpo.envs.analytic import GaussianData
 from treegrpo.envs.edges import (
-    CondTable,
     OnPolicyError,
     check_ode_limit,
     check_on_policy,
@@ -40,6 +40,7 @@ from treegrpo.envs.numerics import (
     ratio_sensitivity,
     rounding_unit,
 )
+from treegrpo.envs.parent_batch import CondTable, ParentBatch
 from treegrpo.envs.precision import model_precision
 from treegrpo.envs.rollout import Rollout, concat_rollouts, tree_nfe, tree_rollout
 from treegrpo.envs.sampler import BranchSampler, TrajectorySampler, TreeSampler, sample_forest
@@ -76,6 +77,7 @@ __all__ = [
     "GuidedDenoiser",
     "OnPolicyError",
     "OnPolicyStats",
+    "ParentBatch",
     "Rollout",
     "SD3Denoiser",
     "ShiftingWindow",

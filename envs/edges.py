@@ -1,22 +1,21 @@
-"""The one contract between sampling and learning: edges grouped under the parent they share.
+"""Edges grouped under the parent they share (:class:`~treegrpo.envs.parent_batch.ParentBatch`), and re-scoring them.
 
 An edge is the SDE step into a non-root node: the parent's ``latent`` at the parent's ``step``, the
 child's ``sample``, and the behaviour ``log_prob`` stored on the child. :func:`parent_batch` makes
 one row per parent (``latent``, ``step``, ``cond_index``) with its children padded to ``K``:
 ``sample [M, K, ...]``, ``log_prob`` (behaviour), ``advantage``, ``mask``, and the conditioning
-table as ``cond_table``. A loss evaluates the policy once per row and scores all ``K`` samples
+table as ``cond_table``: a :class:`~treegrpo.envs.parent_batch.ParentBatch`. A loss evaluates the policy once per row and scores all ``K`` samples
 against it, so minibatches are drawn over parents, never splitting one. :func:`edge_log_probs`
 re-scores a tree the same way (what the on-policy self-checks do, without gradients).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from tensordict import TensorDict
 from torch import Tensor
-from treegrpo.envs.env import DenoisingPolicy, gather_cond
+
+from treeadv import Tree
+from treegrpo.envs.env import DenoisingPolicy
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.numerics import (
     OnPolicyStats,
@@ -26,12 +25,11 @@ from treegrpo.envs.numerics import (
     on_policy_stats,
     rounding_unit,
 )
+from treegrpo.envs.parent_batch import CondTable, ParentBatch
 from treegrpo.envs.precision import model_precision
 from treegrpo.envs.rollout import Rollout
 from treegrpo.envs.sampler import sample_forest
 from treegrpo.envs.transitions import Transition
-
-from treeadv import Tree
 from treegrpo.errors import TreegrpoError
 
 
@@ -39,19 +37,7 @@ class OnPolicyError(TreegrpoError, AssertionError):
     """A self-check found sampling and re-scoring out of agreement."""
 
 
-@dataclass(frozen=True)
-class CondTable:
-    """The conditioning table a tree was sampled with (``None`` for an unconditional model), carried
-    by a parent batch as one non-tensor value that every minibatch shares."""
-
-    cond: Cond
-
-    def rows(self, index: Tensor) -> Cond:
-        """Rows ``index`` of the table (``None`` stays ``None``)."""
-        return gather_cond(self.cond, index)
-
-
-def parent_batch(tree: Tree, advantage: Tensor | None = None, cond: Cond | None = None) -> TensorDict:
+def parent_batch(tree: Tree, advantage: Tensor | None = None, cond: Cond | None = None) -> ParentBatch:
     """Group a sampled tree's edges by parent, attaching one advantage per edge: everything a loss reads.
 
     Args:
@@ -62,8 +48,8 @@ def parent_batch(tree: Tree, advantage: Tensor | None = None, cond: Cond | None 
             ``None`` for an unconditional model), stored once as the non-tensor ``cond_table``
             (a :class:`CondTable`), which a loss gathers per minibatch.
 
-    Returns a TensorDict ``[M]`` over internal nodes with the keys described in the module doc,
-    plus ``node`` (the parent's row in ``tree``), ``child`` (``[M, K]`` node of each child, 0 where
+    Returns a :class:`~treegrpo.envs.parent_batch.ParentBatch` ``[M]`` over internal nodes with the
+    fields described in the module doc, plus ``node`` (the parent's row in ``tree``), ``child`` (``[M, K]`` node of each child, 0 where
     padded) and ``depth`` (the parent's depth). ``K`` is the commonest number of children; a parent
     with more takes several rows (one forward each).
     """
@@ -87,23 +73,20 @@ def parent_batch(tree: Tree, advantage: Tensor | None = None, cond: Cond | None 
     mask = (part * width).unsqueeze(-1) + slot < counts[internal].unsqueeze(-1)  # [M, K]
     child = torch.where(mask, children[(start.unsqueeze(-1) + slot).clamp(max=max(children.numel() - 1, 0))], 0)
     payload = tree.payload
-    batch = TensorDict(
-        {
-            "latent": payload["latent"][internal],
-            "step": payload["step"][internal],
-            "cond_index": payload["cond_index"][internal],
-            "sample": torch.where(_expand(mask, payload["sample"]), payload["sample"][child], 0),
-            "log_prob": torch.where(mask, tree.log_prob[child], 0),
-            "advantage": torch.where(mask, advantage[child].to(tree.log_prob.dtype), 0),
-            "mask": mask,
-            "node": internal,
-            "child": child,
-            "depth": tree.depth[internal],
-        },
+    return ParentBatch(
+        latent=payload["latent"][internal],
+        step=payload["step"][internal],
+        cond_index=payload["cond_index"][internal],
+        sample=torch.where(_expand(mask, payload["sample"]), payload["sample"][child], 0),
+        log_prob=torch.where(mask, tree.log_prob[child], 0),
+        advantage=torch.where(mask, advantage[child].to(tree.log_prob.dtype), 0),
+        mask=mask,
+        node=internal,
+        child=child,
+        depth=tree.depth[internal],
+        cond_table=CondTable(cond),
         batch_size=[internal.numel()],
     )
-    batch.set_non_tensor("cond_table", CondTable(cond))
-    return batch
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
@@ -111,25 +94,25 @@ def _expand(mask: Tensor, like: Tensor) -> Tensor:
 
 
 def _score_parents(model: Denoiser, transition: Transition, tree: Tree, cond: Cond,
-                   max_batch: int | None) -> tuple[TensorDict, Tensor, Tensor, Tensor]:
+                   max_batch: int | None) -> tuple[ParentBatch, Tensor, Tensor, Tensor]:
     """The tree's :func:`parent_batch`, the ``[M, K]`` scores of its children, and the parents' ``mean, std``."""
     batch = parent_batch(tree)
-    latent, step = batch["latent"], batch["step"]
-    prediction = DenoisingPolicy(model, transition, cond, max_batch=max_batch).predict(latent, step, batch["cond_index"])
+    latent, step = batch.latent, batch.step
+    prediction = DenoisingPolicy(model, transition, cond, max_batch=max_batch).predict(latent, step, batch.cond_index)
     mean, std = transition.mean_std(latent, prediction, step)
-    return batch, transition.score_children(batch["sample"], mean, std), mean, std
+    return batch, transition.score_children(batch.sample, mean, std), mean, std
 
 
 def rescore_children(
     model: Denoiser, transition: Transition, tree: Tree, cond: Cond, *, max_batch: int | None = None
-) -> tuple[TensorDict, Tensor, Tensor]:
+) -> tuple[ParentBatch, Tensor, Tensor]:
     """Re-score a tree's edges as a loss does: its :func:`parent_batch` ``[M]``, the ``[M, K]``
     log-prob of every child under ``model`` (one model row per parent, its ``K`` children scored
     against that Gaussian by :meth:`Transition.score_children`), and each child's rounding
     sensitivity (:func:`~treegrpo.envs.numerics.ratio_sensitivity`). Gradients flow to the model
     when enabled."""
     batch, scored, mean, std = _score_parents(model, transition, tree, cond, max_batch)
-    return batch, scored, edge_sensitivity(transition, batch["latent"], batch["sample"], mean, std, batch["step"])
+    return batch, scored, edge_sensitivity(transition, batch.latent, batch.sample, mean, std, batch.step)
 
 
 def edge_log_probs(
@@ -138,9 +121,9 @@ def edge_log_probs(
     """Log-prob ``[N]`` of each node's stored ``sample`` under ``model`` (0 at roots), scored as a
     loss scores (:func:`rescore_children`). Gradients flow to the model when enabled."""
     batch, scored, _, _ = _score_parents(model, transition, tree, cond, max_batch)
-    mask = batch["mask"]
+    mask = batch.mask
     out = torch.zeros(tree.num_nodes, dtype=scored.dtype, device=scored.device)
-    return out.index_copy(0, batch["child"][mask], scored[mask])
+    return out.index_copy(0, batch.child[mask], scored[mask])
 
 
 def importance_ratios(
@@ -177,7 +160,7 @@ def check_on_policy(
     device = rollout.tree.parent.device
     with torch.no_grad(), model_precision(precision, device):
         batch, scored, sensitivity = rescore_children(model, transition, rollout.tree, cond, max_batch=max_batch)
-    stats = on_policy_stats(scored - batch["log_prob"], batch["mask"], sensitivity, rounding_unit(precision, device))
+    stats = on_policy_stats(scored - batch.log_prob, batch.mask, sensitivity, rounding_unit(precision, device))
     problem = diagnose(stats, precision=precision, sampled_precision=rollout.precision,
                        dropout=active_dropout(model), where="on re-scoring")
     if problem is None and atol is not None and not stats.max_deviation <= atol:

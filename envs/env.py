@@ -26,6 +26,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
+
 from treegrpo.envs._checks import check_int
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.transitions import Transition

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 import torch
 from tensordict import TensorDict
 from torch import Tensor
+
+from treeadv import Tree
 from treegrpo.envs._checks import check_int
 from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy
 from treegrpo.envs.numerics import autocast_precision
-
-from treeadv import Tree
 
 NODE_KEYS = ("latent", "sample", "step", "cond_index", "log_prob")
 DECODES = ("sample", "x0")
@@ -136,8 +136,7 @@ def tree_rollout(
     precision = autocast_precision(env.device)
     x = initial_noise(noise, env.latent_shape, num_trees, generator, env.device)
     cond_index = torch.arange(num_prompts, device=x.device).repeat_interleave(trees_per_prompt)
-    # the environment's own reset, without TorchRL's per-call bookkeeping (it is stateless)
-    state = env._reset(TensorDict({"latent": x, "cond_index": cond_index}, batch_size=[num_trees], device=x.device))
+    state = env.reset(TensorDict({"latent": x, "cond_index": cond_index}, batch_size=[num_trees], device=x.device))
     state.set("sample", x)
     state.set("log_prob", torch.zeros(num_trees, dtype=x.dtype, device=x.device))
     calls_before = len(policy.calls)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
 from treegrpo.envs._checks import check_int
 from treegrpo.envs.env import DenoisingEnv, DenoisingPolicy
 from treegrpo.envs.models import Cond, Denoiser

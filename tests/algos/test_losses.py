@@ -46,7 +46,7 @@ def test_a_loss_reads_renamed_keys_and_names_missing_ones_in_one_line():
     problem, _, _, batch = _tree_batch()
     loss = PPOClipLoss(problem.model, problem.transition, clip_range=0.1)
     expected = loss(batch)["loss_objective"]
-    renamed = batch.rename_key_("sample", "child_latent")
+    renamed = batch.as_loss_input().rename_key_("sample", "child_latent")  # a plain TensorDict, keys renamed
     with pytest.raises(EdgeBatchError, match=r"^PPOClipLoss: the batch lacks sample \(it has "):
         loss(renamed)
     loss.set_keys(sample="child_latent")
@@ -288,7 +288,7 @@ def test_reward_and_advantage_level_aggregation_differ_as_defined() -> None:
 def test_the_configured_spread_reaches_the_trainers_advantages(algorithm) -> None:
     """``loss.advantage_std``/``advantage_eps`` through ``build_advantage``, against DanceGRPO's and Flow-GRPO's
     normalisations transcribed (DanceGRPO ``train_grpo_flux.py:542``; Flow-GRPO ``stat_tracking.py:25-29``)."""
-    from treegrpo.algos.recipes import build_advantage
+    from treegrpo.algos.build import build_advantage
 
     import treeadv
     from treegrpo.config import Config

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from treegrpo.algos.recipes import build_sampler
+from treegrpo.algos.build import build_sampler
 from treegrpo.envs import (
     DDIM,
     DanceSDE,

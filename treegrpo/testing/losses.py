@@ -5,7 +5,7 @@
 
 - **terms**: the output holds finite scalar ``loss_*`` terms, and ``in_keys`` are batch keys;
 - **set_keys**: with every batch key renamed and the loss told so by ``set_keys``, the terms are
-  unchanged;
+  unchanged, for a renamed TensorDict and for the :class:`~treegrpo.envs.ParentBatch` itself;
 - **gradient**: at the behaviour policy (ratio 1) the gradient is the policy gradient,
   ``-mean A grad log pi`` over the real edges, computed independently here (skip for a loss that
   means something else, such as a pairwise preference: ``policy_gradient=False``);
@@ -32,8 +32,8 @@ from tensordict import TensorDict, TensorDictBase
 
 import treeadv
 from treegrpo.algos import Config, EdgeLoss, Trainer, build_advantage, build_sampler, total_loss
-from treegrpo.algos.losses import masked_mean
-from treegrpo.envs import parent_batch
+from treegrpo.algos.interfaces import masked_mean
+from treegrpo.envs import ParentBatch, parent_batch
 from treegrpo.problems import Problem, toy2d_problem
 
 LossFactory = Callable[[Problem, float], EdgeLoss]
@@ -56,7 +56,7 @@ def toy_problem(seed: int = 0) -> Problem:
     return toy2d_problem(num_steps=STEPS, prompts_per_iteration=PROMPTS, seed=seed)
 
 
-def toy_parent_batch(problem: Problem, seed: int = 0) -> TensorDict:
+def toy_parent_batch(problem: Problem, seed: int = 0) -> ParentBatch:
     """One forest of ``problem`` with its backed-up advantages, as the parent batch a loss reads."""
     generator = torch.Generator().manual_seed(seed)
     cond, prompt_ids = problem.prompts(0, generator)
@@ -89,12 +89,14 @@ def check_terms(make: LossFactory) -> None:
     assert losses, f"{type(loss).__name__}: no loss_* term in {list(terms.keys())}"
     for key, value in losses.items():
         assert value.ndim == 0 and torch.isfinite(value), f"{type(loss).__name__}: {key} = {value}"
-    missing = [key for key in loss.in_keys if key not in batch.keys(include_nested=True)]
+    missing = [key for key in loss.in_keys if key not in loss.loss_input(batch).keys(include_nested=True)]
     assert not missing, f"{type(loss).__name__}: in_keys {missing} are not batch keys"
 
 
-def renamed(batch: TensorDictBase, prefix: str = "renamed_") -> tuple[TensorDict, dict[str, str]]:
+def renamed(batch: ParentBatch | TensorDictBase, prefix: str = "renamed_") -> tuple[TensorDict, dict[str, str]]:
     """``batch`` with every key renamed ``prefix + key``, and the ``set_keys`` mapping that follows it."""
+    if isinstance(batch, ParentBatch):
+        batch = batch.as_loss_input()
     out = TensorDict({}, batch_size=batch.batch_size)
     keys = list(batch.keys())  # iterating a TensorDict itself walks its batch dimension
     for key in keys:
@@ -106,18 +108,27 @@ def renamed(batch: TensorDictBase, prefix: str = "renamed_") -> tuple[TensorDict
     return out, {key: prefix + key for key in keys}
 
 
+def rename_every_key(loss: EdgeLoss, prefix: str = "renamed_") -> dict[str, str]:
+    """Rename every key the loss accepts (each field of its ``_AcceptedKeys``) to ``prefix + name``
+    with ``set_keys``; returns the mapping."""
+    mapping = {name: prefix + name for name in vars(loss.tensor_keys)}
+    loss.set_keys(**mapping)
+    return mapping
+
+
 def check_set_keys(make: LossFactory) -> None:
-    """Renaming every batch key, and telling the loss with ``set_keys``, leaves its terms unchanged."""
+    """Renaming every batch key, and telling the loss with ``set_keys``, leaves its terms unchanged;
+    so does handing the renamed loss the :class:`~treegrpo.envs.ParentBatch` itself."""
     problem = toy_problem()
     loss, batch = make(problem, 0.0), toy_parent_batch(problem)
     expected = loss(batch)
     other, mapping = renamed(batch)
     accepted = {name: mapping[name] for name in vars(loss.tensor_keys) if name in mapping}
     loss.set_keys(**accepted)
-    got = loss(other)
-    for key, value in expected.items():
-        if key.startswith("loss_"):
-            assert torch.allclose(got[key], value), f"{type(loss).__name__}: {key} changed under set_keys"
+    for got in (loss(other), loss(batch)):
+        for key, value in expected.items():
+            if key.startswith("loss_"):
+                assert torch.allclose(got[key], value), f"{type(loss).__name__}: {key} changed under set_keys"
 
 
 def check_policy_gradient(make: LossFactory) -> None:
@@ -126,7 +137,7 @@ def check_policy_gradient(make: LossFactory) -> None:
     loss, batch = make(problem, 0.0), toy_parent_batch(problem)
     got = _gradient(loss, total_loss(loss(batch)))
     new_log_prob, _, _ = loss.log_probs(batch)
-    reference = -masked_mean(batch["advantage"] * new_log_prob, batch["mask"])
+    reference = -masked_mean(batch.advantage * new_log_prob, batch.mask)
     want = _gradient(loss, reference)
     assert any(float(g.abs().max()) > 0 for g in want), "the toy batch gave a zero policy gradient"
     assert _close(got, want), f"{type(loss).__name__}: the gradient at ratio 1 is not -mean A grad log pi"
@@ -202,4 +213,4 @@ def check_loss(make: LossFactory, *, policy_gradient: bool = True, kl: bool = Tr
 
 
 __all__ = ["LossFactory", "check_kl", "check_loss", "check_policy_gradient", "check_set_keys", "check_sign",
-           "check_terms", "renamed", "toy_config", "toy_parent_batch", "toy_problem", "trained_reward"]
+           "check_terms", "rename_every_key", "renamed", "toy_config", "toy_parent_batch", "toy_problem", "trained_reward"]
