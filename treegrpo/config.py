@@ -7,6 +7,13 @@ field carries a default (the TreeGRPO paper's numbers where it gives them) and a
 new field needs only its declaration. Every error is a :class:`ConfigError` whose message is one
 line starting with ``section.field: ``.
 
+This module keeps the sections, their parsing and validation, and file I/O. What reads an option
+declares it where it lives: each recipe's options in :mod:`treegrpo.recipes`, each model kind's
+builder, preset and options in its :func:`~treegrpo.problems.register_problem` call
+(:mod:`treegrpo.kinds`), and the resume policy in :mod:`treegrpo.algos.checkpoint`;
+:meth:`Config.check_used` consults those declarations (and :data:`SECTION_USES`, the section-level
+rules) to refuse an option the run would ignore.
+
     config = Config.from_toml("run.toml").override(["loss.clip_range=2e-4", "train.resume=true"])
 """
 
