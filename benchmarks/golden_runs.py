@@ -9,6 +9,10 @@ statistics) and a hash of the final weights must be identical; timings are left 
     python benchmarks/golden_runs.py --out /tmp/golden-after.json
     python benchmarks/golden_runs.py --compare /tmp/golden-before.json /tmp/golden-after.json
     python benchmarks/golden_runs.py --compare-summaries runs/digits/summary.json /tmp/after/summary.json
+
+``--pipelines`` does the same for the diffusers families on tiny random-weight pipelines (SD3,
+FLUX.1, SD1.5 through their shipped configs, shrunk to 16 pixels, LoRA), scored by tiny reward
+models; run it from the repository root (it builds the rewards with the tests' helper).
 """
 
 from __future__ import annotations
@@ -60,6 +64,42 @@ def run_one(algorithm: str, iterations: int, folder: Path) -> dict[str, Any]:
     return {"summary": without_timings(summary), "weights": weights_hash(checkpoint / "model.safetensors")}
 
 
+PIPELINE_CONFIGS = {"sd3": "configs/sd35_medium.yaml", "flux": "configs/flux_dev.yaml", "sd15": "configs/sd15.yaml"}
+
+
+def run_pipeline(kind: str, iterations: int, scratch: Path) -> dict[str, Any]:
+    """Train a tiny ``kind`` pipeline through its shipped config for ``iterations`` (LoRA, 16 pixels)."""
+    from treegrpo.testing import pipelines as tiny
+
+    sys.path.insert(0, str(Path.cwd()))
+    from tests.rewards.tiny_rewards import save_tiny_rewards
+
+    path = getattr(tiny, f"save_tiny_{kind}_pipeline")(scratch / "pipelines" / kind)
+    rewards = scratch / "rewards"
+    if not rewards.exists():
+        save_tiny_rewards(rewards)
+    prompts = scratch / "prompts"
+    prompts.mkdir(exist_ok=True)
+    (prompts / "train.txt").write_text("a red cat\na blue dog\ntwo small birds\na green house\n")
+    (prompts / "test.txt").write_text("sunset over the sea\na bowl of fruit\n")
+    out = scratch / f"run-{kind}"
+    flags = [f"model.reward_dir={rewards}", f"model.path={path}", f"model.prompts={prompts}", "model.image_size=16",
+             *(["model.max_sequence_length=16"] if kind in ("sd3", "flux") else []),
+             f"model.embedding_cache={out / 'embeddings'}", "model.eval_count=2", "sampling.num_steps=4",
+             "sampling.branching=2", "sampling.depth=2", "sampling.prompts_per_iteration=2", "sampling.max_batch=0",
+             f"train.iterations={iterations}", "train.device=cpu", "train.precision=fp32", f"train.out_dir={out}",
+             "optim.lr=1e-3", "loss.clip_range=0.2", "train.minibatch_parents=4", "eval.diversity=false"]
+    command = [sys.executable, "-m", "treegrpo", "train", "--config", PIPELINE_CONFIGS[kind]]
+    for flag in flags:
+        key, _, value = flag.partition("=")
+        command += [f"--{key}", value]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    summary = json.loads((out / "summary.json").read_text())
+    checkpoint = sorted((out / "checkpoints").glob("iter-*"))[-1]
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    return {"summary": without_timings(summary), "weights": {w.name: weights_hash(w) for w in weights}}
+
+
 def differences(before: Any, after: Any, where: str = "") -> list[str]:
     """Every path at which two JSON values differ."""
     if isinstance(before, dict) and isinstance(after, dict):
@@ -77,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the golden JSON here")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--pipelines", action="store_true", help="the tiny diffusers families instead of toy2d")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two golden JSON files")
     parser.add_argument("--compare-summaries", nargs=2, metavar=("BEFORE", "AFTER"),
                         help="compare two runs' summary.json, timings left out")
@@ -92,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out: needed unless --compare or --compare-summaries")
     golden = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for algorithm in args.algorithms.split(","):
+        for kind in PIPELINE_CONFIGS if args.pipelines else ():
+            golden[kind] = run_pipeline(kind, args.iterations, Path(scratch))
+            print(f"{kind:12s} weights {sorted(golden[kind]['weights'].values())[0][:16]}")
+        for algorithm in () if args.pipelines else args.algorithms.split(","):
             golden[algorithm] = run_one(algorithm, args.iterations, Path(scratch) / algorithm)
             print(f"{algorithm:12s} weights {golden[algorithm]['weights'][:16]}")
     Path(args.out).write_text(json.dumps(golden, indent=1, sort_keys=True))

@@ -29,16 +29,12 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 from treegrpo.envs._checks import ArgumentError
-from treegrpo.envs.flux import FluxDenoiser, has_distilled_guidance
-from treegrpo.envs.models import Cond, Denoiser, GuidedDenoiser, SD3Denoiser, UNetDenoiser
-from treegrpo.envs.timesteps import DDIMTimesteps, FlowTimesteps
-from treegrpo.envs.transitions import DDIM, Transition, flow_transition
-
+from treegrpo.envs.models import Cond, Denoiser
+from treegrpo.envs.transitions import Transition
 from treegrpo.errors import TreegrpoError
+from treegrpo.families.base import ModelFamily, families, family, prompts_list
 
 __all__ = [
-    "LAYOUTS",
-    "Layout",
     "PipelineLayoutError",
     "TextToImageModel",
     "check_image_size",
@@ -52,38 +48,6 @@ __all__ = [
 
 class PipelineLayoutError(TreegrpoError, FileNotFoundError):
     """A model folder is missing or does not hold the expected diffusers pipeline."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What a pipeline folder holds: the pipeline class, its component folders and its denoiser.
-
-    ``pack`` is the side of the latent patches the adapter packs into one token before the network
-    sees them (FLUX: 2, on top of the network's own ``patch_size`` of 1); 1 means none.
-    """
-
-    pipeline: str
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    denoiser: str
-    pack: int = 1
-
-    def describe(self) -> str:
-        """One line listing the folder's expected contents, for error messages."""
-        folders = [f"{name}/" for name in self.required] + [f"{name}/ (optional)" for name in self.optional]
-        return f"a diffusers {self.pipeline} folder: model_index.json, " + ", ".join(folders)
-
-
-LAYOUTS: dict[str, Layout] = {
-    "sd3": Layout("StableDiffusion3Pipeline",
-                  ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
-                  ("text_encoder_3", "tokenizer_3"), "transformer"),
-    "sd15": Layout("StableDiffusionPipeline", ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), (), "unet"),
-    "flux": Layout("FluxPipeline",
-                   ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
-                   (), "transformer", pack=2),
-}
-"""Pipeline kind (``model.kind``: ``sd3``, ``sd15``, ``flux``) to the folder layout it loads."""
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -105,9 +69,7 @@ def resolve_model_path(path: str | Path) -> Path:
 
 def check_layout(path: Path, kind: str, *, t5: bool = True) -> None:
     """Raise a one-line :class:`PipelineLayoutError` unless ``path`` holds a ``kind`` pipeline."""
-    if kind not in LAYOUTS:
-        raise ValueError(f"model.kind: expected one of {sorted(LAYOUTS)}, got {kind!r}")
-    layout = LAYOUTS[kind]
+    layout = family(kind)
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise PipelineLayoutError(f"model.path: {path} has no model_index.json; expected {layout.describe()}")
@@ -115,15 +77,16 @@ def check_layout(path: Path, kind: str, *, t5: bool = True) -> None:
     if declared != layout.pipeline:
         raise PipelineLayoutError(f"model.path: {index_file} declares {declared!r}; model.kind={kind} expects "
                                   f"{layout.pipeline} ({layout.describe()})")
-    if kind == "flux" and not t5:
-        raise ArgumentError("model.t5: false, but FLUX.1 reads prompts through its T5 encoder (text_encoder_2) "
-                            "alone; leave model.t5=true (t5=false is for SD3)")
-    needed = layout.required + (("text_encoder_3", "tokenizer_3") if kind == "sd3" and t5 else ())
-    for name in needed:
+    if layout.t5 == "required" and not t5:
+        raise ArgumentError(f"model.t5: false, but {layout.title} reads prompts through its T5 encoder "
+                            f"({layout.t5_folders[0]}) alone; leave model.t5=true (t5=false is for a family whose T5 "
+                            "is optional, such as SD3)")
+    for name in layout.folders(t5):
         if not (path / name).is_dir():
-            extra = "; set model.t5=false to run without T5" if name.endswith("_3") else ""
-            if kind == "flux" and name.endswith("_2"):
-                extra = " (FLUX.1's T5, which it cannot run without)"
+            extra = ""
+            if name in layout.t5_folders:
+                extra = (f" ({layout.title}'s T5, which it cannot run without)" if layout.t5 == "required" else
+                         "; set model.t5=false to run without T5")
             raise PipelineLayoutError(f"model.path: {path / name} is missing; expected {layout.describe()}{extra}")
     check_weight_files(path)
 
@@ -154,8 +117,9 @@ def image_multiple(path: Path, kind: str) -> int:
     downsampling (``2^(levels - 1)``) times the denoiser's patch size (times FLUX's 2x2 packing),
     read from their config files."""
     levels = len(_component_config(path, "vae").get("block_out_channels", (0,) * 4))
-    patch = int(_component_config(path, LAYOUTS[kind].denoiser).get("patch_size") or 1)
-    return 2 ** (levels - 1) * patch * LAYOUTS[kind].pack
+    chosen = family(kind)
+    patch = int(_component_config(path, chosen.network).get("patch_size") or 1)
+    return 2 ** (levels - 1) * patch * chosen.pack
 
 
 def _component_config(path: Path, name: str) -> dict:
@@ -172,7 +136,8 @@ def check_true_cfg(path: Path, kind: str, true_cfg_scale: float) -> None:
     guidance: only FLUX.1-dev-style transformers (``guidance_embeds``) take it."""
     if true_cfg_scale == 1.0:
         return
-    if kind != "flux" or not has_distilled_guidance(_component_config(path, LAYOUTS[kind].denoiser)):
+    chosen = family(kind)
+    if not chosen.distilled_guidance(_component_config(path, chosen.network)):
         raise ArgumentError(f"sampling.true_cfg_scale: {true_cfg_scale} given, but only a FLUX.1 model with distilled "
                             "guidance (guidance_embeds=true) takes it; use sampling.guidance_scale for "
                             "classifier-free guidance")
@@ -187,14 +152,14 @@ def check_image_size(path: Path, kind: str, image_size: int) -> None:
 
 
 def detect_kind(path: Path) -> str:
-    """``sd3``, ``sd15`` or ``flux`` from ``model_index.json``'s pipeline class."""
+    """The registered family whose pipeline class ``model_index.json`` names."""
     index_file = path / "model_index.json"
     if index_file.is_file():
         declared = json.loads(index_file.read_text()).get("_class_name", "")
-        for kind, layout in LAYOUTS.items():
-            if layout.pipeline == declared:
-                return kind
-    classes = ", ".join(layout.pipeline for layout in LAYOUTS.values())
+        for candidate in families():
+            if candidate.pipeline == declared:
+                return candidate.name
+    classes = ", ".join(candidate.pipeline for candidate in families())
     raise PipelineLayoutError(f"model.path: {path} is not a diffusers pipeline folder of a known kind (no "
                               f"model_index.json naming one of {classes})")
 
@@ -218,11 +183,17 @@ class TextToImageModel:
     max_sequence_length: int
     vae_batch: int
     frozen_dtype: torch.dtype = torch.bfloat16
+    num_frames: int = 1
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model family (``model.kind``) this pipeline belongs to."""
+        return family(self.kind)
 
     @property
     def network(self) -> torch.nn.Module:
-        """The trained network: the SD3 or FLUX transformer, or the UNet."""
-        return getattr(self.pipeline, LAYOUTS[self.kind].denoiser)
+        """The trained network: the family's transformer or UNet."""
+        return getattr(self.pipeline, self.family.network)
 
     @property
     def device(self) -> torch.device:
@@ -234,9 +205,12 @@ class TextToImageModel:
         """Pixels per latent cell along each side (8 for SD3, FLUX.1 and SD1.5)."""
         return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
 
-    def latent_shape(self, image_size: int) -> tuple[int, int, int]:
-        """``(C, H, W)`` of the latents of ``image_size``-pixel square images (FLUX: unpacked, 16 channels)."""
-        pack = LAYOUTS[self.kind].pack
+    def latent_shape(self, image_size: int) -> tuple[int, ...]:
+        """``(C, H, W)`` of the latents of ``image_size``-pixel square images (FLUX: unpacked, 16 channels),
+        or the family's own shape (a video's ``(C, F, H, W)``)."""
+        if self.family.latent_shape is not None:
+            return self.family.latent_shape(self, image_size)
+        pack = self.family.pack
         multiple = self.vae_scale_factor * _patch(self.network) * pack
         if image_size % multiple:
             raise ArgumentError(f"model.image_size: expected a multiple of {multiple} for this pipeline, got {image_size}")
@@ -245,8 +219,8 @@ class TextToImageModel:
 
     def image_tokens(self, image_size: int) -> int:
         """Tokens the network sees per ``image_size``-pixel square image (FLUX: ``(side / 2)^2``)."""
-        _, height, width = self.latent_shape(image_size)
-        side = _patch(self.network) * LAYOUTS[self.kind].pack
+        height, width = self.latent_shape(image_size)[-2:]
+        side = _patch(self.network) * self.family.pack
         return (height // side) * (width // side)
 
     def identity(self) -> str:
@@ -261,34 +235,24 @@ class TextToImageModel:
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> TensorDict:
         """Conditioning for ``prompts`` (``[B]`` TensorDict on the model's device), no CFG branch."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts: expected a list of strings, got one str")
+        prompts = prompts_list(prompts)
         if not self.can_encode:
             raise RuntimeError("encode: the text encoders were released; precompute every prompt first")
-        prompts, device = list(prompts), self.device
-        if self.kind == "flux":  # T5 tokens [B, S, 4096] and CLIP's pooled output [B, 768]; text_ids are zeros
-            embeds, pooled, _ = self.pipeline.encode_prompt(prompt=prompts, prompt_2=None, device=device,
-                                                            max_sequence_length=self.max_sequence_length)
-            fields = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-        elif self.kind == "sd3":
-            embeds, _, pooled, _ = self.pipeline.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False,
-                max_sequence_length=self.max_sequence_length)
-            fields = {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-        else:
-            embeds, _ = self.pipeline.encode_prompt(prompts, device, 1, False)
-            fields = {"encoder_hidden_states": embeds}
-        return TensorDict(fields, batch_size=[len(prompts)], device=device)
+        fields = self.family.encode(self.pipeline, prompts, self.device, self.max_sequence_length)
+        return TensorDict(fields, batch_size=[len(prompts)], device=self.device)
 
     def release_text_encoders(self) -> None:
         """Drop the text encoders (and their memory) once every prompt's embedding is cached."""
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        for name in self.family.text_encoders:
             if hasattr(self.pipeline, name):
                 setattr(self.pipeline, name, None)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Images ``[B, 3, H, W]`` float32 in ``[0, 1]`` from latents, ``vae_batch`` rows per VAE call."""
+        """Images ``[B, 3, H, W]`` float32 in ``[0, 1]`` from latents, ``vae_batch`` rows per VAE call
+        (a video family's own decode: ``[B, F, 3, H, W]``)."""
+        if self.family.decode is not None:
+            return self.family.decode(self, latents)
         vae = self.pipeline.vae
         scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
         images = [vae.decode(chunk.to(vae.device, vae.dtype) / scale + shift, return_dict=False)[0].float()
@@ -309,30 +273,7 @@ class TextToImageModel:
         """
         if image_size is not None:
             self.latent_shape(image_size)
-        if self.kind in ("sd3", "flux"):
-            from diffusers import FlowMatchEulerDiscreteScheduler
-
-            config = self.pipeline.scheduler.config
-            if self.kind == "flux" and schedule == "scheduler":
-                if image_size is None:
-                    raise ArgumentError("image_size: FLUX.1's schedule shifts with the image's token count; pass "
-                                        "transition(..., image_size=model.image_size)")
-                scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
-                timesteps = FlowTimesteps.flux(scheduler, num_steps, image_seq_len=self.image_tokens(image_size))
-            else:
-                scheduler = FlowMatchEulerDiscreteScheduler.from_config(config, shift=shift)
-                timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift, scheduler=scheduler)
-            return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
-        from diffusers import DDIMScheduler
-
-        if name != "ddim":
-            raise ValueError(f"sampling.transition: an SD1.5-style model samples with 'ddim', got {name!r}")
-        # SD1.5 ships clip_sample=false; the DDIM transition never clips the predicted x0, so neither may the schedule.
-        scheduler = DDIMScheduler.from_config(self.pipeline.scheduler.config, clip_sample=False)
-        if scheduler.config.prediction_type != "epsilon":
-            raise ValueError(f"scheduler.prediction_type: the DDIM transition needs 'epsilon', got "
-                             f"{scheduler.config.prediction_type!r}")
-        return DDIM(DDIMTimesteps.from_scheduler(scheduler, num_steps), eta=noise_level)
+        return self.family.transition(self, name, num_steps, noise_level, shift, schedule, cps_scoring, image_size)
 
     def guided_denoiser(self, guidance_scale: float, uncond: Callable[[], Cond], *,
                         true_cfg_scale: float = 1.0) -> Denoiser:
@@ -344,16 +285,7 @@ class TextToImageModel:
         pipeline: classifier-free guidance against ``uncond()`` (:class:`GuidedDenoiser`), none at
         ``guidance_scale = 1``. ``uncond`` is called only when a negative branch is needed.
         """
-        distilled = self.kind == "flux" and has_distilled_guidance(self.network.config)
-        if distilled:
-            denoiser: Denoiser = FluxDenoiser(self.network, guidance_scale)
-            scale = true_cfg_scale
-        else:
-            if true_cfg_scale != 1.0:
-                raise ArgumentError(f"true_cfg_scale: {true_cfg_scale} given, but only a FLUX.1 model with distilled "
-                                    "guidance takes it; use guidance_scale for classifier-free guidance")
-            denoiser, scale = self.denoiser, guidance_scale
-        return denoiser if scale == 1.0 else GuidedDenoiser(denoiser, scale, uncond())
+        return self.family.guided_denoiser(self, guidance_scale, uncond, true_cfg_scale)
 
 
 def _patch(network: torch.nn.Module) -> int:
@@ -370,6 +302,7 @@ def load_pipeline(
     device: torch.device | str = "cpu",
     max_sequence_length: int = 256,
     vae_batch: int = 8,
+    num_frames: int = 1,
 ) -> TextToImageModel:
     """Load a local SD3/SD3.5 (``kind="sd3"``), FLUX.1 (``"flux"``) or SD1.5-style (``"sd15"``) pipeline for training.
 
@@ -384,12 +317,11 @@ def load_pipeline(
         device: where every component lives.
         max_sequence_length: the T5 token count (SD3, FLUX.1).
         vae_batch: latents decoded per VAE call.
+        num_frames: frames per sample of a video family (1 for images).
 
     FLUX.1-dev's denoiser samples at the distilled guidance 3.5 (FluxPipeline's default); pick
     another with :meth:`TextToImageModel.guided_denoiser`.
     """
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
-
     root = resolve_model_path(path)
     kind = kind or detect_kind(root)
     check_layout(root, kind, t5=t5)
@@ -397,19 +329,12 @@ def load_pipeline(
         raise ValueError(f"model.vae_batch: expected an int >= 1, got {vae_batch!r}")
     # safetensors only: a pickled .bin can run code when loaded
     options: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, **_dtype_argument(frozen_dtype)}
-    network_name = LAYOUTS[kind].denoiser
-    network_class = _network_class(kind)
-    options[network_name] = network_class.from_pretrained(root / network_name, local_files_only=True,
-                                                          use_safetensors=True, **_dtype_argument(denoiser_dtype))
-    if kind == "sd3":
-        if not t5:
-            options.update(text_encoder_3=None, tokenizer_3=None)
-        pipeline = StableDiffusion3Pipeline.from_pretrained(root, **options)
-    elif kind == "flux":
-        pipeline = FluxPipeline.from_pretrained(root, **options)
-    else:
-        options.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        pipeline = StableDiffusionPipeline.from_pretrained(root, **options)
+    chosen = family(kind)
+    network_name = chosen.network
+    options[network_name] = chosen.load_network_class().from_pretrained(
+        root / network_name, local_files_only=True, use_safetensors=True, **_dtype_argument(denoiser_dtype))
+    options.update(chosen.load_options(t5))
+    pipeline = chosen.pipeline_class().from_pretrained(root, **options)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     for name, component in pipeline.components.items():
@@ -417,12 +342,7 @@ def load_pipeline(
             component.requires_grad_(name == network_name)
             component.eval()
     network = getattr(pipeline, network_name)
-    denoiser = {"sd3": SD3Denoiser, "flux": FluxDenoiser, "sd15": UNetDenoiser}[kind](network)
-    return TextToImageModel(kind=kind, path=root, pipeline=pipeline, denoiser=denoiser, t5=t5 and kind != "sd15",
-                            max_sequence_length=max_sequence_length, vae_batch=vae_batch, frozen_dtype=frozen_dtype)
-
-
-def _network_class(kind: str):
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
-
-    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel, "sd15": UNet2DConditionModel}[kind]
+    return TextToImageModel(kind=kind, path=root, pipeline=pipeline, denoiser=chosen.denoiser(network),
+                            t5=t5 and chosen.t5 != "none",
+                            max_sequence_length=max_sequence_length, vae_batch=vae_batch, frozen_dtype=frozen_dtype,
+                            num_frames=num_frames)

@@ -1,0 +1,64 @@
+"""FLUX.1 (``model.kind = flux``): a flow transformer over packed 2x2 latent patches, prompted through T5
+and CLIP's pooled vector, with distilled guidance (dev) or none (schnell).
+
+Latents stay unpacked like SD3's; :class:`~treegrpo.envs.flux.FluxDenoiser` packs them for the
+transformer. The ``scheduler`` schedule is FluxPipeline's own, whose shift depends on the image's
+token count, so the transition needs the image size.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from treegrpo.envs._checks import ArgumentError
+from treegrpo.envs.flux import FluxDenoiser, has_distilled_guidance
+from treegrpo.envs.timesteps import FlowTimesteps
+from treegrpo.envs.transitions import Transition, flow_transition
+from treegrpo.families.base import ModelFamily, register_family
+from treegrpo.families.flow import flow_match_transition
+
+if TYPE_CHECKING:
+    from treegrpo.families.pipelines import TextToImageModel
+
+
+def encode(pipeline: Any, prompts: list[str], device: torch.device, max_sequence_length: int) -> dict[str, Tensor]:
+    """T5 tokens ``[B, S, 4096]`` and CLIP's pooled output ``[B, 768]`` (the text ids are zeros)."""
+    embeds, pooled, _ = pipeline.encode_prompt(prompt=prompts, prompt_2=None, device=device,
+                                               max_sequence_length=max_sequence_length)
+    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+
+def transition(model: TextToImageModel, name: str, num_steps: int, noise_level: float, shift: float,
+               schedule: str, cps_scoring: str, image_size: int | None) -> Transition:
+    """FluxPipeline's resolution-shifted schedule (``scheduler``), or a named one with ``shift``."""
+    if schedule != "scheduler":
+        return flow_match_transition(model, name, num_steps, noise_level, shift, schedule, cps_scoring, image_size)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if image_size is None:
+        raise ArgumentError("image_size: FLUX.1's schedule shifts with the image's token count; pass "
+                            "transition(..., image_size=model.image_size)")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.pipeline.scheduler.config)
+    timesteps = FlowTimesteps.flux(scheduler, num_steps, image_seq_len=model.image_tokens(image_size))
+    return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
+
+
+FLUX = register_family(ModelFamily(
+    name="flux",
+    title="FLUX.1",
+    pipeline="FluxPipeline",
+    network="transformer",
+    network_class="FluxTransformer2DModel",
+    required=("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+    denoiser=FluxDenoiser,
+    encode=encode,
+    transition=transition,
+    pack=2,
+    t5="required",
+    t5_folders=("text_encoder_2", "tokenizer_2"),
+    distilled_guidance=has_distilled_guidance,
+    guided=FluxDenoiser,
+))
