@@ -17,7 +17,12 @@ For each method the script prints one table and writes JSON: NFE sampled, forwar
 seconds per iteration (median after warm-up), images/s, model FLOP utilisation (with
 ``--peak-tflops``), peak memory, and the ratio of the measured time to the floor
 ``NFE x t_forward + backward rows x t_forward_backward``, both per image and measured here at the
-iteration's batch shapes.
+iteration's batch shapes. Besides TreeGRPO's shapes and the hand-set baselines, ``--methods`` takes the
+peer recipes ``flow_grpo``, ``dance_grpo``, ``mix_grpo`` and ``branch_grpo`` (docs/recipes.md). A
+method that runs out of CUDA memory retries with half the prompts (its row says at which it ran); one
+that cannot run at all becomes a row with an ``error`` and the others still run. The JSON is rewritten
+after every row (``complete`` is false until the last), so a run cut short keeps what it finished;
+``benchmarks/gpu_check.sh`` runs this script for the GPU check.
 
     python benchmarks/gpu_iteration.py                       # SD3.5-M shapes, bf16, LoRA (GPU)
     python benchmarks/gpu_iteration.py --compile --modes lora full
@@ -82,8 +87,29 @@ METHODS: dict[str, list[str]] = {
     "grpo (Flow-GRPO)": ["loss.algorithm=grpo", "loss.timestep_fraction=1.0"],
     "mixgrpo": ["loss.algorithm=mixgrpo", "sampling.depth=3"],
     "ddpo": ["loss.algorithm=ddpo"],
+    # The peer recipes (docs/recipes.md) at this run's NFE, images per prompt and clip range; BranchGRPO
+    # splits k ways at d steps 3 apart from step 0 (its own: 2 ways at 0, 3, 6, 9 of 20), k^d = images per prompt.
+    "flow_grpo": ["loss.algorithm=flow_grpo"],
+    "dance_grpo": ["loss.algorithm=dance_grpo"],
+    "mix_grpo": ["loss.algorithm=mix_grpo"],
+    "branch_grpo": ["loss.algorithm=branch_grpo"],
 }
 DEFAULT_METHODS = ("treegrpo k3 d3", "treegrpo k2 d3", "grpo (DanceGRPO)", "grpo (Flow-GRPO)", "mixgrpo", "ddpo")
+
+
+class RowFailed(RuntimeError):
+    """A method could not be timed (out of memory at one prompt, or an error); its row says why."""
+
+
+def branch_shape(images: int, steps: int) -> tuple[int, list[int]]:
+    """BranchGRPO's branching and split steps giving ``images`` leaves: the deepest ``k^d = images`` with
+    ``k >= 2`` whose ``d`` splits, 3 steps apart from step 0 (closer where ``steps`` is short), fit."""
+    for depth in range(min(steps, 8), 0, -1):
+        k = round(images ** (1 / depth))
+        if k >= 2 and k**depth == images:
+            stride = max(1, min(3, steps // depth))
+            return k, [i * stride for i in range(depth)]
+    raise ValueError(f"branch_grpo: {images} images per prompt is no power k^d (k >= 2, d <= {min(steps, 8)})")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,14 +120,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=("lora", "full"), default=["lora"],
                         help="LoRA (rank 32 on the attention projections) and/or full fine-tuning")
     parser.add_argument("--steps", type=int, default=10, help="NFE of one trajectory")
-    parser.add_argument("--prompts", type=int, default=None, help="prompts per iteration (default: the size's)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="prompts per iteration (default: the size's); on CUDA out of memory a method retries with half")
     parser.add_argument("--images-per-prompt", type=int, default=27,
                         help="trajectories per prompt of the baselines (default 27 = TreeGRPO k=3, d=3)")
     parser.add_argument("--max-batch", type=int, default=None, help="rows per sampling call (default: the size's)")
     parser.add_argument("--minibatch", type=int, default=None, help="parent rows per training minibatch")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per method (after 1 warm-up)")
+    parser.add_argument("--pass-repeats", type=int, default=3,
+                        help="timed calls (after 1 warm-up) of each single pass the floor is built from")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: bf16 on CUDA")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer (static shapes)")
+    parser.add_argument("--compile-backend", choices=("inductor", "aot_eager", "eager"), default="inductor",
+                        help="torch.compile backend (aot_eager: a quick CPU check of the compiled path)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 matmul ceiling for MFU (measured H100: 763)")
@@ -123,7 +154,9 @@ def build_transformer(args: argparse.Namespace, dtype: torch.dtype):
     torch.manual_seed(0)
     if args.weights is not None:
         return network.from_pretrained(args.weights, torch_dtype=dtype, local_files_only=True)
-    return network(**SIZES[args.size]["transformer"]).to(dtype)
+    # initialised where it runs: a 12 B random init on the host would take longer than the timing
+    with torch.device(getattr(args, "device", "cpu")):
+        return network(**SIZES[args.size]["transformer"]).to(dtype)
 
 
 def flow_timesteps(args: argparse.Namespace, schedule: str):
@@ -145,9 +178,8 @@ def synthetic_problem(args: argparse.Namespace, transformer, device: torch.devic
     flow transition and schedule (``sampling``: a ``SamplingConfig``; default Flow-GRPO's SDE on the
     model's scheduler schedule)."""
     from tensordict import TensorDict
+    from treegrpo.algos import Config
     from treegrpo.envs import FluxDenoiser, SD3Denoiser, flow_transition
-
-    from treegrpo.config import SamplingConfig
     from treegrpo.problems import Problem
 
     size = SIZES[args.size]
@@ -174,7 +206,7 @@ def synthetic_problem(args: argparse.Namespace, transformer, device: torch.devic
         return -(x.mean(dim=(1, 2, 3)) - 0.1).square()
 
     latent = tuple(size["latent"])
-    s = sampling or SamplingConfig(num_steps=args.steps)
+    s = sampling or Config().override([f"sampling.num_steps={args.steps}"], check_used=False).sampling
     timesteps = flow_timesteps(args, s.schedule)
     denoiser = FluxDenoiser(transformer) if size["family"] == "flux" else SD3Denoiser(transformer)
     return Problem(model=denoiser, transition=flow_transition(s.transition, timesteps, s.noise_level),
@@ -182,25 +214,30 @@ def synthetic_problem(args: argparse.Namespace, transformer, device: torch.devic
 
 
 def config_for(args: argparse.Namespace, method: str, mode: str, out: Path):
-    from treegrpo.config import Config
+    from treegrpo.algos import Config
 
     overrides = [
         f"sampling.num_steps={args.steps}", f"sampling.prompts_per_iteration={args.prompts}",
         f"sampling.max_batch={args.max_batch}", "loss.clip_range=1e-4", "optim.lr=1e-5",
         f"train.minibatch_parents={args.minibatch}", f"train.precision={args.precision}", "train.check_on_policy=warn",
-        f"train.compile={str(args.compile).lower()}", f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+        f"train.compile={str(args.compile).lower()}", f"train.compile_backend={args.compile_backend}",
+        f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         f"train.device={args.device}", f"train.out_dir={out}", "train.log_every=100000",
         "train.checkpoint_every=100000", "train.sample_every=100000",
         f"train.lora_rank={32 if mode == 'lora' else 0}", "train.lora_alpha=64",
         *(["train.lora_targets=attn.to_q,attn.to_k,attn.to_v,attn.to_out.0"] if mode == "lora" else []),
         f"sampling.static_shapes={str(args.compile).lower()}",
     ]
+    sampler = Config().override(METHODS[method], check_used=False).loss.recipe.sampler
+    if sampler == "branch":  # its own split steps may lie beyond this run's NFE
+        k, splits = branch_shape(args.images_per_prompt, args.steps)
+        overrides += [f"sampling.branching={k}", f"sampling.split_steps={','.join(map(str, splits))}"]
     config = Config().override([*overrides, *METHODS[method]], check_used=False)
     # Every method: the same images per prompt. A trajectory method's optimiser step covers every
     # trained step of its trajectories, as in Flow-GRPO and DanceGRPO: gradients accumulate over
     # that many minibatches of the same row count, so every backward pass has the same shape.
-    if config.loss.algorithm != "treegrpo":
-        steps = config.sampling.depth if config.loss.algorithm == "mixgrpo" else config.sampling.num_steps
+    if not config.loss.recipe.tree:
+        steps = config.sampling.depth if sampler == "sliding" else config.sampling.num_steps
         trained = max(1, round(steps * config.loss.timestep_fraction))
         config = config.override([f"sampling.group_size={args.images_per_prompt}", f"optim.grad_accumulation={trained}"],
                                  check_used=False)
@@ -250,8 +287,9 @@ def pass_times(trainer, problem, args: argparse.Namespace, device: torch.device)
         out.float().square().mean().backward()
         trainer.optimizer.zero_grad(set_to_none=True)
 
-    return {"forward_s_per_image": time_call(forward, device) / args.max_batch,
-            "forward_backward_s_per_image": time_call(forward_backward, device) / args.minibatch}
+    repeats = getattr(args, "pass_repeats", 3)
+    return {"forward_s_per_image": time_call(forward, device, repeats) / args.max_batch,
+            "forward_backward_s_per_image": time_call(forward_backward, device, repeats) / args.minibatch}
 
 
 def profile_iteration(trainer, device: torch.device, top: int = 12) -> list[dict[str, float]]:
@@ -280,12 +318,15 @@ def image_forward_flops(model, problem, device: torch.device) -> float:
 
 
 def run_method(args, method: str, mode: str, device: torch.device, scratch: Path) -> dict[str, Any]:
-    from treegrpo.algos.trainer import Trainer
+    from treegrpo.algos import Trainer
 
     dtype = torch.bfloat16 if args.precision == "bf16" and mode == "lora" else torch.float32
     transformer = build_transformer(args, dtype).to(device)
     config = config_for(args, method, mode, scratch / f"{method}-{mode}".replace(" ", "_"))
     problem = synthetic_problem(args, transformer, device, config.sampling)
+    # counted on the base transformer, before LoRA (rank 32: a fraction of a percent) and before
+    # torch.compile, which a batch of one would send through another compilation
+    flops = image_forward_flops(problem.model, problem, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -307,15 +348,16 @@ def run_method(args, method: str, mode: str, device: torch.device, scratch: Path
     passes = pass_times(trainer, problem, args, device)
     nfe, backward_rows = metrics["nfe_sampled"], metrics["backward_rows"]
     floor = nfe * passes["forward_s_per_image"] + backward_rows * passes["forward_backward_s_per_image"]
-    flops = image_forward_flops(problem.model, problem, device)
     total_flops = nfe * flops + backward_rows * 3 * flops  # backward ~ 2x forward
     row = {
-        "method": method, "mode": mode, "algorithm": config.loss.algorithm, "images": metrics["images"],
+        "method": method, "mode": mode, "algorithm": config.loss.algorithm, "prompts": args.prompts,
+        "images": metrics["images"],
         "nfe_sampled": nfe, "forward_backward_rows": backward_rows, "edges_trained": metrics["edges_trained"],
         "seconds_per_iteration": seconds, "seconds_all": [t for t, _ in runs], "first_iteration_s": first,
         "compile_s": max(0.0, first - seconds) if args.compile else None,
         "seconds_sampling": statistics.median(m.get("seconds_sample", float("nan")) for _, m in runs),
         "seconds_update": statistics.median(m.get("seconds_update", float("nan")) for _, m in runs),
+        "sampling_share": statistics.median(m.get("seconds_sample", float("nan")) for _, m in runs) / seconds,
         "images_per_second": metrics["images"] / seconds, "floor_s": floor, "time_over_floor": seconds / floor,
         "flops_per_image_forward": flops, "tflops_per_second": total_flops / seconds / 1e12,
         "mfu": total_flops / seconds / (args.peak_tflops * 1e12) if args.peak_tflops else None,
@@ -329,8 +371,40 @@ def run_method(args, method: str, mode: str, device: torch.device, scratch: Path
     return row
 
 
+def run_with_backoff(args, method: str, mode: str, device: torch.device, scratch: Path) -> dict[str, Any]:
+    """:func:`run_method` at ``args.prompts`` prompts, halving them on CUDA out of memory down to one;
+    the row records the prompts it ran at and those that ran out of memory. Raises :class:`RowFailed`."""
+    import copy
+    import gc
+    import traceback
+
+    tried, attempt = [], copy.copy(args)
+    while True:
+        failure = None
+        try:
+            row = run_method(attempt, method, mode, device, scratch)
+            return {**row, "out_of_memory_at_prompts": tried}
+        except torch.OutOfMemoryError:
+            failure = "out of memory"
+        except Exception as error:  # noqa: BLE001 -- one method's failure must not lose the others' rows
+            traceback.print_exc()
+            failure = f"{type(error).__name__}: {error}"
+        gc.collect()  # the failed attempt's trainer and activations, now unreferenced
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if failure != "out of memory":
+            raise RowFailed(failure)
+        tried.append(attempt.prompts)
+        if attempt.prompts == 1:
+            raise RowFailed(f"out of memory at prompts {tried}")
+        attempt.prompts //= 2
+        print(f"{method} ({mode}): out of memory at {tried[-1]} prompts; retrying with {attempt.prompts}", flush=True)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    base = {row["mode"]: row["seconds_per_iteration"] for row in rows if row["method"] == "grpo (DanceGRPO)"}
+    rows = [row for row in rows if "error" not in row]
+    base = {row["mode"]: row["seconds_per_iteration"] for row in rows
+            if row["method"] in ("grpo (DanceGRPO)", "dance_grpo")}
     header = (f"{'method':<18}{'mode':<6}{'images':>7}{'NFE':>7}{'fwd+bwd':>9}{'s/iter':>9}{'sample':>8}{'update':>8}"
               f"{'img/s':>8}"
               f"{'vs Dance':>9}{'floor s':>9}{'/floor':>8}{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}")
@@ -348,6 +422,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Time every method and mode; the JSON is rewritten after each row, so a run cut short keeps the
+    rows it finished. A row that failed (``error``) is kept and the others still run."""
     import tempfile
 
     args = parse_args(argv)
@@ -357,32 +433,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.max_batch = args.max_batch or size["max_batch"]
     args.minibatch = args.minibatch or size["minibatch"]
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    rows = []
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    out = args.out or RESULTS / f"gpu_iteration_{args.size}.json"
+    rows: list[dict[str, Any]] = []
+
+    def result(complete: bool) -> dict[str, Any]:
+        return {"size": args.size, "device": device_name, "prompts": args.prompts, "nfe": args.steps,
+                "images_per_prompt": args.images_per_prompt,
+                "precision": args.precision, "compile": args.compile,
+                "compile_backend": args.compile_backend if args.compile else None, "max_batch": args.max_batch,
+                "minibatch": args.minibatch, "gradient_checkpointing": args.gradient_checkpointing,
+                "peak_tflops": args.peak_tflops, "torch": torch.__version__, "complete": complete, "rows": rows}
+
     with tempfile.TemporaryDirectory() as scratch:
         for mode in args.modes:
             for method in args.methods:
-                rows.append(run_method(args, method, mode, device, Path(scratch)))
-                print(f"{method} ({mode}): {rows[-1]['seconds_per_iteration']:.3f} s/iteration", flush=True)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+                try:
+                    rows.append(run_with_backoff(args, method, mode, device, Path(scratch)))
+                    print(f"{method} ({mode}): {rows[-1]['seconds_per_iteration']:.3f} s/iteration "
+                          f"at {rows[-1]['prompts']} prompts", flush=True)
+                except RowFailed as failed:
+                    rows.append({"method": method, "mode": mode, "error": str(failed)})
+                    print(f"{method} ({mode}): failed: {failed}", flush=True)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result(False), indent=2))
     print(f"\n{args.size} transformer, {args.prompts} prompts/iteration, NFE {args.steps}, {args.precision}, "
           f"compile={args.compile}, gradient checkpointing={args.gradient_checkpointing}, {device_name}")
     print(table(rows))
     for row in rows:
-        if row["top_operators"]:
+        if row.get("top_operators"):
             print(f"\n{row['method']} ({row['mode']}): operators by self time over one iteration")
             for op in row["top_operators"][:8]:
                 print(f"  {op['operator'][:48]:<48}{op['self_ms']:>10.1f} ms{op['share']:>7.1%}{op['calls']:>8}")
-    result = {"size": args.size, "device": device_name, "prompts": args.prompts, "nfe": args.steps,
-              "images_per_prompt": args.images_per_prompt,
-              "precision": args.precision, "compile": args.compile, "max_batch": args.max_batch,
-              "minibatch": args.minibatch, "gradient_checkpointing": args.gradient_checkpointing,
-              "peak_tflops": args.peak_tflops, "torch": torch.__version__, "rows": rows}
-    out = args.out or RESULTS / f"gpu_iteration_{args.size}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    final = result(True)
+    out.write_text(json.dumps(final, indent=2))
     print(f"wrote {out}")
-    return result
+    return final
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(1 if any("error" in row for row in main()["rows"]) else 0)

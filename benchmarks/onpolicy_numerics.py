@@ -10,9 +10,13 @@ machine's own arithmetic; ``tf32`` and ``bf16`` wrap every denoiser forward in
 batch shape). ``--timing`` also measures the default digits run's seconds per iteration with the
 statistics (no extra forward) and with the full re-scoring pass (``train.rescore_on_policy``,
 what every iteration paid before). ``--sweep`` trains toy2d with every algorithm over several seeds
-in strict mode under each numerics and counts the runs that stop.
+in strict mode under each numerics and counts the runs that stop. ``--real`` adds rows on this
+device's own kernels, nothing simulated: TreeGRPO (k=3, d=3, NFE 10, clip 1e-4, LoRA) on the
+``--real-size`` transformer of ``gpu_iteration.SIZES`` (``sd35m``: SD3.5-Medium's, random weights)
+at ``train.precision`` fp32 and bf16 (benchmarks/gpu_check.sh runs it on the GPU).
 
     python benchmarks/onpolicy_numerics.py [--iterations 3] [--timing 15] [--sweep 5] [--out benchmarks/results/onpolicy_numerics.json]
+    python benchmarks/onpolicy_numerics.py --problems --real --real-size sd35m --device cuda   # the GPU's kernels
 
 Writes the JSON and, beside it, the Markdown table docs/algos.md includes.
 """
@@ -31,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from treegrpo.algos.trainer import Trainer
+from treegrpo.algos import Config, Trainer
 from treegrpo.benchmarks import RESULTS
 from treegrpo.envs.numerics import ROUNDING_Z
 
-from treegrpo.config import Config, preset_config
 from treegrpo.problems import build_problem
 from treegrpo.testing.numerics import sd35_latent_problem, simulated_gpu_numerics
 
@@ -49,6 +52,8 @@ def numerics(name: str):
 def trainer_for(problem_name: str, out: str, extra: list[str]) -> Trainer:
     common = [f"train.out_dir={out}", "train.checkpoint_every=100000", "train.sample_every=100000", *extra]
     if problem_name == "digits":
+        from treegrpo.config import preset_config  # the digits rows only
+
         config = preset_config("digits").override(common)
         return Trainer(build_problem(config), config)
     config = Config().override(["model.kind=toy2d", "sampling.num_steps=10", "sampling.prompts_per_iteration=2",
@@ -70,6 +75,40 @@ def run_statistics(problem_name: str, numeric: str, iterations: int) -> dict[str
             **{key.split("/")[1]: value for key, value in worst.items()},
             "rounding": worst["onpolicy/rounding_z"] <= ROUNDING_Z,
             "warnings": sorted({str(w.message).split(":")[1].split("(")[0].strip() for w in caught})}
+
+
+REAL_PRECISIONS = ("fp32", "bf16")
+
+
+def run_real(size: str, precision: str, iterations: int, device: str) -> dict[str, Any]:
+    """The worst on-policy statistics of ``iterations`` TreeGRPO iterations on this device's own kernels:
+    the ``size`` transformer (LoRA; bf16 weights under bf16) at ``train.precision=precision``."""
+    from treegrpo.benchmarks import gpu_iteration
+    from treegrpo.envs.numerics import UNIT_ROUNDOFF
+
+    method = "treegrpo k3 d3"
+    args = gpu_iteration.parse_args(["--size", size, "--device", device, "--prompts", "1", "--precision", precision,
+                                     "--methods", method, "--images-per-prompt", "27"])
+    spec = gpu_iteration.SIZES[size]
+    args.max_batch, args.minibatch = spec["max_batch"], spec["minibatch"]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        transformer = gpu_iteration.build_transformer(args, dtype).to(device)
+        config = gpu_iteration.config_for(args, method, "lora", Path(out))
+        problem = gpu_iteration.synthetic_problem(args, transformer, torch.device(device), config.sampling)
+        trainer = Trainer(problem, config)
+        rows = [trainer.step() for _ in range(iterations)]
+        trainer.close()
+        del trainer, problem, transformer
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    worst = {key: max(row[key] for row in rows) for key in rows[0] if key.startswith("onpolicy/")}
+    return {"problem": f"{size} (real kernels, {device})", "numerics": precision, "iterations": iterations,
+            "clip_range": config.loss.clip_range, "unit": UNIT_ROUNDOFF.get(precision),
+            **{key.split("/")[1]: value for key, value in worst.items()},
+            "rounding": worst["onpolicy/rounding_z"] <= ROUNDING_Z,
+            "warnings": sorted({str(w.message)[:200] for w in caught if "on-policy" in str(w.message).lower()})}
 
 
 def trainer_unit(numeric: str) -> float:
@@ -161,7 +200,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--problems", nargs="+", default=["digits", "sd35-latent"], choices=["digits", "sd35-latent"])
+    parser.add_argument("--problems", nargs="*", default=["digits", "sd35-latent"], choices=["digits", "sd35-latent"],
+                        help="problems under simulated numerics (none: only --real)")
+    parser.add_argument("--real", action="store_true",
+                        help="add rows on this device's own kernels at train.precision fp32 and bf16")
+    parser.add_argument("--real-size", default="sd35m", help="gpu_iteration size of the --real rows (tiny on a CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device of the --real rows")
     parser.add_argument("--timing", type=int, default=0, help="timed digits iterations per setting (0: skip)")
     parser.add_argument("--sweep", type=int, default=0,
                         help="toy2d seeds per algorithm for the strict-mode sweep under each numerics (0: skip)")
@@ -169,8 +214,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = [run_statistics(p, n, args.iterations) for p in args.problems for n in NUMERICS]
+    if args.real:
+        rows += [run_real(args.real_size, precision, args.iterations, args.device) for precision in REAL_PRECISIONS]
+    device = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else "cpu"
     result: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                              "rounding_z_limit": ROUNDING_Z, "rows": rows}
+                              "device": device if args.real else None, "rounding_z_limit": ROUNDING_Z, "rows": rows}
     print(table(rows))
     if args.timing:
         result["timing"] = timing(args.timing)

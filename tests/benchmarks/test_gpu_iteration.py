@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from treegrpo.envs import tree_nfe
 
 from treegrpo import cli
@@ -63,3 +66,45 @@ def test_gpu_iteration_benchmark_runs_at_tiny_flux_size(tmp_path):
     # 8 x 8 latents are 16 tokens: mu = 0.5 + 0.65 (16 - 256) / 3840, below SD3's static shift of 3
     shifted = problem.transition.timesteps.sigmas
     assert shifted[1] < bench.flow_timesteps(bench.parse_args(["--size", "tiny", "--steps", "4"]), "scheduler").sigmas[1]
+
+
+def test_branch_grpo_splits_to_the_same_images_per_prompt():
+    import benchmarks.gpu_iteration as bench
+
+    assert bench.branch_shape(27, 10) == (3, [0, 3, 6])
+    assert bench.branch_shape(8, 6) == (2, [0, 2, 4])
+    assert bench.branch_shape(16, 20) == (2, [0, 3, 6, 9])  # BranchGRPO's own
+    assert bench.branch_shape(9, 10) == (3, [0, 3])
+    assert bench.branch_shape(12, 10) == (12, [0])  # no power: one split of every image
+    with pytest.raises(ValueError, match="no power"):
+        bench.branch_shape(1, 10)
+
+
+def test_a_method_out_of_memory_halves_its_prompts_and_a_failed_one_keeps_the_others(tmp_path, monkeypatch):
+    """On CUDA out of memory a method retries with half the prompts; one that cannot run is an error row,
+    the JSON is still written with every other row, and the script exits 1."""
+    import benchmarks.gpu_iteration as bench
+
+    calls = []
+
+    def fake_run(args, method, mode, device, scratch):
+        calls.append((method, args.prompts))
+        if method == "ddpo":
+            raise RuntimeError("broken on purpose")
+        if args.prompts > 2 or method == "mixgrpo":
+            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+        return {"method": method, "mode": mode, "prompts": args.prompts, "seconds_per_iteration": 1.0,
+                "seconds_sampling": 0.5, "seconds_update": 0.5, "images": 8 * args.prompts, "nfe_sampled": 1,
+                "forward_backward_rows": 1, "images_per_second": 8.0, "floor_s": 1.0, "time_over_floor": 1.0,
+                "tflops_per_second": 1.0, "mfu": None, "peak_memory_gib": None, "top_operators": None}
+
+    monkeypatch.setattr(bench, "run_method", fake_run)
+    out = tmp_path / "gpu.json"
+    result = bench.main(["--size", "tiny", "--device", "cpu", "--prompts", "8", "--out", str(out),
+                         "--methods", "treegrpo k2 d3", "mixgrpo", "ddpo"])
+    rows = {row["method"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows == {row["method"]: row for row in result["rows"]} and result["complete"]
+    assert rows["treegrpo k2 d3"]["prompts"] == 2 and rows["treegrpo k2 d3"]["out_of_memory_at_prompts"] == [8, 4]
+    assert rows["mixgrpo"]["error"] == "out of memory at prompts [8, 4, 2, 1]"
+    assert rows["ddpo"]["error"] == "RuntimeError: broken on purpose"
+    assert calls.count(("ddpo", 8)) == 1  # any other error is not retried
