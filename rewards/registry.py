@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from treeadv.registry import Registry
+from treeadv.registry import _same_definition as same_definition  # the registry's own rule, for an entry's factory
 from treegrpo.errors import TreegrpoError
 from treegrpo.rewards import clip_models
 from treegrpo.rewards.base import RewardModel
@@ -48,12 +49,7 @@ adds, :func:`build_reward` builds."""
 def _same_factory(old: RewardEntry | None, new: RewardEntry) -> bool:
     """Whether ``new`` registers ``old`` again: the same kinds, and the same factory or a re-definition
     of it (the same module and name, as when a plugin file is loaded a second time)."""
-    if old is None or old.kinds != new.kinds:
-        return False
-    names = ("__module__", "__qualname__")
-    return old.factory is new.factory or all(
-        getattr(old.factory, n, None) is not None and getattr(old.factory, n, None) == getattr(new.factory, n, None)
-        for n in names)
+    return old is not None and old.kinds == new.kinds and same_definition(old.factory, new.factory)
 
 
 def register_reward(name: str, factory: Callable[..., RewardModel], *,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from treeadv.registry import _same_definition as same_definition  # the registry's own rule, for a builder
 from treegrpo.config import Config
 from treegrpo.devices import local_device
 from treegrpo.envs.transitions import FLOW_TRANSITIONS, Transition
@@ -52,7 +53,10 @@ def register_problem(kind: str, builder: ProblemBuilder, *, preset: tuple[str, .
     it reads only under a condition); see :class:`treegrpo.kinds.ModelKind`. Registering a kind again
     with another builder needs ``replace=True``."""
     entry = ModelKind(kind, builder, tuple(preset), tuple(reads), tuple(uses))
-    KINDS.add(kind, entry, replace=replace or KINDS.get(kind) == entry)
+    old = KINDS.get(kind)
+    again = old is not None and (old.preset, old.reads, old.uses) == (entry.preset, entry.reads, entry.uses) and (
+        same_definition(old.builder, builder))  # the same kind again (a plugin file loaded a second time)
+    KINDS.add(kind, entry, replace=replace or again)
     return builder
 
 
