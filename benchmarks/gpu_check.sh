@@ -124,7 +124,11 @@ run_step() {
     elif [[ $rc == 124 || $rc == 137 ]]; then
         status=timeout; reason="ran past its ${budget}s budget"
     else
-        status=failed; reason="exit code $rc: $(tail -n 1 "$log" 2>/dev/null | cut -c1-300)"
+        # a benchmark names its failed rows ("<method> (<mode>): failed: ..."); else the log's last line
+        local why
+        why="$(grep -m 3 -E ': failed: ' "$log" 2>/dev/null | tr '\n' ';' | cut -c1-300)"
+        [[ -n "$why" ]] || why="$(tail -n 1 "$log" 2>/dev/null | cut -c1-300)"
+        status=failed; reason="exit code $rc: $why"
     fi
     record "$name" "$status" "$rc" "$seconds" "$budget" "$reason"
     tail -n 3 "$log" | sed 's/^/   /'
