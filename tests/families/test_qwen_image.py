@@ -81,6 +81,8 @@ def test_components_dtypes_shapes_and_conditioning(qwen_path):
     assert len(model.pipeline.tokenizer(template.split("{}")[0]).input_ids) == TEMPLATE_TOKENS
     with pytest.raises(ArgumentError, match="at most 1024 prompt tokens"):
         model.family.encode(model.pipeline, PROMPTS, model.device, 2048)
+    images = model.decode(torch.randn(3, *model.latent_shape(SIZE)))  # the bf16 VAE, vae_batch rows per call
+    assert images.shape == (3, 3, SIZE, SIZE) and images.dtype == torch.float32 and 0 <= images.min() <= images.max() <= 1
     model.release_text_encoders()
     assert not model.can_encode
 
@@ -93,6 +95,23 @@ def test_layout_errors(qwen_path, tmp_path):
         load_pipeline(copy, "qwen_image")
     with pytest.raises(PipelineLayoutError, match="declares 'QwenImagePipeline'; model.kind=flux expects"):
         load_pipeline(qwen_path, "flux")
+
+
+@pytest.mark.exact_numerics  # the same rows at different paddings, compared at fp32 tolerance
+def test_padding_is_masked_out(qwen):
+    """A row's velocity does not depend on its padding: alone (its own length, no mask), in a batch with
+    a longer prompt (masked), and with every padded column kept (the transformer called directly)."""
+    cond = qwen.encode(PROMPTS)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, *qwen.latent_shape(SIZE), generator=g), torch.tensor([500.0, 900.0])
+    with torch.no_grad():
+        batch = qwen.denoiser(x, t, cond)
+        alone = qwen.denoiser(x[:1], t[:1], cond[:1])
+        padded = qwen.network(hidden_states=pack_latents(x), timestep=t / 1000, img_shapes=[[(1, 4, 4)]] * 2,
+                              encoder_hidden_states=cond["prompt_embeds"],
+                              encoder_hidden_states_mask=cond["prompt_embeds_mask"], return_dict=False)[0]
+    torch.testing.assert_close(alone, batch[:1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pack_latents(batch), padded, rtol=1e-5, atol=1e-5)
 
 
 def test_schedule_is_the_pipelines_resolution_shift(qwen):
@@ -200,7 +219,7 @@ def test_treegrpo_raises_a_toy_reward_and_the_lora_loads_in_qwen_image_pipeline(
     from treegrpo.algos.trainer import Trainer
     from treegrpo.config import Config
     from treegrpo.problems import build_problem
-    from treegrpo.problems.lora import LORA_FILE
+    from treegrpo.problems.lora import LORA_FILE, fuse_lora
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
@@ -233,3 +252,6 @@ def test_treegrpo_raises_a_toy_reward_and_the_lora_loads_in_qwen_image_pipeline(
     stock.load_lora_weights(tmp_path / "final")  # stock diffusers, nothing of ours
     with torch.no_grad():
         torch.testing.assert_close(QwenImageDenoiser(stock.transformer)(*probe), trained, rtol=1e-4, atol=1e-5)
+        fused = load_pipeline(qwen_path, "qwen_image", max_sequence_length=TOKENS)
+        fuse_lora(fused, tmp_path / "final")
+        torch.testing.assert_close(fused.denoiser(*probe), trained, rtol=1e-4, atol=1e-5)
