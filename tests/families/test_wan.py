@@ -55,6 +55,9 @@ def test_loading_shapes_and_conditioning(wan_path):
     cond = model.encode(PROMPTS)
     assert cond["encoder_hidden_states"].shape == (2, 16, 32)  # UMT5 tokens, zero past each prompt
     assert "t5=True" in model.identity() and model.can_encode
+    videos = model.decode(torch.randn(3, *LATENT, generator=torch.Generator().manual_seed(0)))  # the bf16 VAE
+    assert videos.shape == (3, NUM_FRAMES, 3, SIZE, SIZE) and videos.dtype == torch.float32
+    assert 0 <= float(videos.min()) <= float(videos.max()) <= 1
     model.release_text_encoders()
     assert not model.can_encode
 
@@ -117,6 +120,16 @@ def test_ode_samples_and_videos_equal_the_stock_pipeline(wan, guidance):
         torch.testing.assert_close(decoded, videos.float(), rtol=1e-4, atol=2e-5)
     finally:
         wan.pipeline.scheduler = original
+
+
+def test_decode_in_chunks_equals_one_call(wan):
+    latents = torch.randn(3, *LATENT, generator=torch.Generator().manual_seed(2))
+    whole = wan.decode(latents)
+    wan.vae_batch = 1
+    try:
+        torch.testing.assert_close(wan.decode(latents), whole, rtol=1e-5, atol=1e-6)
+    finally:
+        wan.vae_batch = 8
 
 
 def test_tree_and_trajectory_video_rollouts_are_on_policy(wan):
