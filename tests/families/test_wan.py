@@ -89,6 +89,12 @@ def test_schedule_is_flow_match_with_the_pipelines_shift(wan):
     assert step.timesteps.sigmas[0] == 1 and step.timesteps.sigmas[-1] == 0
     dance = wan.transition("dance_sde", STEPS, 0.3, shift=5.0, schedule="dancegrpo")
     torch.testing.assert_close(dance.timesteps.sigmas, FlowTimesteps.dancegrpo(STEPS, shift=5.0).sigmas)
+    wan.pipeline.register_to_config(expand_timesteps=True)  # Wan2.2 TI2V's per-token timesteps
+    try:
+        with pytest.raises(ArgumentError, match="a Wan2.2 TI2V pipeline .expand_timesteps=true. is not supported"):
+            wan.transition("flow_sde", STEPS, 0.7)
+    finally:
+        wan.pipeline.register_to_config(expand_timesteps=False)
 
 
 @pytest.mark.exact_numerics  # against an independent reference computed at the same shapes

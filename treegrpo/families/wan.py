@@ -35,7 +35,7 @@ from treegrpo.families.base import ModelFamily, register_family
 if TYPE_CHECKING:
     from treegrpo.families.pipelines import TextToImageModel
 
-__all__ = ["WAN", "WanDenoiser", "decode", "encode", "flow_match_scheduler", "latent_shape", "pipeline_shift",
+__all__ = ["WAN", "WanDenoiser", "check_wan21", "decode", "encode", "flow_match_scheduler", "latent_shape", "pipeline_shift",
            "transition"]
 
 
@@ -87,11 +87,24 @@ def flow_match_scheduler(scheduler: Any) -> Any:
                                            shift=pipeline_shift(scheduler))
 
 
+def check_wan21(pipeline: Any) -> None:
+    """Refuse, in one line, a Wan2.2 pipeline: a second low-noise expert (``boundary_ratio``) or per-token
+    timesteps (``expand_timesteps``, TI2V) are not the one-network denoiser this family samples."""
+    config = pipeline.config
+    if config.get("boundary_ratio") is not None or getattr(pipeline, "transformer_2", None) is not None:
+        raise ArgumentError("model.path: a Wan2.2 pipeline with two experts (transformer_2, boundary_ratio) is not "
+                            "supported; model.kind=wan trains Wan2.1's single transformer")
+    if config.get("expand_timesteps"):
+        raise ArgumentError("model.path: a Wan2.2 TI2V pipeline (expand_timesteps=true) is not supported; "
+                            "model.kind=wan trains Wan2.1's single transformer")
+
+
 def transition(model: TextToImageModel, name: str, num_steps: int, noise_level: float, shift: float,
                schedule: str, cps_scoring: str, image_size: int | None) -> Transition:
     """The step ``name`` on a ``FlowMatchEulerDiscreteScheduler`` with the pipeline's own shift
     (``schedule="scheduler"``, as Flow-GRPO samples Wan2.1), or on a named schedule with ``shift``
     (``dancegrpo``)."""
+    check_wan21(model.pipeline)
     scheduler = flow_match_scheduler(model.pipeline.scheduler)
     timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift, scheduler=scheduler)
     return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
