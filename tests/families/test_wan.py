@@ -75,18 +75,25 @@ def test_layout_errors(wan_path, tmp_path):
         load_pipeline(wan_path, "wan", t5=False)
 
 
-def test_schedule_is_flow_match_with_the_pipelines_shift(wan):
-    """Wan2.1 ships UniPC on flow sigmas (shift 3); the transition steps on FlowMatchEuler's schedule with
-    that shift, as Flow-GRPO's Wan training does; sampling.shift applies only to DanceGRPO's schedule."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def test_schedule_is_the_pipelines_own(wan):
+    """Wan2.1's UniPC flow sigmas (shift 3) and integer timesteps, as Flow-GRPO's Wan training reads them off
+    pipeline.scheduler, the first sigma put back to 1 (UniPC's 1 - 1e-6 would scale the SDE's first noise by
+    about 1000); sampling.shift applies only to DanceGRPO's schedule."""
+    import numpy as np
 
     assert type(wan.pipeline.scheduler).__name__ == "UniPCMultistepScheduler"
     assert pipeline_shift(wan.pipeline.scheduler) == FLOW_SHIFT
     step = wan.transition("flow_sde", STEPS, 0.7, shift=7.0, image_size=SIZE)
-    expected = FlowTimesteps.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT), STEPS)
-    torch.testing.assert_close(step.timesteps.sigmas, expected.sigmas, rtol=0, atol=0)
-    torch.testing.assert_close(step.timesteps.model_times, expected.model_times, rtol=0, atol=0)
+    grid = np.linspace(1, 1 / 1000, STEPS + 1)[:-1]  # UniPC's flow grid before the shift
+    expected = torch.tensor([*(FLOW_SHIFT * grid / (1 + (FLOW_SHIFT - 1) * grid)), 0.0], dtype=torch.float64)
+    torch.testing.assert_close(step.timesteps.sigmas, expected, rtol=1e-6, atol=1e-6)
     assert step.timesteps.sigmas[0] == 1 and step.timesteps.sigmas[-1] == 0
+    scheduler = type(wan.pipeline.scheduler).from_config(wan.pipeline.scheduler.config)
+    scheduler.set_timesteps(STEPS)
+    assert scheduler.sigmas[0] < 1  # UniPC's own guard
+    assert torch.equal(step.timesteps.model_times, scheduler.timesteps.double())  # what WanPipeline feeds
+    _, std = step.mean_std(torch.zeros(1, *LATENT), torch.zeros(1, *LATENT), torch.tensor([0]))
+    assert float(std.max()) < 1  # a sqrt(t_next / (1 - t_next)) sqrt(dt) at t = 1, not ~1000 a
     dance = wan.transition("dance_sde", STEPS, 0.3, shift=5.0, schedule="dancegrpo")
     torch.testing.assert_close(dance.timesteps.sigmas, FlowTimesteps.dancegrpo(STEPS, shift=5.0).sigmas)
     wan.pipeline.register_to_config(expand_timesteps=True)  # Wan2.2 TI2V's per-token timesteps

@@ -7,13 +7,13 @@ transitions and log-densities reduce over every non-batch dimension, so the tree
 on-policy checks run unchanged.
 
 Schedule: Wan2.1 ships a ``UniPCMultistepScheduler`` on flow sigmas (``flow_shift`` 3 at 480p, 5 at
-720p), a multistep solver with no one-step transition density. As Flow-GRPO and DanceGRPO train Wan,
-the stochastic step is the flow SDE/ODE step (:func:`~treegrpo.envs.transitions.flow_transition`) on a
-``FlowMatchEulerDiscreteScheduler`` schedule with the pipeline's own shift (``sampling.shift`` is read
-only with ``sampling.schedule=dancegrpo``). Its first sigma is exactly 1, where the flow SDE's noise
-scale has its ``t = 1`` rule (UniPC's grid starts at ``1 - 1e-6``, which would make that scale about
-``1000 a``). With a ``FlowMatchEulerDiscreteScheduler`` in the pipeline the ODE step is exactly that
-scheduler's Euler step, which the tests compare with ``WanPipeline.__call__``.
+720p), a multistep solver with no one-step transition density. As Flow-GRPO trains Wan2.1
+(``scripts/train_wan2_1.py``: its SDE step reads ``pipeline.scheduler.sigmas``), the stochastic step is
+the flow SDE/ODE step (:func:`~treegrpo.envs.transitions.flow_transition`) on the sigmas and timesteps
+of the pipeline's own scheduler, so on its shift (``sampling.shift`` is read only with
+``sampling.schedule=dancegrpo``); see :func:`scheduler_timesteps` for UniPC's first sigma. With a
+``FlowMatchEulerDiscreteScheduler`` in the pipeline the ODE step is exactly that scheduler's Euler step,
+which the tests compare with ``WanPipeline.__call__``.
 
 Decoding de-normalises the latents by the VAE's ``latents_mean``/``latents_std`` as the pipeline does
 and returns videos ``[B, F, 3, H, W]`` in ``[0, 1]`` (``modality = "video"``).
@@ -35,8 +35,8 @@ from treegrpo.families.base import ModelFamily, register_family
 if TYPE_CHECKING:
     from treegrpo.families.pipelines import TextToImageModel
 
-__all__ = ["WAN", "WanDenoiser", "check_wan21", "decode", "encode", "flow_match_scheduler", "latent_shape", "pipeline_shift",
-           "transition"]
+__all__ = ["WAN", "WanDenoiser", "check_wan21", "decode", "encode", "latent_shape", "pipeline_shift",
+           "scheduler_timesteps", "transition"]
 
 
 class WanDenoiser(Denoiser):
@@ -76,15 +76,16 @@ def pipeline_shift(scheduler: Any) -> float:
     return float(config.get("flow_shift") or config.get("shift") or 1.0)
 
 
-def flow_match_scheduler(scheduler: Any) -> Any:
-    """The ``FlowMatchEulerDiscreteScheduler`` the transition steps on: the pipeline's own if it is one,
-    else one with the pipeline scheduler's shift and training length (Wan2.1's UniPC)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        return scheduler
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
-                                           shift=pipeline_shift(scheduler))
+def scheduler_timesteps(scheduler: Any, num_steps: int) -> FlowTimesteps:
+    """The sigmas and model timesteps of the pipeline's own scheduler at ``num_steps`` steps (Wan2.1's UniPC:
+    ``linspace(1, 1/1000, T + 1)[:-1]`` shifted by ``flow_shift``, integer timesteps), its first sigma put
+    back to 1 where UniPC moved it to ``1 - 1e-6`` (a guard of its multistep solver's ``log alpha``): there
+    the flow SDE's noise scale ``a sqrt(t / (1 - t))`` would be about ``1000 a`` instead of its ``t = 1`` rule."""
+    timesteps = FlowTimesteps.from_scheduler(scheduler, num_steps)
+    sigmas = timesteps.sigmas.clone()
+    if 1 - 1e-5 < float(sigmas[0]) < 1:
+        sigmas[0] = 1.0
+    return FlowTimesteps(sigmas=sigmas, model_times=timesteps.model_times)
 
 
 def check_wan21(pipeline: Any) -> None:
@@ -101,12 +102,13 @@ def check_wan21(pipeline: Any) -> None:
 
 def transition(model: TextToImageModel, name: str, num_steps: int, noise_level: float, shift: float,
                schedule: str, cps_scoring: str, image_size: int | None) -> Transition:
-    """The step ``name`` on a ``FlowMatchEulerDiscreteScheduler`` with the pipeline's own shift
-    (``schedule="scheduler"``, as Flow-GRPO samples Wan2.1), or on a named schedule with ``shift``
-    (``dancegrpo``)."""
+    """The step ``name`` on the pipeline scheduler's own schedule and shift (``schedule="scheduler"``, as
+    Flow-GRPO samples Wan2.1: :func:`scheduler_timesteps`), or on a named schedule with ``shift`` (``dancegrpo``)."""
     check_wan21(model.pipeline)
-    scheduler = flow_match_scheduler(model.pipeline.scheduler)
-    timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift, scheduler=scheduler)
+    if schedule == "scheduler":
+        timesteps = scheduler_timesteps(model.pipeline.scheduler, num_steps)
+    else:
+        timesteps = FlowTimesteps.named(schedule, num_steps, shift=shift)
     return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
 
 
