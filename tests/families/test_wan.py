@@ -14,7 +14,7 @@ from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.timesteps import FlowTimesteps
 from treegrpo.families import family
 from treegrpo.families.pipelines import PipelineLayoutError, detect_kind, load_pipeline
-from treegrpo.families.wan import WanDenoiser, pipeline_shift
+from treegrpo.families.wan import WanDenoiser, pipeline_shift, scheduler_timesteps
 from treegrpo.testing.wan import FLOW_SHIFT, IMAGE_SIZE, NUM_FRAMES, save_tiny_wan_pipeline
 
 STEPS = 4
@@ -94,6 +94,10 @@ def test_schedule_is_the_pipelines_own(wan):
     assert torch.equal(step.timesteps.model_times, scheduler.timesteps.double())  # what WanPipeline feeds
     _, std = step.mean_std(torch.zeros(1, *LATENT), torch.zeros(1, *LATENT), torch.tensor([0]))
     assert float(std.max()) < 1  # a sqrt(t_next / (1 - t_next)) sqrt(dt) at t = 1, not ~1000 a
+    from diffusers import UniPCMultistepScheduler
+
+    with pytest.raises(ArgumentError, match="does not run on flow sigmas"):
+        scheduler_timesteps(UniPCMultistepScheduler(), STEPS)  # a VP-sigma UniPC
     dance = wan.transition("dance_sde", STEPS, 0.3, shift=5.0, schedule="dancegrpo")
     torch.testing.assert_close(dance.timesteps.sigmas, FlowTimesteps.dancegrpo(STEPS, shift=5.0).sigmas)
     wan.pipeline.register_to_config(expand_timesteps=True)  # Wan2.2 TI2V's per-token timesteps

@@ -81,6 +81,9 @@ def scheduler_timesteps(scheduler: Any, num_steps: int) -> FlowTimesteps:
     ``linspace(1, 1/1000, T + 1)[:-1]`` shifted by ``flow_shift``, integer timesteps), its first sigma put
     back to 1 where UniPC moved it to ``1 - 1e-6`` (a guard of its multistep solver's ``log alpha``): there
     the flow SDE's noise scale ``a sqrt(t / (1 - t))`` would be about ``1000 a`` instead of its ``t = 1`` rule."""
+    if scheduler.config.get("use_flow_sigmas") is False:
+        raise ArgumentError(f"model.path: the pipeline's {type(scheduler).__name__} does not run on flow sigmas "
+                            "(use_flow_sigmas=false); Wan2.1 ships UniPCMultistepScheduler with use_flow_sigmas=true")
     timesteps = FlowTimesteps.from_scheduler(scheduler, num_steps)
     sigmas = timesteps.sigmas.clone()
     if 1 - 1e-5 < float(sigmas[0]) < 1:
