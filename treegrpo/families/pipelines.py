@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +116,27 @@ def image_multiple(path: Path, kind: str) -> int:
     """The side an image size must be a multiple of for the pipeline in ``path``: the VAE's
     downsampling (``2^(levels - 1)``) times the denoiser's patch size (times FLUX's 2x2 packing),
     read from their config files."""
-    levels = len(_component_config(path, "vae").get("block_out_channels", (0,) * 4))
     chosen = family(kind)
-    patch = int(_component_config(path, chosen.network).get("patch_size") or 1)
-    return 2 ** (levels - 1) * patch * chosen.pack
+    patch = _patch_side(_component_config(path, chosen.network).get("patch_size"))
+    return vae_spatial_factor(_component_config(path, "vae")) * patch * chosen.pack
+
+
+def vae_spatial_factor(vae_config: Mapping[str, Any]) -> int:
+    """Pixels per latent cell along each side, from a VAE's config: the video VAEs' own
+    ``scale_factor_spatial`` (Wan) or ``2^len(temperal_downsample)`` (Qwen-Image), else
+    ``2^(levels - 1)`` of an image VAE's ``block_out_channels`` (8 for SD3, FLUX.1 and SD1.5)."""
+    if vae_config.get("scale_factor_spatial"):
+        return int(vae_config["scale_factor_spatial"])
+    if vae_config.get("temperal_downsample") is not None:
+        return 2 ** len(vae_config["temperal_downsample"])
+    return 2 ** (len(vae_config.get("block_out_channels", (0,) * 4)) - 1)
+
+
+def _patch_side(patch_size: Any) -> int:
+    """The spatial side of a network's patches: ``patch_size``, or the last entry of a ``(t, h, w)`` one (Wan)."""
+    if isinstance(patch_size, list | tuple):
+        return int(patch_size[-1])
+    return int(patch_size or 1)
 
 
 def _component_config(path: Path, name: str) -> dict:
@@ -202,8 +219,8 @@ class TextToImageModel:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along each side (8 for SD3, FLUX.1 and SD1.5)."""
-        return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+        """Pixels per latent cell along each side (8 for SD3, FLUX.1 and SD1.5; :func:`vae_spatial_factor`)."""
+        return vae_spatial_factor(self.pipeline.vae.config)
 
     def latent_shape(self, image_size: int) -> tuple[int, ...]:
         """``(C, H, W)`` of the latents of ``image_size``-pixel square images (FLUX: unpacked, 16 channels),
@@ -289,7 +306,7 @@ class TextToImageModel:
 
 
 def _patch(network: torch.nn.Module) -> int:
-    return int(getattr(network.config, "patch_size", None) or 1)
+    return _patch_side(getattr(network.config, "patch_size", None))
 
 
 def load_pipeline(
@@ -304,11 +321,12 @@ def load_pipeline(
     vae_batch: int = 8,
     num_frames: int = 1,
 ) -> TextToImageModel:
-    """Load a local SD3/SD3.5 (``kind="sd3"``), FLUX.1 (``"flux"``) or SD1.5-style (``"sd15"``) pipeline for training.
+    """Load a local pipeline folder of any registered family (:mod:`treegrpo.families`) for training.
 
     Args:
         path: the pipeline folder (``save_pretrained`` layout) or a Hub id already in the local cache.
-        kind: ``sd3``, ``flux`` or ``sd15``; ``None`` reads it from ``model_index.json``.
+        kind: the family (``sd3``, ``flux``, ``sd15``, ``qwen_image``, ``wan``, or one registered later);
+            ``None`` reads it from ``model_index.json``.
         t5: SD3 only: keep the T5 encoder (``False`` skips loading it; its tokens become zeros,
             as diffusers does without T5). FLUX.1 needs its T5 and refuses ``False``.
         frozen_dtype: dtype of the VAE and text encoders (frozen, never trained).
