@@ -234,7 +234,7 @@ def _commands(text: str) -> list[list[str]]:
 
 @dataclass(frozen=True)
 class Check:
-    """One command to parse: ``kind`` is treegrpo, script (a .py path), module, pip or python-c."""
+    """One command to parse: ``kind`` is treegrpo, script (a .py path), shell (a .sh path), module, pip or python-c."""
 
     where: str
     line: str
@@ -275,6 +275,8 @@ def _classify(where: str, tokens: list[str]) -> Check | None:
                 return Check(where, line, "script", token, tuple(tokens[i + 1:]))
     if name == "pip" and tokens[1:2] == ["install"]:
         return Check(where, line, "pip", "", tuple(tokens[2:]))
+    if name in ("bash", "sh") and tokens[1:2] and tokens[1].endswith(".sh"):
+        return Check(where, line, "shell", tokens[1], tuple(tokens[2:]))
     if name in OTHER_COMMANDS:
         return None
     raise AssertionError(f"{where}: unrecognised command {line!r}: teach tests/test_docs_code.py how to check it")
@@ -311,6 +313,14 @@ def test_files_a_command_names_exist(check):
     for arg in check.args:
         if arg.endswith(".py") and not arg.startswith("/"):
             assert (REPO / arg).is_file(), f"{check.where}: no file {arg}"
+
+
+@pytest.mark.parametrize("check", [pytest.param(c, id=c.id) for c in CHECKS if c.kind == "shell"])
+def test_shell_scripts_a_command_runs_exist_and_parse(check):
+    script = REPO / check.target
+    assert script.is_file(), f"{check.where}: no script {check.target}"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{check.where}: {check.target} does not parse: {result.stderr.strip()}"
 
 
 @pytest.mark.parametrize("check", [pytest.param(c, id=c.id) for c in CHECKS if c.kind == "pip"])
