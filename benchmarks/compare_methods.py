@@ -94,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def base_config(args: argparse.Namespace, scratch: Path):
     """The model kind's preset with the settings every run shares (run folders in ``scratch``, the
     iterations, the user's ``--set``)."""
-    from treegrpo.presets import preset_config
+    from treegrpo.config import preset_config
 
     config = preset_config(args.kind)
     shared = [f"train.out_dir={scratch}", "train.checkpoint_every=100000", "train.sample_every=100000",
@@ -110,7 +110,7 @@ def trained_steps_per_trajectory(config) -> int:
     """About how many SDE steps of one trajectory a trajectory recipe trains (1 for trees, whose
     minibatch counts nodes): the SDE steps (all, less an ODE last step; the window for a sliding
     sampler) times ``loss.timestep_fraction`` as :func:`treegrpo.algos.batch.select_steps` rounds it."""
-    from treegrpo.algorithms import algorithm
+    from treegrpo.recipes import recipe as algorithm
 
     recipe = algorithm(config.loss.algorithm)
     if recipe.tree:
@@ -129,7 +129,7 @@ def method_overrides(name: str, base, user: Sequence[str]) -> list[str]:
     prompt for trajectory recipes, the minibatch of whole trajectories), then the user's ``--set``,
     which wins over both.
     """
-    from treegrpo.algorithms import algorithm
+    from treegrpo.recipes import recipe as algorithm
 
     overrides = [f"loss.algorithm={name}"]
     if not algorithm(name).tree:
@@ -182,7 +182,7 @@ def run_one(config, spec: dict[str, Any], eval_samples: int, before_cache: dict[
     ``before_cache`` holds the base model's held-out scores per (seed, evaluation sampler); ``done``
     the results per resolved configuration, so a repeated configuration is not trained twice.
     """
-    from treegrpo.algos.report import diversity_kept
+    from treegrpo.algos.run_summary import diversity_kept
     from treegrpo.algos.trainer import Trainer
 
     from treegrpo.problems import build_problem

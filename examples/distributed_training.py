@@ -19,7 +19,7 @@ import argparse
 
 from treegrpo.algos.trainer import Trainer
 
-from treegrpo.presets import preset_config
+from treegrpo.config import preset_config
 from treegrpo.problems import build_problem
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -29,9 +29,8 @@ from safetensors.torch import load_file
 from treegrpo.algos.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
 from treegrpo.algos.trainer import Trainer
 
-from treegrpo.config import ConfigError
+from treegrpo.config import ConfigError, preset_config
 from treegrpo.devices import Ranks
-from treegrpo.presets import preset_config
 from treegrpo.problems import build_problem
 
 SETTINGS = {
