@@ -3,8 +3,8 @@
 A sampler turns prompts into a :class:`~treegrpo.envs.Rollout` (a tree); an advantage turns the
 tree's rewards into one advantage per edge; :func:`treegrpo.envs.parent_batch` groups the edges
 into a :class:`~treegrpo.envs.ParentBatch`; a loss scores it. The trainer reads the batch by its
-typed fields and gives a loss :meth:`EdgeLoss.loss_input`, the batch under the loss's own key names
-(``set_keys``), so renaming a loss's keys never breaks training. Everything else the trainer asks of
+typed fields, and a loss reads it under its own key names (:meth:`EdgeLoss.loss_input`, renamed
+with ``set_keys``), so renaming a loss's keys never breaks training. Everything else the trainer asks of
 a loss (its ``model``, :meth:`EdgeLoss.log_probs`, :attr:`EdgeLoss.clip_bounds`) is API of
 :class:`EdgeLoss`, not probed for.
 """

@@ -102,3 +102,16 @@ def test_an_empty_tree_gives_an_empty_batch():
                                                   "cond_index": torch.zeros(2, dtype=torch.long)})
     batch = parent_batch(tree)
     assert isinstance(batch, ParentBatch) and batch.batch_size == (0,)
+
+
+def test_the_rollout_resets_the_environment_through_its_public_reset(monkeypatch):
+    calls = []
+    reset = DenoisingEnv.reset
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return reset(self, *args, **kwargs)
+
+    monkeypatch.setattr(DenoisingEnv, "reset", counted)
+    batch = _batch()
+    assert len(calls) == 1 and batch.batch_size[0] > 0
