@@ -95,6 +95,21 @@ class Trainer:
     ``torchrun`` the process group is joined here (``ranks`` overrides the environment's) and the
     loss's ``model`` becomes the DDP wrapper of ``problem.model``. The problem's step count must be
     the config's (build it with :func:`treegrpo.problems.build_problem`).
+
+    Examples:
+        >>> import tempfile
+        >>> from treegrpo.algos import Config, ReinforceLoss, Trainer
+        >>> from treegrpo.problems import build_problem
+        >>> config = Config().override(["model.kind=toy2d", "sampling.num_steps=8", "loss.clip_range=0.2",
+        ...                             "train.iterations=2", f"train.out_dir={tempfile.mkdtemp()}"])
+        >>> history = Trainer(build_problem(config), config).fit(progress=False)  # TreeGRPO, k=3, d=3
+        >>> len(history), history[-1]["edges_trained"] > 0
+        (2, True)
+        >>> problem = build_problem(config)  # the objective swapped, the rest unchanged
+        >>> trainer = Trainer(problem, config.override([f"train.out_dir={tempfile.mkdtemp()}"]),
+        ...                   loss=ReinforceLoss(problem.model, problem.transition))
+        >>> len(trainer.fit(progress=False))
+        2
     """
 
     def __init__(

@@ -52,6 +52,17 @@ def parent_batch(tree: Tree, advantage: Tensor | None = None, cond: Cond | None 
     fields described in the module doc, plus ``node`` (the parent's row in ``tree``), ``child`` (``[M, K]`` node of each child, 0 where
     padded) and ``depth`` (the parent's depth). ``K`` is the commonest number of children; a parent
     with more takes several rows (one forward each).
+
+    Examples:
+        >>> import torch
+        >>> from treeadv import Tree
+        >>> from treegrpo.envs import parent_batch
+        >>> tree = Tree.regular(1, 2, 2, payload={"latent": torch.zeros(7, 4), "sample": torch.zeros(7, 4),
+        ...                                       "step": torch.tensor([0, 1, 1, 2, 2, 2, 2]),
+        ...                                       "cond_index": torch.zeros(7, dtype=torch.long)})
+        >>> batch = parent_batch(tree, advantage=torch.arange(7.0))
+        >>> batch.batch_size, batch.child.tolist(), batch.advantage.tolist()  # 3 parents x k=2 children
+        (torch.Size([3]), [[1, 2], [3, 4], [5, 6]], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     """
     if advantage is None:
         advantage = torch.zeros(tree.num_nodes, dtype=tree.log_prob.dtype, device=tree.log_prob.device)

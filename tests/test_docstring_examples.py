@@ -22,6 +22,9 @@ ENTRY_POINTS = {
     "treeadv/backup.py": ["backup"],
     "treeadv/estimators.py": ["register_estimator"],
     "treeadv/registry.py": ["<module>"],
+    "envs/edges.py": ["parent_batch"],
+    "algos/trainer.py": ["Trainer"],
+    "treegrpo/families/pipelines.py": ["load_pipeline"],
 }
 """File -> the public names (``<module>`` for the module docstring) whose docstring must hold a runnable example."""
 

@@ -339,6 +339,14 @@ def load_pipeline(
 
     FLUX.1-dev's denoiser samples at the distilled guidance 3.5 (FluxPipeline's default); pick
     another with :meth:`TextToImageModel.guided_denoiser`.
+
+    Examples:
+        >>> import tempfile
+        >>> from treegrpo.families.pipelines import load_pipeline
+        >>> from treegrpo.testing.pipelines import save_tiny_sd3_pipeline
+        >>> model = load_pipeline(save_tiny_sd3_pipeline(tempfile.mkdtemp()))  # a random-weight SD3 folder
+        >>> model.kind, model.latent_shape(16), sorted(model.encode(["a red cat"]).keys())
+        ('sd3', (4, 8, 8), ['encoder_hidden_states', 'pooled_projections'])
     """
     root = resolve_model_path(path)
     kind = kind or detect_kind(root)
