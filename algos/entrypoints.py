@@ -32,7 +32,7 @@ from treegrpo.algos.trainer import Trainer
 from treegrpo.config import Config
 from treegrpo.devices import ranks_from_env
 from treegrpo.errors import ConfigError
-from treegrpo.families.pipelines import LAYOUTS
+from treegrpo.families import FAMILIES
 from treegrpo.problems import Problem, build_problem
 
 
@@ -155,7 +155,7 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
         if name != "base" and "base" in scores:
             entry["vs_base"] = row.paired_difference(scores["base"])
         rows.append(entry)
-    pipeline = model.kind in LAYOUTS  # the digits rewards are offline stand-ins: keep their own names
+    pipeline = model.kind in FAMILIES  # the digits rewards are offline stand-ins: keep their own names
     titles = {**PAPER_COLUMNS, **OTHER_TITLES} if pipeline else {}
     names = list(first.columns())
     columns = column_order(names) if pipeline else names

@@ -31,7 +31,8 @@ from safetensors import safe_open
 
 ALGORITHMS = ("treegrpo", "grpo", "mixgrpo", "ddpo", "reinforce", "flow_grpo", "dance_grpo", "mix_grpo",
               "branch_grpo")
-TIMING = re.compile(r"second|wall|time|img_s|per_s|throughput|_s$|elapsed|date|out_dir|path")
+TIMING = re.compile(r"second|wall|time|img_s|per_s|throughput|_s$|elapsed|date|out_dir|path|^prompts$|reward_dir|"
+                    r"embedding_cache")
 
 
 def without_timings(value: Any) -> Any:
@@ -46,12 +47,17 @@ def without_timings(value: Any) -> Any:
 def weights_hash(path: Path) -> str:
     """sha256 over a safetensors file's tensors, by name (independent of the file's metadata)."""
     digest = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as weights:
-        for name in sorted(weights.keys()):
-            tensor = weights.get_tensor(name)
-            digest.update(name.encode())
-            digest.update(tensor.float().numpy().tobytes())
+    for name, tensor_hash in tensor_hashes(path).items():
+        digest.update(name.encode())
+        digest.update(tensor_hash.encode())
     return digest.hexdigest()
+
+
+def tensor_hashes(path: Path) -> dict[str, str]:
+    """Each tensor's sha256 in a safetensors file, by name (to say which tensor differs)."""
+    with safe_open(str(path), framework="pt") as weights:
+        return {name: hashlib.sha256(weights.get_tensor(name).float().numpy().tobytes()).hexdigest()[:16]
+                for name in sorted(weights.keys())}
 
 
 def run_one(algorithm: str, iterations: int, folder: Path) -> dict[str, Any]:
@@ -97,7 +103,28 @@ def run_pipeline(kind: str, iterations: int, scratch: Path) -> dict[str, Any]:
     summary = json.loads((out / "summary.json").read_text())
     checkpoint = sorted((out / "checkpoints").glob("iter-*"))[-1]
     weights = sorted(checkpoint.glob("*.safetensors"))
-    return {"summary": without_timings(summary), "weights": {w.name: weights_hash(w) for w in weights}}
+    unseeded = numpy_rng_tensors(checkpoint / "state.json")
+    tensors = {w.name: {k: v for k, v in tensor_hashes(w).items() if not (w.name == "state.safetensors" and
+                                                                          k in unseeded)} for w in weights}
+    return {"summary": without_timings(summary), "tensors": tensors}
+
+
+def numpy_rng_tensors(state_file: Path) -> set[str]:
+    """The checkpoint tensors holding numpy's global RNG, which nothing seeds: it differs run to run."""
+    found: set[str] = set()
+
+    def walk(value: Any, inside: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, inside or key == "numpy")
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, inside)
+        elif inside and isinstance(value, str):
+            found.add(value)
+
+    walk(json.loads(state_file.read_text()).get("state", {}).get("rng", {}), False)
+    return found
 
 
 def differences(before: Any, after: Any, where: str = "") -> list[str]:
@@ -135,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for kind in PIPELINE_CONFIGS if args.pipelines else ():
             golden[kind] = run_pipeline(kind, args.iterations, Path(scratch))
-            print(f"{kind:12s} weights {sorted(golden[kind]['weights'].values())[0][:16]}")
+            print(f"{kind:12s} model {golden[kind]['tensors'].get('model.safetensors', {})}"[:80])
         for algorithm in () if args.pipelines else args.algorithms.split(","):
             golden[algorithm] = run_one(algorithm, args.iterations, Path(scratch) / algorithm)
             print(f"{algorithm:12s} weights {golden[algorithm]['weights'][:16]}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +22,9 @@ from treeadv.registry import Registry
 from treegrpo.envs.models import Cond, Denoiser, GuidedDenoiser
 from treegrpo.envs.transitions import Transition
 
-if TYPE_CHECKING:
-    from treegrpo.families.pipelines import TextToImageModel
+TextToImageModel = Any
+"""A loaded :class:`~treegrpo.families.pipelines.TextToImageModel` (which imports this module, so it is named
+here by an alias rather than imported)."""
 
 T5Use = Literal["optional", "required", "none"]
 Modality = Literal["image", "video"]

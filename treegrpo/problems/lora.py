@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from treegrpo.errors import ConfigError
-from treegrpo.families.pipelines import LAYOUTS, TextToImageModel
+from treegrpo.families.pipelines import TextToImageModel
 from treegrpo.formats import FileFormatError, check_safetensors
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -49,7 +49,7 @@ def save_lora(model: TextToImageModel, directory: str | Path, adapter: str = "de
     metadata = network.peft_config[adapter].to_dict()
     directory = Path(directory)
     pipeline_class = type(model.pipeline)
-    if LAYOUTS[model.kind].denoiser == "transformer":  # SD3 and FLUX.1: their loaders read `transformer_*` keys
+    if model.family.network == "transformer":  # SD3 and FLUX.1: their loaders read `transformer_*` keys
         pipeline_class.save_lora_weights(directory, transformer_lora_layers=layers,
                                          transformer_lora_adapter_metadata=metadata, weight_name=LORA_FILE)
     else:
@@ -60,7 +60,7 @@ def save_lora(model: TextToImageModel, directory: str | Path, adapter: str = "de
 
 def save_network(model: TextToImageModel, directory: str | Path) -> Path:
     """Save the fully fine-tuned network as ``<directory>/transformer`` or ``<directory>/unet``."""
-    target = Path(directory) / LAYOUTS[model.kind].denoiser
+    target = Path(directory) / model.family.network
     model.network.save_pretrained(target)
     return target
 

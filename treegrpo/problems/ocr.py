@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from treegrpo.envs.prompts import load_prompts
+from treegrpo.families.prompts import load_prompts
 from treegrpo.rewards.ocr import OcrTargetError, ocr_target
 
 
