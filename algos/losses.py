@@ -26,10 +26,8 @@ from torch import Tensor
 from treegrpo.algos.interfaces import EdgeBatchError, EdgeLoss, masked_mean
 from treegrpo.envs.models import Denoiser
 from treegrpo.envs.transitions import Transition
-from treegrpo.recipes import RECIPES as ALGORITHMS
-from treegrpo.recipes import Recipe as Algorithm
-from treegrpo.recipes import recipe as algorithm
-from treegrpo.recipes import register_recipe as register_algorithm
+from treeadv.registry import Registry
+from treegrpo.recipes import RECIPES, Recipe, recipe, register_recipe
 
 if TYPE_CHECKING:
     from treegrpo.config import Config
@@ -146,29 +144,39 @@ def total_loss(terms: TensorDictBase) -> Tensor:
     return sum(value for key, value in terms.items() if key.startswith("loss_"))
 
 
-LOSSES: dict[str, type[EdgeLoss]] = {"ppo_clip": PPOClipLoss, "reinforce": ReinforceLoss}
+LOSSES: Registry[type[EdgeLoss]] = Registry("loss")
+LOSSES.add("ppo_clip", PPOClipLoss)
+LOSSES.add("reinforce", ReinforceLoss)
 """Loss name (an algorithm recipe's ``loss``) to its class; :func:`register_loss` adds."""
 
 L = TypeVar("L", bound=type[EdgeLoss])
 
 
-def register_loss(name: str, *, like: str = "treegrpo") -> Callable[[L], L]:
+def register_loss(name: str, *, like: str = "treegrpo", replace: bool = False) -> Callable[[L], L]:
     """Class decorator: register a loss as the algorithm ``name``, trained as ``like`` is (its
-    sampler and advantages, :mod:`treegrpo.algorithms`). Then ``loss.algorithm = name`` selects it,
-    with no edit elsewhere; the loss is built by its :meth:`~EdgeLoss.from_config`.
+    sampler and advantages, :mod:`treegrpo.recipes`). Then ``loss.algorithm = name`` selects it,
+    with no edit elsewhere; the loss is built by its :meth:`~EdgeLoss.from_config`. A taken name
+    follows :mod:`treeadv.registry`'s rule (a plugin loaded twice is fine; another class needs ``replace``).
 
-        @register_loss("clip_higher")
-        class ClipHigherLoss(PPOClipLoss): ...
+    Examples:
+        >>> from treegrpo.algos import PPOClipLoss, register_loss
+        >>> from treegrpo.recipes import recipe
+        >>> @register_loss("clip_doubled")
+        ... class ClipDoubled(PPOClipLoss):
+        ...     def __init__(self, model, transition, *, clip_range=1e-4, **options):
+        ...         super().__init__(model, transition, clip_range=2 * clip_range, **options)
+        >>> recipe("clip_doubled").sampler, recipe("clip_doubled").loss
+        ('tree', 'clip_doubled')
     """
-    recipe = algorithm(like)
+    like_recipe = recipe(like)
 
     def register(cls: L) -> L:
         if not (isinstance(cls, type) and issubclass(cls, EdgeLoss)):
             raise TypeError(f"register_loss({name!r}): expected an EdgeLoss subclass, got {cls!r}")
-        LOSSES[name] = cls
+        LOSSES.add(name, cls, replace=replace)
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else f"{cls.__name__} like {like}"
-        register_algorithm(Algorithm(name, recipe.sampler, recipe.advantage, loss=name,
-                                     clipped=issubclass(cls, PPOClipLoss), summary=summary))
+        register_recipe(Recipe(name, like_recipe.sampler, like_recipe.advantage, loss=name,
+                               clipped=issubclass(cls, PPOClipLoss), summary=summary), replace=True)
         return cls
 
     return register
@@ -176,7 +184,7 @@ def register_loss(name: str, *, like: str = "treegrpo") -> Callable[[L], L]:
 
 def loss_class(name: str) -> type[EdgeLoss]:
     """The loss class of the algorithm ``name``."""
-    return LOSSES[ALGORITHMS[name].loss]
+    return LOSSES[RECIPES[name].loss]
 
 
 __all__ = [

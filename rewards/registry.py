@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from treeadv.registry import Registry
-from treeadv.registry import _same_definition as same_definition  # the registry's own rule, for an entry's factory
+from treeadv.registry import same_definition
 from treegrpo.errors import TreegrpoError
 from treegrpo.rewards import clip_models
 from treegrpo.rewards.base import RewardModel

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from treeadv.registry import registrations_undone
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("treeadv", "treegrpo", "envs", "algos", "rewards", "embedded")
 
@@ -24,6 +26,7 @@ ENTRY_POINTS = {
     "treeadv/registry.py": ["<module>"],
     "envs/edges.py": ["parent_batch"],
     "algos/trainer.py": ["Trainer"],
+    "algos/losses.py": ["register_loss"],
     "treegrpo/families/pipelines.py": ["load_pipeline"],
 }
 """File -> the public names (``<module>`` for the module docstring) whose docstring must hold a runnable example."""
@@ -68,7 +71,8 @@ def test_docstring_examples_run(file: str, name: str, text: str, line: int) -> N
     test = doctest.DocTestParser().get_doctest(text, {"__name__": "__doctest__"}, f"{file}:{name}", file, line)
     report: list[str] = []
     runner = doctest.DocTestRunner(optionflags=FLAGS)
-    runner.run(test, out=report.append)
+    with registrations_undone():  # an example that registers a plug-in leaves no trace in later tests
+        runner.run(test, out=report.append)
     assert runner.failures == 0, "".join(report)
 
 

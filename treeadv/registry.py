@@ -29,6 +29,8 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -39,7 +41,7 @@ class RegistryError(ValueError):
     """A name registered twice to different entries, or looked up but never registered."""
 
 
-def _same_definition(old: object, new: object) -> bool:
+def same_definition(old: object, new: object) -> bool:
     """Whether ``new`` is ``old`` or a re-definition of it (a class or function of the same module and name)."""
     if old is new:
         return True
@@ -62,13 +64,14 @@ class Registry(Generic[T]):
         self.kind = kind
         self.field = field or kind
         self._entries: dict[str, T] = {}
+        _EVERY_REGISTRY.add(self)
 
     def add(self, name: str, entry: T, *, replace: bool = False) -> T:
         """Register ``entry`` as ``name`` and return it (so it works inside decorators)."""
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{self.kind}: a name must be a non-empty string, got {name!r}")
         old = self._entries.get(name)
-        if name in self._entries and not replace and not _same_definition(old, entry):
+        if name in self._entries and not replace and not same_definition(old, entry):
             raise RegistryError(f"{self.kind} {name!r} is already registered ({_label(old)}); pass replace=True "
                                 f"to replace it with {_label(entry)}")
         self._entries[name] = entry
@@ -112,6 +115,21 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+_EVERY_REGISTRY: weakref.WeakSet[Registry] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def registrations_undone() -> Iterator[None]:
+    """Undo, on exit, every registration made inside, in every registry: for tests and examples that
+    register temporary plug-ins without leaking them into the rest of the session."""
+    saved = [(registry, dict(registry._entries)) for registry in list(_EVERY_REGISTRY)]
+    try:
+        yield
+    finally:
+        for registry, entries in saved:
+            registry._entries = entries
 
 
 def _label(entry: object) -> str:

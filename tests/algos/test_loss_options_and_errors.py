@@ -30,7 +30,7 @@ class TypedOptionsLoss(PPOClipLoss):
 def typed_loss():
     register_loss("typed_options_test")(TypedOptionsLoss)
     yield "typed_options_test"
-    LOSSES.pop("typed_options_test")
+    LOSSES.remove("typed_options_test")
 
 
 def test_options_are_the_constructor_keywords_no_other_field_sets():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from treeadv.registry import Registry, RegistryError
+from treeadv.registry import Registry, RegistryError, registrations_undone
 
 
 def make_class():
@@ -47,3 +47,13 @@ def test_an_unknown_name_names_the_field_and_the_known_names() -> None:
     with pytest.raises(RegistryError, match=r"^model.thing: expected one of a, b, got 'c'$"):
         registry["c"]
     assert registry.remove("a") == 2 and registry.names() == ["b"]
+
+
+def test_registrations_made_inside_are_undone_on_exit() -> None:
+    registry: Registry[int] = Registry("thing")
+    registry.add("kept", 1)
+    with registrations_undone():
+        registry.add("temporary", 2)
+        registry.add("kept", 3, replace=True)
+        assert registry.names() == ["kept", "temporary"]
+    assert registry.items() == [("kept", 1)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from treeadv.registry import _same_definition as same_definition  # the registry's own rule, for a builder
+from treeadv.registry import same_definition
 from treegrpo.config import Config
 from treegrpo.devices import local_device
 from treegrpo.envs.transitions import FLOW_TRANSITIONS, Transition
