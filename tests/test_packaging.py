@@ -90,3 +90,17 @@ def test_the_wheel_ships_the_embedded_weights(tmp_path):
     manifest = json.loads((REPO / "embedded" / "weights" / "MANIFEST.json").read_text())
     for name in ["MANIFEST.json", *manifest["sha256"]]:
         assert f"treegrpo/embedded/weights/{name}" in names, name
+
+
+def test_the_tests_mirror_the_packages() -> None:
+    """Each folder of tests/ is named after the source folder it tests (examples/ tests the examples)."""
+    repo = Path(__file__).resolve().parents[1]
+    sources = {"treeadv", "treegrpo", "envs", "algos", "embedded", "rewards", "benchmarks", "examples"}
+    stray = []
+    for folder in sorted(p for p in (repo / "tests").rglob("*") if p.is_dir() and "__pycache__" not in p.parts):
+        relative = folder.relative_to(repo / "tests")
+        if not any(folder.glob("*.py")):
+            continue
+        if relative.parts[0] not in sources or not (repo / relative).is_dir():
+            stray.append(str(relative))
+    assert not stray, f"tests/ folders that match no source folder: {stray}"

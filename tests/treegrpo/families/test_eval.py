@@ -9,7 +9,7 @@ import torch
 from treegrpo.algos.checkpoint import latest_checkpoint
 from treegrpo.algos.evaluation import held_out_scores
 
-from tests.pipelines.test_training import CONFIGS, tiny_overrides
+from tests.treegrpo.families.test_training import CONFIGS, tiny_overrides
 from treegrpo.cli import main
 from treegrpo.config import Config
 from treegrpo.problems import build_problem
@@ -130,7 +130,7 @@ def test_held_out_scores_use_the_official_preprocessing(pipelines, prompt_file, 
     """Evaluation scores through for_evaluation (exact mode); training rewards keep the fast mode."""
     from treegrpo.rewards import build_reward, for_evaluation
 
-    from tests.pipelines.conftest import PROMPTS
+    from tests.treegrpo.families.conftest import PROMPTS
 
     overrides = tiny_overrides(pipelines["sd3"], prompt_file, tmp_path, lora=True, rewards=reward_root)
     config = Config.from_yaml(CONFIGS["sd3"]).override([*overrides, "model.rewards=imagereward",

@@ -18,7 +18,7 @@ from treegrpo.config import Config
 from treegrpo.problems import build_problem
 from treegrpo.problems.lora import LORA_FILE, fuse_lora
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = {"sd3": REPO / "configs" / "sd35_medium.yaml", "flux": REPO / "configs" / "flux_dev.yaml",
            "sd15": REPO / "configs" / "sd15.yaml"}
 

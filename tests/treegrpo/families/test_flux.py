@@ -29,7 +29,7 @@ STEPS = 4
 SIZE = 16  # pixels: 8 x 8 latents of 16 channels, 16 packed tokens
 PROMPTS = ["a red cat", "two small birds"]
 ITERATIONS = 20
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ SIZE = 32  # pixels: 8 x 8 latents of 16 channels, 16 packed tokens
 TOKENS = 32  # model.max_sequence_length: every prompt's embeddings are padded to it
 PROMPTS = ["a red cat", "two small birds"]
 ITERATIONS = 20
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True, scope="module")

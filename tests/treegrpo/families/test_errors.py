@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pipelines.test_training import CONFIGS, tiny_overrides
+from tests.treegrpo.families.test_training import CONFIGS, tiny_overrides
 from treegrpo.cli import main
 
 
