@@ -128,7 +128,7 @@ def run_eval(config: Config, checkpoint: str | Path | None = None, *, progress: 
     problem = build_problem(config, fuse_model_lora=False)
     if model.lora and problem.apply_lora is None:
         raise ConfigError(f"model.lora: model.kind={model.kind} does not take a diffusers LoRA; "
-                          "use sd3 or sd15, or evaluate a training checkpoint")
+                          "use a diffusers family's kind (treegrpo.families), or evaluate a training checkpoint")
     if checkpoint is not None:  # before any sampling: a checkpoint of another model fails here, in one line
         check_checkpoint_fits(checkpoint, problem.model, config)
     scores: dict[str, HeldOutScores] = {}

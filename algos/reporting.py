@@ -91,7 +91,7 @@ def iteration_metrics(iteration: int, rewards: Tensor, reward_names: Sequence[st
 def save_grid(problem: Problem, model: nn.Module, path: Path | None, *, seed: int, max_batch: int | None,
               precision: Callable[[], AbstractContextManager], num_prompts: int = 10) -> Path | None:
     """Save a PNG grid of ODE samples (one row per prompt, the first held-out prompts when the
-    problem has them, 8 per row) from noise seeded by ``seed``, if the problem can decode images.
+    problem has them, 8 per row; a video as 4 evenly spaced frames side by side) from noise seeded by ``seed``, if the problem can decode images.
     Every rank samples (an FSDP forward needs them all); only a rank given a ``path`` writes."""
     if problem.decode is None:
         return None
@@ -106,6 +106,10 @@ def save_grid(problem: Problem, model: nn.Module, path: Path | None, *, seed: in
                                 branching=(), trees_per_prompt=8, latent_shape=problem.latent_shape,
                                 num_prompts=prompts, generator=generator, device=device, max_batch=max_batch)
     images = problem.decode(rollout.final).clamp(0, 1)
+    if images.dim() == 5:  # videos [B, F, 3, H, W]: each one's frames side by side, one strip per sample
+        from treegrpo.rewards.video import frame_strip
+
+        images = frame_strip(images, frames=4)
     if images.shape[-1] < GRID_MIN_SIDE:  # tiny images (16 px digits): enlarge pixels so the grid is legible
         images = torch.nn.functional.interpolate(images, scale_factor=-(-GRID_MIN_SIDE // images.shape[-1]))
     if path is None:

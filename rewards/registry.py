@@ -1,11 +1,15 @@
-"""One registry of reward models by name, each with the model kinds it scores.
+"""One registry of reward models by name, each tied to what it scores: an image or a video.
 
-Every entry builds a :class:`~treegrpo.rewards.base.RewardModel` (``(images, prompts) -> [B]``)
-from ``root`` (the reward-weights folder, or ``None`` for the default) and ``device``. Text-to-image
-rewards are registered here; the embedded digits default registers its own (``classifier``,
-``judge``, ``aesthetic_proxy``) when :mod:`treegrpo.embedded` is imported.
+Every entry builds a :class:`~treegrpo.rewards.base.RewardModel` (``(images, prompts) -> [B]``, or
+``(videos, prompts) -> [B]``) from ``root`` (the reward-weights folder, or ``None`` for the default)
+and ``device``. A reward registered for a modality scores every model family of that modality
+(:attr:`treegrpo.families.ModelFamily.modality`); one registered for named ``kinds`` scores those
+kinds only (the embedded digits default registers its own, ``classifier``, ``judge`` and
+``aesthetic_proxy``, when :mod:`treegrpo.embedded` is imported). The image rewards are registered
+here, and each of them averaged over a video's frames (``hpsv2_frames``, ...) with
+``temporal_consistency`` for videos (:mod:`treegrpo.rewards.video`).
 
-    register_reward("my_score", lambda root=None, device="cpu": MyScore(root), kinds=("sd3",))
+    register_reward("my_score", lambda root=None, device="cpu": MyScore(root), modalities=("image",))
 """
 
 from __future__ import annotations
@@ -14,8 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treeadv.registry import Registry
-from treeadv.registry import same_definition
+from treeadv.registry import Registry, same_definition
 from treegrpo.errors import TreegrpoError
 from treegrpo.rewards import clip_models
 from treegrpo.rewards.base import RewardModel
@@ -24,9 +27,11 @@ from treegrpo.rewards.ocr import ocr
 from treegrpo.rewards.offline import JpegSize
 from treegrpo.rewards.remote import PREFIX as REMOTE_PREFIX
 from treegrpo.rewards.remote import RemoteReward, parse_remote_name
+from treegrpo.rewards.video import FrameAveraged, TemporalConsistency
 
-TEXT_TO_IMAGE = ("sd3", "flux", "sd15")
-"""The model kinds a text-to-image reward scores unless it says otherwise."""
+IMAGE: tuple[str, ...] = ("image",)
+"""The modality a reward scores unless it says otherwise."""
+VIDEO: tuple[str, ...] = ("video",)
 
 
 class UnknownRewardError(TreegrpoError, ValueError):
@@ -35,10 +40,12 @@ class UnknownRewardError(TreegrpoError, ValueError):
 
 @dataclass(frozen=True)
 class RewardEntry:
-    """A registered reward: how to build it and which model kinds it can score."""
+    """A registered reward: how to build it, the modalities it scores (every family of one) and the
+    model kinds it scores besides (kinds that are not families, such as ``digits``)."""
 
     factory: Callable[..., RewardModel]
-    kinds: tuple[str, ...]
+    kinds: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = IMAGE
 
 
 REWARDS: Registry[RewardEntry] = Registry("reward", field="model.rewards")
@@ -47,23 +54,46 @@ adds, :func:`build_reward` builds."""
 
 
 def _same_factory(old: RewardEntry | None, new: RewardEntry) -> bool:
-    """Whether ``new`` registers ``old`` again: the same kinds, and the same factory or a re-definition
-    of it (the same module and name, as when a plugin file is loaded a second time)."""
-    return old is not None and old.kinds == new.kinds and same_definition(old.factory, new.factory)
+    """Whether ``new`` registers ``old`` again: the same kinds and modalities, and the same factory or a
+    re-definition of it (the same module and name, as when a plugin file is loaded a second time)."""
+    return old is not None and (old.kinds, old.modalities) == (new.kinds, new.modalities) and same_definition(
+        old.factory, new.factory)
 
 
-def register_reward(name: str, factory: Callable[..., RewardModel], *,
-                    kinds: Sequence[str] = TEXT_TO_IMAGE, replace: bool = False) -> None:
-    """Register ``factory(root=..., device=...)`` as the reward ``name`` for ``kinds`` (one factory
-    per name: registering it again, or a re-definition of it, replaces it; another factory under a
-    taken name needs ``replace=True``)."""
-    entry = RewardEntry(factory, tuple(kinds))
+def register_reward(name: str, factory: Callable[..., RewardModel], *, modalities: Sequence[str] | None = None,
+                    kinds: Sequence[str] = (), replace: bool = False) -> None:
+    """Register ``factory(root=..., device=...)`` as the reward ``name`` for every model family of
+    ``modalities`` (``image``, ``video``; default ``("image",)``, or none when ``kinds`` is given) and
+    for the model kinds ``kinds`` (one factory per name: registering it again, or a re-definition of
+    it, replaces it; another factory under a taken name needs ``replace=True``)."""
+    if modalities is None:
+        modalities = () if kinds else IMAGE
+    if isinstance(modalities, str) or isinstance(kinds, str):
+        raise TypeError("modalities, kinds: expected sequences of names, got one str")
+    entry = RewardEntry(factory, tuple(kinds), tuple(modalities))
     REWARDS.add(name, entry, replace=replace or _same_factory(REWARDS.get(name), entry))
 
 
+KIND_MODALITIES: dict[str, str] = {}
+"""Model kind -> what its samples are (``image``, ``video``): :mod:`treegrpo.problems` declares it for
+the kind of every registered family (:func:`declare_modality`), from the family's own declaration."""
+
+
+def declare_modality(kind: str, modality: str) -> None:
+    """Make the rewards registered for ``modality`` score model kind ``kind``."""
+    KIND_MODALITIES[kind] = modality
+
+
+def modality(kind: str) -> str | None:
+    """What model kind ``kind``'s samples are, ``image`` or ``video`` (as its family declares it);
+    ``None`` for a kind that is no family (its rewards name it among their ``kinds``)."""
+    return KIND_MODALITIES.get(kind)
+
+
 def rewards_for(kind: str) -> list[str]:
-    """The reward names registered for model kind ``kind``, sorted."""
-    return sorted(name for name, entry in REWARDS.items() if kind in entry.kinds)
+    """The reward names registered for model kind ``kind`` (by name, or by its family's modality), sorted."""
+    scored = modality(kind)
+    return sorted(name for name, entry in REWARDS.items() if kind in entry.kinds or scored in entry.modalities)
 
 
 def check_reward_names(names: Sequence[str], field: str, *, kind: str) -> None:
@@ -102,5 +132,28 @@ for _name, _factory in {
 }.items():
     register_reward(_name, _factory)
 # DDPO's JPEG rewards need no weights; 16-pixel digits are enlarged to 64 pixels first, as any small image is.
-register_reward("jpeg_compressibility", lambda **_: JpegSize(-1.0), kinds=(*TEXT_TO_IMAGE, "digits"))
-register_reward("jpeg_incompressibility", lambda **_: JpegSize(1.0), kinds=(*TEXT_TO_IMAGE, "digits"))
+register_reward("jpeg_compressibility", lambda **_: JpegSize(-1.0), modalities=IMAGE, kinds=("digits",))
+register_reward("jpeg_incompressibility", lambda **_: JpegSize(1.0), modalities=IMAGE, kinds=("digits",))
+
+
+def frame_averaged(name: str) -> Callable[..., RewardModel]:
+    """The factory of the image reward ``name`` averaged over 4 evenly spaced frames of each video
+    (:class:`~treegrpo.rewards.video.FrameAveraged`), named ``<name>_frames``."""
+
+    def factory(**options: Any) -> RewardModel:
+        return FrameAveraged(REWARDS[name].factory(**options), name=f"{name}_frames")
+
+    factory.__qualname__ = factory.__name__ = f"{name}_frames"
+    return factory
+
+
+def temporal_consistency(root: Any = None, device: Any = "cpu", **_: Any) -> RewardModel:
+    """Consecutive frames' CLIP (``clipscore``'s LAION ViT-H-14) image-embedding cosine, averaged
+    (:class:`~treegrpo.rewards.video.TemporalConsistency`)."""
+    return TemporalConsistency(clip_models.clipscore(root=root, device=device).image_embeddings)
+
+
+for _name in ("hpsv2", "clipscore", "imagereward", "pickscore", "aesthetic", "ocr", "jpeg_compressibility",
+              "jpeg_incompressibility"):
+    register_reward(f"{_name}_frames", frame_averaged(_name), modalities=VIDEO)
+register_reward("temporal_consistency", temporal_consistency, modalities=VIDEO)

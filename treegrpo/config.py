@@ -314,13 +314,16 @@ class ModelConfig(_Section):
     kind: str = _opt("digits", "model family", choices=lambda: list(model_kinds()))
     path: str = _opt("", "local directory with the model weights (empty = embedded default)")
     rewards: list[str] = _opt(["classifier"], "reward names, comma-separated", min_items=1)
-    image_size: int = _opt(16, "image side in pixels (sd3, flux, sd15)", min=1)
-    prompts: str = _opt("", "sd3/flux/sd15 training prompts: .txt (one per line), .json, or a folder with train.json")
+    image_size: int = _opt(16, "image side in pixels (diffusers families, treegrpo.families)", min=1)
+    num_frames: int = _opt(1, "video families: frames per sample, 1 + a multiple of 4 for Wan", min=1)
+    prompts: str = _opt("", "diffusers families' training prompts: .txt (one per line), .json, or a folder with "
+                            "train.json")
     eval_prompts: str = _opt("", "held-out prompts (same formats); empty = the test split of model.prompts")
     eval_count: int = _opt(64, "held-out prompts evaluated, 0 = all", min=0)
-    t5: bool = _opt(True, "sd3: load the T5 text encoder (false: its tokens are zeros, as diffusers does); "
-                          "flux needs it")
-    max_sequence_length: int = _opt(256, "sd3, flux: T5 tokens per prompt", min=1)
+    t5: bool = _opt(True, "load the T5 text encoder where it is optional (false: its tokens are zeros, as "
+                          "diffusers does); families that read prompts through T5 need it")
+    max_sequence_length: int = _opt(256, "text-encoder tokens per prompt (families whose encoder takes a limit)",
+                                    min=1)
     frozen_precision: str = _opt("bf16", "dtype of the frozen VAE and text encoders", choices=("bf16", "fp32"))
     embedding_cache: str = _opt("", "folder caching prompt embeddings on disk, empty = memory only")
     embedding_memory: int = _opt(1024, "prompt embeddings kept in memory (LRU)", min=0)
@@ -602,17 +605,17 @@ class EvalConfig(_Section):
 
     section: ClassVar[str] = "eval"
 
-    rewards: list[str] = _opt([], "rewards reported, comma-separated; empty = model.rewards (sd3, flux, sd15) or "
-                                  "every offline reward (digits)")
+    rewards: list[str] = _opt([], "rewards reported, comma-separated; empty = model.rewards (diffusers families) "
+                                  "or every offline reward (digits)")
     samples_per_prompt: int = _opt(8, "ODE samples per held-out prompt", min=1)
     num_steps: int = _opt(0, "denoising steps of evaluation samples, 0 = sampling.num_steps", min=0)
     seed: int = _opt(-1, "seed of the evaluation noise (the same for every policy), -1 = train.seed + 1", min=-1,
                      max=2**32 - 1)
     base: bool = _opt(True, "treegrpo eval: also score the starting weights on the same noise (a 'base' row)")
-    diversity: bool = _opt(True, "report per-prompt diversity of the held-out samples (sd3, flux, sd15: needs the "
-                                 "CLIP weights of eval.diversity_model)")
-    diversity_model: str = _opt("clipscore", "sd3, flux, sd15: the open_clip model whose image embeddings measure "
-                                             "diversity (its reward folder)", choices=("clipscore", "hpsv2"))
+    diversity: bool = _opt(True, "report per-prompt diversity of the held-out samples (diffusers families: needs "
+                                 "the CLIP weights of eval.diversity_model)")
+    diversity_model: str = _opt("clipscore", "diffusers families: the open_clip model whose image embeddings "
+                                             "measure diversity (its reward folder)", choices=("clipscore", "hpsv2"))
     out: str = _opt("", "treegrpo eval: JSON path, empty = <train.out_dir>/eval.json")
 
 

@@ -24,7 +24,7 @@ class KindOptions:
     """Options only some model kinds read: the kinds that declare the group in their ``reads``.
 
     The error for a kind that does not read them names the kinds that do, in registration order,
-    followed by ``note`` (``"model.kind=sd3, flux, sd15"``).
+    followed by ``note`` (``"model.kind=digits, toy2d"``).
     """
 
     fields: tuple[str, ...]
@@ -51,6 +51,30 @@ class ModelKind:
     reads: tuple[KindOptions, ...] = ()
     uses: tuple[Use, ...] = ()
 
+
+MODEL_OPTIONS = KindOptions(("model.path", "model.rewards", "model.eval_count", "sampling.guidance_scale"),
+                            " (toy2d has one reward, 'target')")
+"""Options of a model with weights, rewards and guidance (every built-in kind but toy2d)."""
+FLOW_SCHEDULE = KindOptions(("sampling.schedule",), " (flow models)")
+"""The flow-matching schedule, read by flow models."""
+PIPELINE_OPTIONS = KindOptions(("model.image_size", "model.prompts", "model.eval_prompts", "model.frozen_precision",
+                                "model.embedding_cache", "model.embedding_memory", "model.precompute_embeddings",
+                                "model.negative_prompt", "model.vae_batch", "model.lora", "model.reward_dir",
+                                "eval.diversity_model"))
+"""The options every diffusers pipeline family reads (:mod:`treegrpo.families`)."""
+T5_OPTIONS = KindOptions(("model.t5",))
+"""Whether the T5 text encoder loads."""
+SEQUENCE_OPTIONS = KindOptions(("model.max_sequence_length",))
+"""Text-encoder tokens per prompt (families whose encoder takes a limit)."""
+TRUE_CFG_OPTIONS = KindOptions(("sampling.true_cfg_scale",))
+"""True classifier-free guidance on top of distilled guidance."""
+VIDEO_OPTIONS = KindOptions(("model.num_frames",), " (video families)")
+"""The options of a video family."""
+OPTION_GROUPS: dict[str, KindOptions] = {
+    "model": MODEL_OPTIONS, "flow_schedule": FLOW_SCHEDULE, "pipeline": PIPELINE_OPTIONS, "t5": T5_OPTIONS,
+    "sequence": SEQUENCE_OPTIONS, "true_cfg": TRUE_CFG_OPTIONS, "video": VIDEO_OPTIONS,
+}
+"""The option groups by the names a :class:`treegrpo.families.ModelFamily` declares in its ``reads``."""
 
 KINDS: Registry[ModelKind] = Registry("model kind", field="model.kind")
 """``model.kind`` to its :class:`ModelKind`, in registration order."""
@@ -82,4 +106,5 @@ def kind_uses() -> list[Use]:
     return [use(group) for group in groups]
 
 
-__all__ = ["KINDS", "KindOptions", "ModelKind", "kind_uses", "model_kinds"]
+__all__ = ["FLOW_SCHEDULE", "KINDS", "MODEL_OPTIONS", "OPTION_GROUPS", "PIPELINE_OPTIONS", "SEQUENCE_OPTIONS", "T5_OPTIONS",
+           "TRUE_CFG_OPTIONS", "VIDEO_OPTIONS", "KindOptions", "ModelKind", "kind_uses", "model_kinds"]

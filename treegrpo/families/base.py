@@ -28,6 +28,10 @@ here by an alias rather than imported)."""
 
 T5Use = Literal["optional", "required", "none"]
 Modality = Literal["image", "video"]
+OptionUse = tuple[tuple[str, ...], Callable[[Any], bool], str, str]
+"""``(fields, applies(config), who, by)``: options a family reads only under a condition, the fields of a
+:class:`treegrpo.uses.Use` (which :mod:`treegrpo.problems` builds from it; this layer sits below the
+configuration's)."""
 
 
 def no_distilled_guidance(network_config: Mapping[str, Any]) -> bool:
@@ -67,6 +71,14 @@ class ModelFamily:
             ``None``: the image default of :class:`~treegrpo.families.pipelines.TextToImageModel`.
         decode: ``(model, latents) -> pixels`` in ``[0, 1]`` (images ``[B, 3, H, W]``, videos
             ``[B, F, 3, H, W]``); ``None``: the image VAE default.
+        preset: the ``section.field=value`` assignments ``model.kind = name`` makes over ``Config()``
+            (``treegrpo train`` starts from them; files and flags override them).
+        reads: the names of the kind-specific option groups the family reads (keys of
+            :data:`treegrpo.kinds.OPTION_GROUPS`: ``model``, ``flow_schedule``, ``pipeline``, ``t5``,
+            ``sequence``, ``true_cfg``, ``video``); another kind's options are refused when set.
+        uses: options it reads only under a condition (:data:`OptionUse`, a :class:`~treegrpo.uses.Use`'s fields).
+
+    :mod:`treegrpo.problems` registers one model kind per registered family from these last three.
     """
 
     name: str
@@ -89,6 +101,9 @@ class ModelFamily:
     modality: Modality = "image"
     latent_shape: Callable[[TextToImageModel, int], tuple[int, ...]] | None = None
     decode: Callable[[TextToImageModel, Tensor], Tensor] | None = None
+    preset: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    uses: tuple[OptionUse, ...] = ()
 
     def describe(self) -> str:
         """One line listing the folder's expected contents, for error messages."""

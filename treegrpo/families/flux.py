@@ -61,4 +61,11 @@ FLUX = register_family(ModelFamily(
     t5_folders=("text_encoder_2", "tokenizer_2"),
     distilled_guidance=has_distilled_guidance,
     guided=FluxDenoiser,
+    preset=("model.rewards=hpsv2", "model.image_size=512", "model.max_sequence_length=512",
+            "sampling.prompts_per_iteration=32", "sampling.guidance_scale=3.5", "train.out_dir=runs/flux"),
+    reads=("model", "flow_schedule", "pipeline", "t5", "sequence", "true_cfg"),
+    # FLUX.1 samples on its scheduler's own shift: sampling.shift is read only with DanceGRPO's schedule
+    uses=((("sampling.shift",), lambda c: c.sampling.schedule == "dancegrpo",
+           ("a model.kind other than flux, or sampling.schedule=dancegrpo (FLUX.1 samples on its scheduler's own "
+            "shift)"), "schedule"),),
 ))

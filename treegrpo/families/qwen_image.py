@@ -192,4 +192,11 @@ QWEN_IMAGE = register_family(QwenImageFamily(
     modality="image",
     latent_shape=latent_shape,
     decode=decode,
+    preset=("model.rewards=hpsv2", "model.image_size=512", "sampling.guidance_scale=4.0",
+            "train.out_dir=runs/qwen_image"),
+    reads=("model", "flow_schedule", "pipeline", "sequence"),
+    # like FLUX.1, the scheduler schedule shifts with the image's token count: sampling.shift only with dancegrpo
+    uses=((("sampling.shift",), lambda c: c.sampling.schedule == "dancegrpo",
+           ("a model.kind other than qwen_image, or sampling.schedule=dancegrpo (Qwen-Image samples on its "
+            "scheduler's own shift)"), "schedule"),),
 ))

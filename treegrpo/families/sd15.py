@@ -53,4 +53,7 @@ SD15 = register_family(ModelFamily(
     encode=encode,
     transition=transition,
     load_options=load_options,
+    preset=("model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
+            "sampling.transition=ddim", "sampling.noise_level=1.0", "train.out_dir=runs/sd15"),
+    reads=("model", "pipeline"),
 ))

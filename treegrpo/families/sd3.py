@@ -39,4 +39,8 @@ SD3 = register_family(ModelFamily(
     t5="optional",
     t5_folders=("text_encoder_3", "tokenizer_3"),
     load_options=load_options,
+    # the paper's setting; only what a 16-pixel digits default would get wrong
+    preset=("model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
+            "train.out_dir=runs/sd3"),
+    reads=("model", "flow_schedule", "pipeline", "t5", "sequence"),
 ))

@@ -168,5 +168,8 @@ WAN = register_family(ModelFamily(
     modality="video",
     latent_shape=latent_shape,
     decode=decode,
+    preset=("model.rewards=hpsv2_frames", "model.image_size=480", "model.num_frames=81",
+            "model.max_sequence_length=512", "train.out_dir=runs/wan"),
+    reads=("model", "flow_schedule", "pipeline", "t5", "sequence", "video"),
 ))
 """Wan2.1 text-to-video, e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``."""

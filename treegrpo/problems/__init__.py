@@ -2,16 +2,17 @@
 
 A :class:`Problem` holds the policy, its transition, where prompts come from and how leaves are
 scored. :func:`build_problem` makes the one a :class:`~treegrpo.config.Config` names: ``toy2d``
-(:mod:`.toy2d`), ``digits`` (the embedded default, :mod:`.digits`) or a diffusers pipeline
-(``sd3``, ``flux``, ``sd15``: :mod:`.text_to_image`). Importing this package registers them in
-:data:`KINDS`, each with its builder, preset and the options it reads (:func:`register_problem`).
+(:mod:`.toy2d`), ``digits`` (the embedded default, :mod:`.digits`) or a diffusers pipeline of any
+registered family (:mod:`treegrpo.families`, one kind each: :mod:`.text_to_image`). Importing this
+package registers them in :data:`KINDS`, each with its builder, preset and the options it reads
+(:func:`register_problem`; a family's come from its declaration, :func:`register_family_kind`).
 """
 
 from __future__ import annotations
 
 from treegrpo.kinds import KINDS
 from treegrpo.problems.base import Problem, PromptFn, RewardFn
-from treegrpo.problems.build import build_problem, register_problem
+from treegrpo.problems.build import build_problem, register_family_kind, register_problem
 from treegrpo.problems.toy2d import ResidualVelocity, render_points, toy2d_problem
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
            "ResidualVelocity",
            "RewardFn",
            "build_problem",
+           "register_family_kind",
            "register_problem",
            "render_points",
            "toy2d_problem",

@@ -2,8 +2,9 @@
 
 Each kind registers, in one :func:`register_problem` call, a builder ``(config, **options) -> Problem``,
 its preset (declared next to its problem) and the kind-specific options it reads; the built-in ones are
-``digits``, the diffusers pipelines (``sd3``, ``flux``, ``sd15``) and ``toy2d``. A new model family is
-one such call, which also makes its name a value of ``model.kind`` (:data:`treegrpo.kinds.KINDS`).
+``digits``, one per registered diffusers family (:func:`treegrpo.families.families`, each with the preset
+and options its :class:`~treegrpo.families.ModelFamily` declares) and ``toy2d``. Registering a kind makes
+its name a value of ``model.kind`` (:data:`treegrpo.kinds.KINDS`).
 """
 
 from __future__ import annotations
@@ -18,30 +19,16 @@ from treegrpo.config import Config
 from treegrpo.devices import local_device
 from treegrpo.envs.transitions import FLOW_TRANSITIONS, Transition
 from treegrpo.errors import ConfigError, renamed_fields
-from treegrpo.kinds import KINDS, KindOptions, ModelKind
+from treegrpo.families import ModelFamily, families
+from treegrpo.kinds import FLOW_SCHEDULE, KINDS, MODEL_OPTIONS, OPTION_GROUPS, KindOptions, ModelKind
 from treegrpo.problems.base import SAMPLING_ARGUMENTS, Problem
 from treegrpo.problems.digits import PRESET as DIGITS_PRESET
-from treegrpo.problems.text_to_image import (
-    FLUX_PRESET,
-    FLUX_USES,
-    PIPELINE_OPTIONS,
-    SD3_PRESET,
-    SD15_PRESET,
-    T5_OPTIONS,
-    TRUE_CFG_OPTIONS,
-)
 from treegrpo.problems.toy2d import PRESET as TOY2D_PRESET
 from treegrpo.uses import Use
 
 ProblemBuilder = Callable[..., Problem]
 """``(config, *, fuse_model_lora=True) -> Problem`` (``fuse_model_lora``: pipelines fuse ``model.lora``
 unless ``treegrpo eval`` scores the weights without it first; other kinds ignore it)."""
-
-MODEL_OPTIONS = KindOptions(("model.path", "model.rewards", "model.eval_count", "sampling.guidance_scale"),
-                            " (toy2d has one reward, 'target')")
-"""Options of a model with weights, rewards and guidance (every built-in kind but toy2d)."""
-FLOW_SCHEDULE = KindOptions(("sampling.schedule",), " (flow models)")
-"""The flow-matching schedule, read by flow models (every built-in kind but sd15)."""
 
 
 def register_problem(kind: str, builder: ProblemBuilder, *, preset: tuple[str, ...] = (),
@@ -151,9 +138,21 @@ def _pipeline(config: Config, *, fuse_model_lora: bool = True) -> Problem:
 
 
 register_problem("digits", _digits, preset=DIGITS_PRESET, reads=(MODEL_OPTIONS, FLOW_SCHEDULE))
-register_problem("sd3", _pipeline, preset=SD3_PRESET,
-                 reads=(MODEL_OPTIONS, FLOW_SCHEDULE, PIPELINE_OPTIONS, T5_OPTIONS))
-register_problem("flux", _pipeline, preset=FLUX_PRESET,
-                 reads=(MODEL_OPTIONS, FLOW_SCHEDULE, PIPELINE_OPTIONS, T5_OPTIONS, TRUE_CFG_OPTIONS), uses=FLUX_USES)
-register_problem("sd15", _pipeline, preset=SD15_PRESET, reads=(MODEL_OPTIONS, PIPELINE_OPTIONS))
+def register_family_kind(family: ModelFamily, *, replace: bool = False) -> ProblemBuilder:
+    """Register ``model.kind = family.name`` with the preset, option groups and conditional options the
+    family declares, its samples scored by the rewards of its modality."""
+    from treegrpo.rewards import declare_modality
+
+    unknown = [name for name in family.reads if name not in OPTION_GROUPS]
+    if unknown:
+        raise ValueError(f"{family.name}: reads names an unknown option group {unknown[0]!r}; expected one of "
+                         f"{', '.join(OPTION_GROUPS)}")
+    declare_modality(family.name, family.modality)
+    return register_problem(family.name, _pipeline, preset=family.preset,
+                            reads=tuple(OPTION_GROUPS[name] for name in family.reads),
+                            uses=tuple(Use(*use) for use in family.uses), replace=replace)
+
+
+for _family in families():  # one kind per registered family, with the preset and options it declares
+    register_family_kind(_family)
 register_problem("toy2d", _toy2d, preset=TOY2D_PRESET, reads=(FLOW_SCHEDULE,))

@@ -1,10 +1,13 @@
-"""Text-to-image training problems: a local SD3/SD3.5, FLUX.1 or SD1.5-style pipeline, prompts and rewards.
+"""Text-to-image and text-to-video training problems: a local pipeline of any registered family
+(:mod:`treegrpo.families`), prompts and rewards.
 
 :func:`pipeline_problem` turns a loaded :class:`~treegrpo.families.pipelines.TextToImageModel` into a
 :class:`~treegrpo.problems.Problem`: each iteration draws prompts, looks their embeddings up
 in a :class:`~treegrpo.families.prompts.PromptEmbeddings` cache, and scores VAE-decoded leaves with
 every reward model (one column each). :func:`build_pipeline_problem` does all of it from a
-:class:`~treegrpo.config.Config`, as ``treegrpo train --model.kind sd3`` does.
+:class:`~treegrpo.config.Config`, as ``treegrpo train --model.kind sd3`` does. A video family's samples
+are videos ``[B, F, 3, H, W]``: its rewards are video rewards (:mod:`treegrpo.rewards.video`) and its
+held-out diversity is :func:`~treegrpo.rewards.video.video_diversity`.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from treegrpo.families.pipelines import (
     resolve_model_path,
 )
 from treegrpo.families.prompts import PromptEmbeddings, load_prompts
-from treegrpo.kinds import KindOptions
+from treegrpo.kinds import PIPELINE_OPTIONS, T5_OPTIONS, TRUE_CFG_OPTIONS
 from treegrpo.problems.base import Problem
 from treegrpo.problems.lora import check_lora_file, export_trained, fuse_lora
 from treegrpo.rewards import RewardModel, build_reward, check_reward_names, for_evaluation
 from treegrpo.rewards.diversity import ClipDiversity
-from treegrpo.uses import Use
+from treegrpo.rewards.video import video_diversity
 
 __all__ = [
     "build_pipeline_problem",
@@ -42,34 +45,8 @@ __all__ = [
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
-# The pipelines' presets: the paper's setting; only what a 16-pixel digits default would get wrong.
-SD3_PRESET: tuple[str, ...] = (
-    "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32", "train.out_dir=runs/sd3",
-)
-FLUX_PRESET: tuple[str, ...] = (
-    "model.rewards=hpsv2", "model.image_size=512", "model.max_sequence_length=512",
-    "sampling.prompts_per_iteration=32", "sampling.guidance_scale=3.5", "train.out_dir=runs/flux",
-)
-SD15_PRESET: tuple[str, ...] = (
-    "model.rewards=hpsv2", "model.image_size=512", "sampling.prompts_per_iteration=32",
-    "sampling.transition=ddim", "sampling.noise_level=1.0", "train.out_dir=runs/sd15",
-)
-
-# The options only the pipelines read (treegrpo.problems.build registers which kind reads which).
-PIPELINE_OPTIONS = KindOptions(("model.image_size", "model.prompts", "model.eval_prompts", "model.frozen_precision",
-                                "model.embedding_cache", "model.embedding_memory", "model.precompute_embeddings",
-                                "model.negative_prompt", "model.vae_batch", "model.lora", "model.reward_dir",
-                                "eval.diversity_model"))
-T5_OPTIONS = KindOptions(("model.t5", "model.max_sequence_length"))
-"""The T5 text encoder's options (SD3, FLUX)."""
-TRUE_CFG_OPTIONS = KindOptions(("sampling.true_cfg_scale",))
-"""FLUX.1-dev's true classifier-free guidance."""
-FLUX_USES: tuple[Use, ...] = (
-    Use(("sampling.shift",), lambda c: c.sampling.schedule == "dancegrpo",
-        "a model.kind other than flux, or sampling.schedule=dancegrpo (FLUX.1 samples on its scheduler's own shift)",
-        "schedule"),
-)
-"""FLUX.1 samples on its scheduler's own shift: ``sampling.shift`` is read only with DanceGRPO's schedule."""
+# The option groups the families declare (treegrpo.kinds), importable from here too.
+__all__ += ["PIPELINE_OPTIONS", "T5_OPTIONS", "TRUE_CFG_OPTIONS"]
 
 
 def pipeline_problem(
@@ -139,7 +116,10 @@ def pipeline_problem(
         return score(final, [eval_prompts[i] for i in prompt_ids.tolist()], eval_rewards)
 
     def eval_diversity(final: Tensor, prompt_ids: Tensor) -> dict[str, Tensor]:
-        return {diversity.name: diversity(model.decode(final), prompt_ids)}
+        samples = model.decode(final)
+        if getattr(getattr(model, "family", None), "modality", "image") == "video":  # ClipDiversity reads images: the videos' mean frame embeddings
+            return {diversity.name: video_diversity(samples, prompt_ids, diversity.embed, batch=diversity.batch)}
+        return {diversity.name: diversity(samples, prompt_ids)}
 
     def export(directory: Path) -> list[Path]:
         return export_trained(model, directory)
@@ -169,7 +149,8 @@ def _eval_prompts(config: Config, train: list[str]) -> list[str]:
 
 
 def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> Problem:
-    """The ``sd3``/``flux``/``sd15`` problem a config describes (weights, prompts and rewards from local paths).
+    """The problem a config describes for a registered family (``model.kind``): weights, prompts and
+    rewards from local paths.
 
     ``model.lora`` is fused in unless ``fuse_model_lora`` is false (``treegrpo eval`` scores the
     weights without it first, then fuses it with ``problem.apply_lora``).
@@ -205,12 +186,15 @@ def build_pipeline_problem(config: Config, *, fuse_model_lora: bool = True) -> P
     eval_rewards = reward_models(config.eval.rewards, "eval.rewards")
     diversity = None
     if config.eval.diversity:
-        clip = reward_models([config.eval.diversity_model], "eval.diversity_model")[0]
+        name = config.eval.diversity_model  # an open_clip model (its reward folder's), a reward of any modality's
+        if name not in built:
+            built[name] = build_reward(name, root=m.reward_dir or None, device=device)
+        clip = built[name]
         diversity = ClipDiversity(clip.image_embeddings, batch=m.vae_batch)
     lora_base_in_bf16 = t.lora_rank > 0 and t.precision == "bf16"
     model = load_pipeline(root, m.kind, t5=m.t5, frozen_dtype=DTYPES[m.frozen_precision],
                           denoiser_dtype=torch.bfloat16 if lora_base_in_bf16 else torch.float32, device=device,
-                          max_sequence_length=m.max_sequence_length, vae_batch=m.vae_batch)
+                          max_sequence_length=m.max_sequence_length, vae_batch=m.vae_batch, num_frames=m.num_frames)
     if m.lora and fuse_model_lora:
         fuse_lora(model, m.lora)
     embeddings = PromptEmbeddings(model.encode, model.identity(), cache_dir=m.embedding_cache or None,

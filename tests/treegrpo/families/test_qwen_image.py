@@ -190,25 +190,18 @@ class Brightness:
 
 @pytest.fixture
 def qwen_kind():
-    """``model.kind=qwen_image`` and a ``brightness`` reward for it, registered for this test only when
-    the config side does not register the kind yet (then removed)."""
+    """A ``brightness`` reward for ``model.kind=qwen_image`` (the kind the family registers), for this
+    test only (then removed)."""
     from treegrpo.kinds import model_kinds
     from treegrpo.rewards import REWARDS, register_reward
 
-    kinds = model_kinds()
-    added = []
-    if "qwen_image" not in kinds:
-        from treegrpo.problems.build import FLOW_SCHEDULE, MODEL_OPTIONS, _pipeline, register_problem
-        from treegrpo.problems.text_to_image import PIPELINE_OPTIONS, T5_OPTIONS
-
-        register_problem("qwen_image", _pipeline, reads=(MODEL_OPTIONS, FLOW_SCHEDULE, PIPELINE_OPTIONS, T5_OPTIONS))
-        added.append((kinds, "qwen_image"))
-    if "brightness" not in REWARDS:
-        register_reward("brightness", lambda **_: Brightness(), kinds=("qwen_image",))
-        added.append((REWARDS, "brightness"))
+    assert "qwen_image" in model_kinds()
+    before = REWARDS.get("brightness")  # another test's brightness (test_flux.py leaves its own registered)
+    register_reward("brightness", lambda **_: Brightness(), kinds=("qwen_image",), replace=True)
     yield
-    for registry, name in added:
-        registry.remove(name)
+    REWARDS.remove("brightness")
+    if before is not None:
+        REWARDS.add("brightness", before)
 
 
 @pytest.mark.filterwarnings("ignore:model.eval_prompts")

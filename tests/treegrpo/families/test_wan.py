@@ -181,8 +181,8 @@ def latent_mean(final: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
 def test_treegrpo_raises_a_toy_video_reward(wan_path, tmp_path):
     """20 TreeGRPO iterations (k = 2, d = 2, LoRA) over 5-frame video trees raise a latent reward. The problem
     is pipeline_problem's (prompts, embeddings, guidance, transition, decode) with the toy reward swapped in;
-    the config carries only the sampling and training options, as it does not know model.kind=wan nor
-    model.num_frames yet."""
+    the config carries only the sampling and training options (test_cli_families.py runs model.kind=wan
+    through the CLI)."""
     from dataclasses import replace
 
     from treegrpo.algos.trainer import Trainer
