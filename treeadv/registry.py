@@ -5,8 +5,8 @@ It lives in ``treeadv`` because that is the lowest layer (torch and tensordict o
 package and ``treegrpo`` share one behaviour on re-registration:
 
 - a new name is added;
-- the same entry again, or a re-definition of it (same ``__module__`` and ``__qualname__``, as when a
-  plugin file is loaded a second time), replaces the old one silently;
+- the same entry again, or a re-definition of it (same ``__qualname__`` from the same source file, as
+  when a plugin file is loaded a second time), replaces the old one silently;
 - a different entry under a taken name raises :class:`RegistryError` naming both, unless the caller
   passes ``replace=True`` (an explicit override, such as a test swapping in a fake).
 
@@ -30,6 +30,8 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 import weakref
 from collections.abc import Iterator
 from typing import Generic, TypeVar
@@ -42,13 +44,32 @@ class RegistryError(ValueError):
 
 
 def same_definition(old: object, new: object) -> bool:
-    """Whether ``new`` is ``old`` or a re-definition of it (a class or function of the same module and name)."""
+    """Whether ``new`` is ``old`` or a re-definition of it: a class or function of the same qualified name
+    from the same source file (a plugin loaded twice, or run as a script after being loaded as a plugin,
+    under another module name), or from the same module where the file is unknown."""
     if old is new:
         return True
-    names = ("__module__", "__qualname__")
-    if not all(hasattr(old, n) and hasattr(new, n) for n in names):
+    if getattr(old, "__qualname__", None) is None or getattr(old, "__qualname__", None) != getattr(
+            new, "__qualname__", None):
         return False
-    return all(getattr(old, n) == getattr(new, n) for n in names)
+    old_file, new_file = _source_file(old), _source_file(new)
+    if old_file is not None and new_file is not None:
+        return old_file == new_file
+    return getattr(old, "__module__", None) == getattr(new, "__module__", None)
+
+
+def _source_file(entry: object) -> str | None:
+    """The file that defined a function or class, read from its code objects (a script run with
+    ``runpy`` is not in ``sys.modules``, so ``inspect.getfile`` would name the wrong file)."""
+    code = getattr(entry, "__code__", None)
+    if code is None and isinstance(entry, type):
+        code = next((getattr(v, "__code__", None) for v in vars(entry).values() if hasattr(v, "__code__")), None)
+    if code is not None:
+        return os.path.realpath(code.co_filename)
+    try:
+        return os.path.realpath(inspect.getfile(entry))  # type: ignore[arg-type]
+    except (TypeError, OSError):
+        return None
 
 
 class Registry(Generic[T]):

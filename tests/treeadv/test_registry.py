@@ -57,3 +57,17 @@ def test_registrations_made_inside_are_undone_on_exit() -> None:
         registry.add("kept", 3, replace=True)
         assert registry.names() == ["kept", "temporary"]
     assert registry.items() == [("kept", 1)]
+
+
+def test_a_class_from_the_same_file_under_another_module_name_is_a_redefinition(tmp_path) -> None:
+    import runpy
+
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("class Loss:\n    def forward(self):\n        return 1\n")
+    registry: Registry[type] = Registry("loss")
+    registry.add("mine", runpy.run_path(str(plugin), run_name="as_plugin")["Loss"])
+    registry.add("mine", runpy.run_path(str(plugin), run_name="__main__")["Loss"])  # the same file run as a script
+    other = tmp_path / "other.py"
+    other.write_text("class Loss:\n    def forward(self):\n        return 2\n")
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.add("mine", runpy.run_path(str(other), run_name="as_plugin")["Loss"])
