@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from treegrpo.envs.models import Cond
-from treegrpo.envs.precision import model_precision
 
 from treegrpo.config import Config
+from treegrpo.envs.models import Cond
+from treegrpo.envs.precision import model_precision
 from treegrpo.problems import Problem
 
 # The paper's evaluation columns, in its order, and how the table titles them.

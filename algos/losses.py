@@ -23,10 +23,10 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
+from treeadv.registry import Registry
 from treegrpo.algos.interfaces import EdgeBatchError, EdgeLoss, masked_mean
 from treegrpo.envs.models import Denoiser
 from treegrpo.envs.transitions import Transition
-from treeadv.registry import Registry
 from treegrpo.recipes import RECIPES, Recipe, recipe, register_recipe
 
 if TYPE_CHECKING:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from treegrpo.algos.evaluation import held_out_prompts
-from treegrpo.envs import gather_cond, sample_forest
 
 import treeadv
+from treegrpo.algos.evaluation import held_out_prompts
+from treegrpo.envs import gather_cond, sample_forest
 from treegrpo.problems import Problem
 
 GRID_MIN_SIDE = 64  # sample grids show each image at least this many pixels wide

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import torch
+
 from treegrpo.algos.scoring import sample_and_score
 from treegrpo.benchmarks import run_facts, write_result
 from treegrpo.envs import TreeSampler, gather_cond
-
 from treegrpo.problems.digits import digits_problem
 
 MODES = (("one piece", 1, False), ("chunks, inline", None, False), ("chunks, background", None, True))

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from treegrpo.benchmarks import RESULTS
 
 import treeadv
+from treegrpo.benchmarks import RESULTS
 
 BRANCHING, DEPTH = 3, 3
 NODES_PER_REGULAR_TREE = sum(BRANCHING**level for level in range(DEPTH + 1))  # 40

@@ -24,10 +24,10 @@ import json
 from pathlib import Path
 
 import torch
-from treegrpo.benchmarks import RESULTS
-from treegrpo.envs.gaussian import gaussian_log_prob
 
 import treeadv
+from treegrpo.benchmarks import RESULTS
+from treegrpo.envs.gaussian import gaussian_log_prob
 
 SIZES = {"digits (1x16x16)": (1, 16, 16), "SD1.5 512 px (4x64x64)": (4, 64, 64), "SD3.5-M 512 px (16x64x64)": (16, 64, 64)}
 K = 3

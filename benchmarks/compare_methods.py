@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from treegrpo.benchmarks.results_page import KEPT, kept_columns, render_tables, reward_columns
 
 METHODS = ("treegrpo", "branch_grpo", "flow_grpo", "dance_grpo", "mix_grpo", "ddpo")
@@ -184,7 +185,6 @@ def run_one(config, spec: dict[str, Any], eval_samples: int, before_cache: dict[
     """
     from treegrpo.algos.run_summary import diversity_kept
     from treegrpo.algos.trainer import Trainer
-
     from treegrpo.problems import build_problem
 
     out = Path(config.train.out_dir) / "runs" / f"{spec['group']}-{spec['name']}-seed{spec['seed']}".replace("=", "")

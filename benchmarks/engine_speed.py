@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 from tensordict import TensorDict
-from treegrpo.benchmarks import RESULTS
-from treegrpo.envs import TreeSampler, gather_cond
 
 from treeadv import Tree
+from treegrpo.benchmarks import RESULTS
+from treegrpo.envs import TreeSampler, gather_cond
 
 
 @torch.no_grad()

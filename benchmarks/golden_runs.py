@@ -66,7 +66,7 @@ def run_one(algorithm: str, iterations: int, folder: Path) -> dict[str, Any]:
                "--train.iterations", str(iterations), "--train.out_dir", str(folder)]
     subprocess.run(command, check=True, capture_output=True, text=True)
     summary = json.loads((folder / "summary.json").read_text())
-    checkpoint = sorted((folder / "checkpoints").glob("iter-*"))[-1]
+    checkpoint = max((folder / "checkpoints").glob("iter-*"))
     return {"summary": without_timings(summary), "weights": weights_hash(checkpoint / "model.safetensors")}
 
 
@@ -101,7 +101,7 @@ def run_pipeline(kind: str, iterations: int, scratch: Path) -> dict[str, Any]:
         command += [f"--{key}", value]
     subprocess.run(command, check=True, capture_output=True, text=True)
     summary = json.loads((out / "summary.json").read_text())
-    checkpoint = sorted((out / "checkpoints").glob("iter-*"))[-1]
+    checkpoint = max((out / "checkpoints").glob("iter-*"))
     weights = sorted(checkpoint.glob("*.safetensors"))
     unseeded = numpy_rng_tensors(checkpoint / "state.json")
     tensors = {w.name: {k: v for k, v in tensor_hashes(w).items() if not (w.name == "state.safetensors" and

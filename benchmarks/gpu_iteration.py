@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from treegrpo.benchmarks import RESULTS
 
 # SD3.5-Medium's transformer (diffusers SD3Transformer2DModel) and FLUX.1-dev's (FluxTransformer2DModel)
@@ -163,6 +164,7 @@ def flow_timesteps(args: argparse.Namespace, schedule: str):
     """The method's flow schedule: SD3's ``shift=3`` scheduler schedule, FluxPipeline's resolution-shifted
     one for FLUX (:meth:`FlowTimesteps.flux`), or DanceGRPO's shifted linspace for either."""
     from diffusers import FlowMatchEulerDiscreteScheduler
+
     from treegrpo.envs import FlowTimesteps
 
     size = SIZES[args.size]
@@ -178,6 +180,7 @@ def synthetic_problem(args: argparse.Namespace, transformer, device: torch.devic
     flow transition and schedule (``sampling``: a ``SamplingConfig``; default Flow-GRPO's SDE on the
     model's scheduler schedule)."""
     from tensordict import TensorDict
+
     from treegrpo.algos import Config
     from treegrpo.envs import FluxDenoiser, SD3Denoiser, flow_transition
     from treegrpo.problems import Problem

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from treegrpo.algos import Config, Trainer
 from treegrpo.benchmarks import RESULTS
 from treegrpo.envs.numerics import ROUNDING_Z
-
 from treegrpo.problems import build_problem
 from treegrpo.testing.numerics import sd35_latent_problem, simulated_gpu_numerics
 
@@ -113,7 +113,6 @@ def run_real(size: str, precision: str, iterations: int, device: str) -> dict[st
 
 def trainer_unit(numeric: str) -> float:
     from treegrpo.envs.numerics import UNIT_ROUNDOFF
-
     from treegrpo.testing.numerics import LEVELS
 
     return UNIT_ROUNDOFF["fp32"] if numeric == "fp32" else LEVELS[numeric]

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from treegrpo.algos.losses import PPOClipLoss
 from treegrpo.benchmarks import RESULTS
 from treegrpo.envs import TreeSampler, parent_batch
@@ -34,7 +35,6 @@ WINDOW_STARTS = (0, 4, 7)
 def problems(scratch: Path) -> dict[str, tuple]:
     """``name -> (model, transition, cond, latent_shape)`` for the digits model and a tiny SD3 pipeline."""
     from treegrpo.families.pipelines import load_pipeline
-
     from treegrpo.problems.digits import digits_problem
     from treegrpo.testing.pipelines import save_tiny_sd3_pipeline
 

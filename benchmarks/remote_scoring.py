@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 import torch
+
 from treegrpo.benchmarks import run_facts, write_result
 from treegrpo.benchmarks.background_scoring import MODES, time_mode
 from treegrpo.envs import TreeSampler
-
 from treegrpo.problems.digits import digits_problem
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from treegrpo.benchmarks import RESULTS
 from treegrpo.rewards.pil_resize import pil_bicubic_resize
 from treegrpo.rewards.preprocess import clip_processor_preprocess, hpsv2_preprocess, torchvision_clip_preprocess
-
 from treegrpo.testing import official_preprocessing as official
 
 RESIZES = [((512, 512), (224, 224)), ((768, 512), (336, 224)), ((512, 640), (224, 280)), ((1024, 1024), (224, 224)),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
 from treegrpo.embedded._files import WEIGHTS_DIR, require
 
 CLASSIFIER_FILES = ("config.json", "model.safetensors")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
 from treegrpo.embedded._files import WEIGHTS_DIR, require
 
 JUDGE_FILES = ("config.json", "model.safetensors")

@@ -16,6 +16,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from tensordict import TensorDict
 from torch import Tensor
+
 from treegrpo.embedded._files import WEIGHTS_DIR, require
 from treegrpo.embedded.text import (
     TEXT_ENCODER_FILES,

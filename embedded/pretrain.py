@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from treegrpo.embedded._files import WEIGHTS_DIR, sha256
 from treegrpo.embedded.classifier import DigitClassifier, accuracy, save_classifier
 from treegrpo.embedded.data import all_prompts, digits_prompts, image_split, load_digit_images

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from treegrpo.embedded.classifier import DigitClassifier, load_classifier
 from treegrpo.embedded.data import digit_of
 from treegrpo.embedded.judge import DigitJudge, load_judge

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
 from treegrpo.envs.models import CallableDenoiser, Cond
 
 

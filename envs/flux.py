@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
 from treegrpo.envs._checks import ArgumentError, check_float
 from treegrpo.envs.models import Cond, Denoiser, _field, _module_dtype
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from torch import Tensor, nn
+
 from treegrpo.envs._checks import check_float
 
 Cond = Tensor | TensorDictBase | None

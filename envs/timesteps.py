@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
 from treegrpo.envs._checks import check_int
 
 

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
+
 from treegrpo.envs import gaussian
 from treegrpo.envs._checks import check_float
 from treegrpo.envs.gaussian import Reduction

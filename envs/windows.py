@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from treegrpo.envs._checks import ArgumentError, check_float, check_int
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from treegrpo.algos import PPOClipLoss, total_loss
 
 import treeadv
 from treegrpo import envs
+from treegrpo.algos import PPOClipLoss, total_loss
 from treegrpo.problems import toy2d_problem
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

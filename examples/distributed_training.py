@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 
 from treegrpo.algos.trainer import Trainer
-
 from treegrpo.config import preset_config
 from treegrpo.problems import build_problem
 

@@ -89,7 +89,6 @@ def main() -> None:
 
     # The registry makes the name usable anywhere an estimator name is: treeadv.backup, GroupAdvantage, the config.
     from treegrpo.algos import Config, Trainer
-
     from treegrpo.problems import toy2d_problem
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
+
+import treeadv
 from treegrpo.algos import (
     Config,
     EdgeLoss,
@@ -37,8 +39,6 @@ from treegrpo.algos import (
     total_loss,
 )
 from treegrpo.envs import parent_batch
-
-import treeadv
 from treegrpo.problems import Problem, toy2d_problem
 
 

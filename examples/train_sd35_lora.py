@@ -18,13 +18,13 @@ import argparse
 from pathlib import Path
 
 import torch
+
 from treegrpo.algos import Config, Trainer
+from treegrpo.devices import local_device
 from treegrpo.families.pipelines import load_pipeline
 from treegrpo.families.prompts import PromptEmbeddings, load_prompts
-from treegrpo.rewards import build_reward
-
-from treegrpo.devices import local_device
 from treegrpo.problems.text_to_image import pipeline_problem
+from treegrpo.rewards import build_reward
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sd35_medium.yaml"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
 from treegrpo.rewards.base import PreprocessingMode, check_batch
 from treegrpo.rewards.heads import mlp_head
 from treegrpo.rewards.preprocess import (

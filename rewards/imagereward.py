@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
 from treegrpo.rewards.base import PreprocessingMode, check_batch
 from treegrpo.rewards.clip_models import load_state_dict
 from treegrpo.rewards.heads import mlp_head

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from treegrpo.rewards.base import check_batch
 
 from treegrpo.errors import TreegrpoError
+from treegrpo.rewards.base import check_batch
 
 INSTALL_HINT = "pip install -e '.[ocr]'"
 

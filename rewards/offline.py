@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
 from treegrpo.rewards.base import check_batch
 
 JPEG_QUALITY = 95  # as in DDPO

@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
 from treegrpo.rewards.pil_resize import pil_bicubic_resize
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from treegrpo.rewards.base import check_batch
 
 from treegrpo.errors import TreegrpoError
+from treegrpo.rewards.base import check_batch
 
 PREFIX = "remote:"
 TOKEN_ENV = "TREEGRPO_REWARD_TOKEN"

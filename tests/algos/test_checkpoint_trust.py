@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from treegrpo.algos.checkpoint import (
     CHECKSUMS,
     LATEST,
@@ -29,7 +30,6 @@ from treegrpo.algos.checkpoint import (
     save_checkpoint,
 )
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
-
 from treegrpo.cli import main
 from treegrpo.config import Config, ConfigError
 from treegrpo.problems import toy2d_problem

@@ -26,9 +26,9 @@ pytestmark = [pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="f
               pytest.mark.exact_numerics]
 import torch
 from safetensors.torch import load_file
+
 from treegrpo.algos.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
 from treegrpo.algos.trainer import Trainer
-
 from treegrpo.config import ConfigError, preset_config
 from treegrpo.devices import Ranks
 from treegrpo.problems import build_problem
@@ -184,6 +184,7 @@ def test_the_multi_gpu_example_runs_on_two_cpu_ranks(tmp_path):
 
 def test_fsdp_units_are_the_outermost_blocks_with_trained_parameters():
     from torch import nn
+
     from treegrpo.algos.distributed import _outermost_blocks
 
     def block() -> nn.Module:

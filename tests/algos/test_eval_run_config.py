@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from treegrpo.algos.checkpoint import checkpoint_config, latest_checkpoint, weight_shapes
 from treegrpo.algos.entrypoints import checkpoint_fit_problems
-
 from treegrpo.cli import main
 from treegrpo.config import Config
 from treegrpo.problems import build_problem

@@ -8,9 +8,9 @@ import statistics
 
 import pytest
 import torch
+
 from treegrpo.algos.evaluation import HeldOutScores, column_order, held_out_scores
 from treegrpo.algos.trainer import Trainer
-
 from treegrpo.cli import build_parser, main, resolve_config
 from treegrpo.config import Config
 from treegrpo.problems import build_problem

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
+
 from treegrpo.algos.losses import PPOClipLoss, ReinforceLoss, total_loss
 from treegrpo.algos.model_setup import adapters_disabled, apply_lora
 from treegrpo.algos.trainer import Trainer
+from treegrpo.config import Config
 from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler, parent_batch
 from treegrpo.envs.gaussian import gaussian_kl
-
-from treegrpo.config import Config
 from treegrpo.problems import toy2d_problem
 
 LOSSES = (PPOClipLoss, ReinforceLoss)

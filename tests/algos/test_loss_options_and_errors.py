@@ -7,14 +7,14 @@ from typing import Literal
 
 import pytest
 import torch
+
 from treegrpo.algos import Config, ConfigError, PPOClipLoss, Trainer, build_loss, kl_reference, register_loss
 from treegrpo.algos.loss_options import declared_options, parse_loss_options
 from treegrpo.algos.losses import LOSSES
 from treegrpo.algos.model_setup import apply_lora
-from treegrpo.rewards import UnknownRewardError
-
 from treegrpo.errors import renamed_fields
 from treegrpo.problems import build_problem, digits_problem, toy2d_problem
+from treegrpo.rewards import UnknownRewardError
 
 
 class TypedOptionsLoss(PPOClipLoss):

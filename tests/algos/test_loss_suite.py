@@ -4,9 +4,9 @@ a loss with its sign flipped."""
 from __future__ import annotations
 
 import pytest
+
 from treegrpo.algos import PPOClipLoss, ReinforceLoss, kl_reference
 from treegrpo.algos.losses import LOSSES
-
 from treegrpo.testing.losses import check_loss, check_policy_gradient, check_sign
 
 

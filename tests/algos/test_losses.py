@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
+
+from tests.envs.tiny_models import reference_edges
 from treegrpo.algos.advantages import PerPromptStatTracker
 from treegrpo.algos.batch import count_edges, select_steps
 from treegrpo.algos.losses import EdgeBatchError, PPOClipLoss, ReinforceLoss, ppo_clip_objective, total_loss
 from treegrpo.envs import FlowSDE, FlowTimesteps, TrajectorySampler, TreeSampler, parent_batch
-
-from tests.envs.tiny_models import reference_edges
 from treegrpo.problems import toy2d_problem
 from treegrpo.testing.numerics import assert_close_up_to_rounding
 
@@ -265,9 +265,8 @@ def test_step_selections_keep_at_least_one_step_and_refuse_unknown_names() -> No
 
 def test_reward_and_advantage_level_aggregation_differ_as_defined() -> None:
     """Advantage level: normalise each reward, then weight; reward level: weight, then normalise (float64 reference)."""
-    from treegrpo.algos.advantages import GroupAdvantage
-
     import treeadv
+    from treegrpo.algos.advantages import GroupAdvantage
 
     tree = treeadv.Tree.regular(2, 2, 2, group=[0, 0])
     rewards = torch.tensor([[0.1, 10.0], [0.3, 30.0], [0.2, 50.0], [0.9, 20.0],
@@ -288,9 +287,8 @@ def test_reward_and_advantage_level_aggregation_differ_as_defined() -> None:
 def test_the_configured_spread_reaches_the_trainers_advantages(algorithm) -> None:
     """``loss.advantage_std``/``advantage_eps`` through ``build_advantage``, against DanceGRPO's and Flow-GRPO's
     normalisations transcribed (DanceGRPO ``train_grpo_flux.py:542``; Flow-GRPO ``stat_tracking.py:25-29``)."""
-    from treegrpo.algos.build import build_advantage
-
     import treeadv
+    from treegrpo.algos.build import build_advantage
     from treegrpo.config import Config
 
     tree = treeadv.Tree.regular(2, 2, 2, group=[0, 1])

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from tensordict import TensorDict
+
+from tests.algos.test_training import _config
+from tests.envs.tiny_models import LATENT_SHAPE, text_cond, tiny_sd3
 from treegrpo.algos.checkpoint import latest_checkpoint
 from treegrpo.algos.losses import PPOClipLoss
 from treegrpo.algos.model_setup import adapters_disabled, apply_lora, enable_gradient_checkpointing, has_adapters
 from treegrpo.algos.trainer import Trainer
 from treegrpo.envs import FlowSDE, FlowTimesteps, SD3Denoiser
-
-from tests.algos.test_training import _config
-from tests.envs.tiny_models import LATENT_SHAPE, text_cond, tiny_sd3
 from treegrpo.problems import Problem, toy2d_problem
 
 
@@ -177,7 +177,6 @@ def test_lora_targets_that_all_miss_are_refused_and_a_partial_miss_is_a_warning(
     import warnings as _warnings
 
     from treegrpo.algos.model_setup import check_lora
-
     from treegrpo.config import ConfigError
     from treegrpo.errors import TreegrpoWarning
 

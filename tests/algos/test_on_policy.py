@@ -13,11 +13,11 @@ import warnings
 import pytest
 import torch
 from torch import nn
+
 from treegrpo.algos.trainer import Trainer
+from treegrpo.config import Config
 from treegrpo.envs import OnPolicyError
 from treegrpo.envs.numerics import ROUNDING_Z, OnPolicyWarning
-
-from treegrpo.config import Config
 from treegrpo.problems import toy2d_problem
 from treegrpo.testing.numerics import sd35_latent_problem, simulated_gpu_numerics
 

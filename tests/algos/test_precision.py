@@ -6,12 +6,12 @@ import warnings
 
 import pytest
 import torch
+
 from treegrpo.algos.trainer import Trainer
+from treegrpo.config import Config
 from treegrpo.envs import OnPolicyError, TreeSampler, check_on_policy
 from treegrpo.envs.numerics import ROUNDING_Z
 from treegrpo.envs.precision import model_precision
-
-from treegrpo.config import Config
 from treegrpo.problems import toy2d_problem
 
 

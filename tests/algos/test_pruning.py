@@ -6,8 +6,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from treegrpo.algos.pruning import prune_edges, pruned_depths, pruning_active
-from treegrpo.envs import parent_batch
 
 from tests.treeadv.branchgrpo_reference import (
     drop_depths,
@@ -17,6 +15,8 @@ from tests.treeadv.branchgrpo_reference import (
     toolkit_tree,
     walk_edges,
 )
+from treegrpo.algos.pruning import prune_edges, pruned_depths, pruning_active
+from treegrpo.envs import parent_batch
 
 
 def _forest(num_prompts: int, num_steps: int, split_steps: list[int], advantage: torch.Tensor):

@@ -14,8 +14,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from treegrpo.algos.checkpoint import LATEST, CheckpointError, latest_checkpoint, save_checkpoint
 
+from treegrpo.algos.checkpoint import LATEST, CheckpointError, latest_checkpoint, save_checkpoint
 from treegrpo.cli import main
 
 FLAGS = ["--model.kind", "toy2d", "--sampling.num_steps", "4", "--sampling.shift", "1",
@@ -167,6 +167,7 @@ def test_an_old_baseline_without_a_key_or_a_column_is_never_reported(tmp_path, c
 def test_a_disk_that_fills_during_the_write_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import torch
     from safetensors import SafetensorError
+
     from treegrpo.algos import checkpoint as module
 
     first = save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {})

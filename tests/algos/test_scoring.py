@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from treegrpo.algos.scoring import chunk_bounds, sample_and_score
 from treegrpo.algos.trainer import Trainer
-from treegrpo.envs import TreeSampler, check_on_policy, gather_cond
-
 from treegrpo.config import Config
+from treegrpo.envs import TreeSampler, check_on_policy, gather_cond
 from treegrpo.problems import toy2d_problem
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from treegrpo.algos.checkpoint import latest_checkpoint
 from treegrpo.algos.losses import ReinforceLoss
 from treegrpo.algos.trainer import NonFiniteTrainingError, Trainer
-
 from treegrpo.config import Config
 from treegrpo.problems import toy2d_problem
 

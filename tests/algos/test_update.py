@@ -8,8 +8,8 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torch import nn
-from treegrpo.algos.update import Optimisation, optimise
 
+from treegrpo.algos.update import Optimisation, optimise
 from treegrpo.config import OptimConfig
 
 

@@ -8,9 +8,8 @@ import json
 import pytest
 import torch
 
-from treegrpo.envs import tree_nfe
-
 from treegrpo import cli
+from treegrpo.envs import tree_nfe
 
 
 def test_gpu_iteration_benchmark_runs_at_tiny_size(tmp_path, capsys):
@@ -43,9 +42,8 @@ def test_gpu_iteration_benchmark_runs_at_tiny_size(tmp_path, capsys):
 
 def test_gpu_iteration_benchmark_runs_at_tiny_flux_size(tmp_path):
     """The FLUX family: packed tokens, distilled guidance (one forward per row), the resolution-shifted schedule."""
-    from treegrpo.envs import FluxDenoiser
-
     import benchmarks.gpu_iteration as bench
+    from treegrpo.envs import FluxDenoiser
 
     out = tmp_path / "flux.json"
     args = ["--size", "flux-tiny", "--device", "cpu", "--iterations", "1", "--steps", "4", "--max-batch", "8",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from treegrpo.benchmarks import onpolicy_numerics
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from treegrpo.embedded.data import (
     DIGIT_WORDS,
     all_prompts,

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from treegrpo.algos.trainer import Trainer
+from treegrpo.config import Config, ConfigError, preset_config
 from treegrpo.embedded.data import digits_prompts
 from treegrpo.embedded.model import load_base, to_image
 from treegrpo.embedded.rewards import DIGITS_REWARDS, ClassifierReward, aesthetic_proxy
 from treegrpo.envs import DanceSDE, FlowSDE, GuidedDenoiser, SD3Denoiser
-
-from treegrpo.config import Config, ConfigError, preset_config
 from treegrpo.problems import build_problem
 from treegrpo.problems.digits import digits_problem
 

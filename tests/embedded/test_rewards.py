@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from treegrpo.embedded.classifier import load_classifier
 from treegrpo.embedded.data import DIGIT_WORDS, digit_of, load_digit_images
 from treegrpo.embedded.judge import load_judge

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import SD3Transformer2DModel
+
 from treegrpo.embedded import pretrain
 from treegrpo.embedded._files import WEIGHTS_DIR, MissingWeightsError, sha256
 from treegrpo.embedded.classifier import load_classifier

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
+
 from treegrpo.envs import DDIM, DanceSDE, FlowCPS, FlowSDE, FlowTimesteps, GaussianData, sample_forest
 
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)

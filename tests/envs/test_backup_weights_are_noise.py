@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from treegrpo.envs import FlowSDE, FlowTimesteps, SD3Denoiser, sample_forest
 
 import treeadv
+from treegrpo.envs import FlowSDE, FlowTimesteps, SD3Denoiser, sample_forest
 
 from .tiny_models import LATENT_SHAPE, text_cond, tiny_sd3
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributions import Normal
-from treegrpo.envs import FlowCPS, FlowSDE, FlowTimesteps
 
 from treegrpo.config import Config, ConfigError
+from treegrpo.envs import FlowCPS, FlowSDE, FlowTimesteps
 from treegrpo.problems.digits import flow_transition
 from treegrpo.testing.numerics import assert_close_up_to_rounding
 

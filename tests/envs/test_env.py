@@ -7,6 +7,9 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
+
+import treeadv
+from treeadv.interop import from_torchrl, to_torchrl
 from treegrpo.envs import (
     DenoisingEnv,
     DenoisingPolicy,
@@ -19,9 +22,6 @@ from treegrpo.envs import (
     check_on_policy,
     edge_log_probs,
 )
-
-import treeadv
-from treeadv.interop import from_torchrl, to_torchrl
 from treegrpo.testing.numerics import assert_close_up_to_rounding
 
 from .tiny_models import LATENT_SHAPE, text_cond, tiny_sd3

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from torch.distributions import Normal
+
 from treegrpo.envs import (
     DDIM,
     DanceSDE,

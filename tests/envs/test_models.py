@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
+
 from treegrpo.envs import (
     DDIM,
     CallableDenoiser,
@@ -18,7 +19,6 @@ from treegrpo.envs import (
     check_on_policy,
     tree_nfe,
 )
-
 from treegrpo.testing.numerics import assert_close_up_to_rounding
 
 from .tiny_models import LATENT_SHAPE, text_cond, tiny_sd3, tiny_unet

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+
 from treegrpo.envs import CallableDenoiser, FlowCPS, FlowSDE, FlowTimesteps, OnPolicyError, TreeSampler, check_on_policy
 from treegrpo.envs.numerics import (
     ROUNDING_Z,
@@ -23,7 +24,6 @@ from treegrpo.envs.numerics import (
     rounding_unit,
 )
 from treegrpo.envs.precision import model_precision
-
 from treegrpo.testing.numerics import shape_noise, simulated_gpu_numerics
 
 pytestmark = pytest.mark.exact_numerics  # these tests install the harness themselves

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from treegrpo.envs import (
     BranchSampler,
     CallableDenoiser,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from tests.envs.tiny_models import reference_edges
 from treegrpo.envs import (
     DDIM,
     CallableDenoiser,
@@ -20,8 +22,6 @@ from treegrpo.envs import (
     edge_log_probs,
     tree_nfe,
 )
-
-from tests.envs.tiny_models import reference_edges
 from treegrpo.testing.numerics import assert_close_up_to_rounding
 
 DATA = GaussianData(torch.zeros(6), torch.eye(6) * 0.5)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from treegrpo.algos.build import build_sampler
+from treegrpo.config import Config, ConfigError
 from treegrpo.envs import (
     DDIM,
     DanceSDE,
@@ -22,8 +24,6 @@ from treegrpo.envs import (
     TreeSampler,
     check_on_policy,
 )
-
-from treegrpo.config import Config, ConfigError
 from treegrpo.problems import Problem
 
 DATA = GaussianData(torch.zeros(4), torch.eye(4) * 0.5)

@@ -61,9 +61,8 @@ def train_with_the_swap_loss_plugin(out_dir: Path, algorithm: str, *options: str
 
 
 def test_a_loss_registered_by_a_plugin_is_selectable_by_name_from_the_cli(tmp_path, capsys):
-    from treegrpo.algos.losses import LOSSES
-
     from treegrpo import cli
+    from treegrpo.algos.losses import LOSSES
 
     summary = train_with_the_swap_loss_plugin(tmp_path / "run", "clip_higher", "--loss.clip_high", "0.3",
                                               "--train.iterations", "2")
@@ -88,10 +87,9 @@ def test_swap_loss_five_distinct_objectives_four_share_the_gradient_at_the_behav
 
 
 def test_a_plugin_loss_takes_its_own_options_from_the_command_line(tmp_path, capsys):
+    from treegrpo import cli
     from treegrpo.algos import Config, build_loss
     from treegrpo.algos.losses import LOSSES
-
-    from treegrpo import cli
     from treegrpo.problems import build_problem
 
     summary = train_with_the_swap_loss_plugin(tmp_path / "run", "sibling_preference", "--loss.options", "beta=20",

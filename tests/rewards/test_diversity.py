@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from treegrpo.rewards.diversity import ClipDiversity, embedding_diversity, group_rows, pixel_diversity
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
-from treegrpo.rewards import MissingRewardWeightsError, build_reward, clip_preprocess
-from treegrpo.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
 
 from tests.rewards.blip_reference import imagereward_score
 from tests.rewards.tiny_rewards import TINY_BERT_WORDS, TINY_BLIP, save_tiny_imagereward
+from treegrpo.rewards import MissingRewardWeightsError, build_reward, clip_preprocess
+from treegrpo.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
 
 PROMPTS = ["a photo of a cat", "red dog on the house", "painting", "blue cat of number 7"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from treegrpo.rewards import MissingRewardWeightsError, build_reward, clip_preprocess
 
 from tests.rewards.tiny_rewards import TINY_OPEN_CLIP, save_tiny_rewards
+from treegrpo.rewards import MissingRewardWeightsError, build_reward, clip_preprocess
 from treegrpo.testing import official_preprocessing as official
 
 LEARNED = ["hpsv2", "clipscore", "pickscore", "aesthetic", "imagereward"]
@@ -75,6 +75,7 @@ def test_hpsv2_is_the_cosine_of_open_clip_embeddings(reward_root, images):
     """The evaluation score equals open_clip's own model fed hpsv2's preprocessing (its eval transform:
     resize the longer side, pad), with open_clip's tokenizer and normalised features."""
     import open_clip
+
     from treegrpo.rewards.clip_models import HPS_FILE, load_state_dict
 
     model = open_clip.CLIP(**TINY_OPEN_CLIP).eval()

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from treegrpo.problems.ocr import load_ocr_prompts
 from treegrpo.rewards import build_reward, rewards_for
 from treegrpo.rewards.ocr import (
     MissingOcrError,
@@ -22,8 +24,6 @@ from treegrpo.rewards.ocr import (
     ocr_score,
     ocr_target,
 )
-
-from treegrpo.problems.ocr import load_ocr_prompts
 
 HAS_RAPIDOCR = importlib.util.find_spec("rapidocr_onnxruntime") is not None
 needs_rapidocr = pytest.mark.skipif(not HAS_RAPIDOCR, reason="rapidocr-onnxruntime is not installed "

@@ -11,9 +11,9 @@ import copy
 
 import pytest
 import torch
-from treegrpo.rewards import build_reward, for_evaluation
 
 from tests.rewards.tiny_rewards import save_tiny_rewards
+from treegrpo.rewards import build_reward, for_evaluation
 from treegrpo.testing import official_preprocessing as official
 
 SIZE = 32  # the tiny models' input side

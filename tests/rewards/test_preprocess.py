@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision import transforms
 from transformers.image_transforms import center_crop, get_resize_output_image_size
+
 from treegrpo.rewards.pil_resize import pil_bicubic_resize, vertical_first
 from treegrpo.rewards.preprocess import (
     Preprocess,
@@ -22,7 +23,6 @@ from treegrpo.rewards.preprocess import (
     shorter_side_size,
     torchvision_clip_preprocess,
 )
-
 from treegrpo.testing import official_preprocessing as official
 
 STD_LEVELS = torch.tensor(official.OPENAI_STD).view(1, 3, 1, 1) * 255

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from treegrpo.rewards import build_reward, check_reward_names
 from treegrpo.rewards.remote import (
     RemoteNameError,

@@ -8,10 +8,10 @@ import pickle
 
 import pytest
 import torch
-from treegrpo.families.pipelines import PipelineLayoutError, check_weight_files
-from treegrpo.rewards.clip_models import load_state_dict
 
+from treegrpo.families.pipelines import PipelineLayoutError, check_weight_files
 from treegrpo.formats import FileFormatError
+from treegrpo.rewards.clip_models import load_state_dict
 
 
 class _Payload:

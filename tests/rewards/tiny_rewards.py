@@ -45,9 +45,9 @@ def _preprocessor(folder: Path) -> None:
 def save_tiny_rewards(root: Path, seed: int = 0) -> Path:
     """``root/{hpsv2,clipscore,pickscore,aesthetic,imagereward}`` holding tiny models in each reward's real file layout."""
     from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
+
     from treegrpo.rewards.clip_models import AESTHETIC_FILE, HPS_FILE, OPEN_CLIP_FILE
     from treegrpo.rewards.heads import mlp_head
-
     from treegrpo.testing.pipelines import tiny_clip_tokenizer
 
     _open_clip(root / "hpsv2", HPS_FILE, wrap=True, seed=seed)

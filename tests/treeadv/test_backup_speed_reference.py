@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from treegrpo.benchmarks import backup_speed
 
 from tests.treeadv.reference import reference_backup
 from treeadv import BackupEstimator, NonFiniteError, Tree, backup, backup_with_weights
 from treeadv.siblings import Siblings
+from treegrpo.benchmarks import backup_speed
 
 
 def _forest(seed: int, dtype: torch.dtype = torch.float64) -> tuple[Tree, torch.Tensor]:

@@ -11,8 +11,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from treegrpo.algos.checkpoint import latest_checkpoint
 
+from treegrpo.algos.checkpoint import latest_checkpoint
 from treegrpo.cli import main
 
 BASE = {"model.kind": "toy2d", "sampling.num_steps": "4", "sampling.prompts_per_iteration": "2",

@@ -8,7 +8,7 @@ decode); :mod:`treegrpo.families.prompts` reads prompt files and caches their em
 samplers in :mod:`treegrpo.envs` see only the denoiser and the transition.
 """
 
+from treegrpo.families import builtin  # noqa: F401 - importing it registers the shipped families
 from treegrpo.families.base import FAMILIES, ModelFamily, families, family, register_family
-from treegrpo.families import builtin  # noqa: E402,I001  (the shipped families register themselves)
 
 __all__ = ["FAMILIES", "ModelFamily", "families", "family", "register_family"]

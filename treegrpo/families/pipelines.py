@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 from torch import Tensor
+
 from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.models import Cond, Denoiser
 from treegrpo.envs.transitions import Transition

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import torch
-from treegrpo.algos.checkpoint import latest_checkpoint
-from treegrpo.algos.evaluation import held_out_scores
 
 from tests.treegrpo.families.test_training import CONFIGS, tiny_overrides
+from treegrpo.algos.checkpoint import latest_checkpoint
+from treegrpo.algos.evaluation import held_out_scores
 from treegrpo.cli import main
 from treegrpo.config import Config
 from treegrpo.problems import build_problem
@@ -128,9 +128,8 @@ def test_true_cfg_on_a_model_without_distilled_guidance_is_refused_before_loadin
 
 def test_held_out_scores_use_the_official_preprocessing(pipelines, prompt_file, reward_root, tmp_path):
     """Evaluation scores through for_evaluation (exact mode); training rewards keep the fast mode."""
-    from treegrpo.rewards import build_reward, for_evaluation
-
     from tests.treegrpo.families.conftest import PROMPTS
+    from treegrpo.rewards import build_reward, for_evaluation
 
     overrides = tiny_overrides(pipelines["sd3"], prompt_file, tmp_path, lora=True, rewards=reward_root)
     config = Config.from_yaml(CONFIGS["sd3"]).override([*overrides, "model.rewards=imagereward",

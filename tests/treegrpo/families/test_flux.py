@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from treegrpo.envs import FluxDenoiser, TrajectorySampler, TreeSampler, check_on_policy, sample_forest
 from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.flux import has_distilled_guidance, latent_image_ids, pack_latents, unpack_latents
+from treegrpo.envs.timesteps import FlowTimesteps, resolution_shift_mu
 from treegrpo.families.pipelines import (
     PipelineLayoutError,
     check_image_size,
@@ -21,8 +23,6 @@ from treegrpo.families.pipelines import (
     detect_kind,
     load_pipeline,
 )
-from treegrpo.envs.timesteps import FlowTimesteps, resolution_shift_mu
-
 from treegrpo.testing.pipelines import save_tiny_flux_pipeline
 
 STEPS = 4
@@ -203,12 +203,12 @@ def test_treegrpo_raises_a_toy_reward_and_the_lora_loads_in_flux_pipeline(flux_p
     """configs/flux_dev.yaml, shrunk to a CPU run, through the user's path (config -> build_problem ->
     Trainer) with a toy reward registered for ``model.kind=flux``."""
     from diffusers import FluxPipeline
-    from treegrpo.algos.trainer import Trainer
-    from treegrpo.rewards import REWARDS, register_reward
 
+    from treegrpo.algos.trainer import Trainer
     from treegrpo.config import Config
     from treegrpo.problems import build_problem
     from treegrpo.problems.lora import LORA_FILE, fuse_lora
+    from treegrpo.rewards import REWARDS, register_reward
 
     monkeypatch.delitem(REWARDS, "brightness", raising=False)  # the registration is undone after the test
     register_reward("brightness", lambda **_: Brightness(), kinds=("flux",))

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+
 from treegrpo.envs import GuidedDenoiser, sample_forest
 from treegrpo.families.pipelines import PipelineLayoutError, load_pipeline
 
@@ -110,7 +111,6 @@ def test_ode_samples_equal_the_stock_pipeline(pipelines, kind, guidance):
 def test_flow_transitions_by_name_share_one_table(pipelines):
     """SD3 pipelines and the embedded default build flow steps through `envs.flow_transition`."""
     from treegrpo.envs import DanceSDE, FlowCPS, FlowSDE, FlowTimesteps, flow_transition
-
     from treegrpo.problems.digits import flow_transition as embedded_flow_transition
 
     timesteps = FlowTimesteps.linear(4, shift=3.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from treegrpo.families import prompts
 from treegrpo.families.prompts import MAX_PROMPT_CHARS, PromptFileError, load_prompts
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from tensordict import TensorDict
+
 from treegrpo.envs import sample_forest
 from treegrpo.families.pipelines import load_pipeline
 from treegrpo.families.prompts import PromptEmbeddings, load_prompts

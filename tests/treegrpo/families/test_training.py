@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from tensordict import TensorDict
-from treegrpo.algos.trainer import Trainer
-from treegrpo.envs import FluxDenoiser
-from treegrpo.families.pipelines import load_pipeline
 
+from treegrpo.algos.trainer import Trainer
 from treegrpo.cli import main
 from treegrpo.config import Config
+from treegrpo.envs import FluxDenoiser
+from treegrpo.families.pipelines import load_pipeline
 from treegrpo.problems import build_problem
 from treegrpo.problems.lora import LORA_FILE, fuse_lora
 
