@@ -27,6 +27,8 @@ ENTRY_POINTS = {
     "envs/edges.py": ["parent_batch"],
     "algos/trainer.py": ["Trainer"],
     "algos/losses.py": ["register_loss"],
+    "treegrpo/problems/build.py": ["build_problem"],
+    "treegrpo/config.py": ["Config.override"],
     "treegrpo/families/pipelines.py": ["load_pipeline"],
 }
 """File -> the public names (``<module>`` for the module docstring) whose docstring must hold a runnable example."""

@@ -804,7 +804,18 @@ class Config:
 
     def override(self, assignments: list[str], *, check_used: bool = True) -> Config:
         """A new validated Config with ``section.field=value`` assignments applied in order
-        (``check_used``: as in :meth:`from_dict`)."""
+        (``check_used``: as in :meth:`from_dict`).
+
+        Examples:
+            >>> from treegrpo.config import Config
+            >>> config = Config().override(["model.kind=toy2d", "loss.algorithm=flow_grpo"])
+            >>> config.loss.algorithm, config.loss.clip_range, config.sampling.noise_level  # the recipe's own
+            ('flow_grpo', 0.0001, 0.7)
+            >>> Config().override(["loss.clip_range=-1"])
+            Traceback (most recent call last):
+            ...
+            treegrpo.errors.ConfigError: loss.clip_range: ...
+        """
         changes: dict[str, dict[str, Any]] = {}
         for assignment in assignments:
             key, sep, text = assignment.partition("=")

@@ -163,6 +163,7 @@ def test_pil_bicubic_resize_keeps_dtype_device_and_leading_dims():
     assert torch.equal(pil_bicubic_resize(levels, (20, 30)), levels.float())  # same size: untouched, as Pillow
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_exact_mode_on_cuda_equals_cpu():
     images = _smooth(768, 512, seed=5)

@@ -52,6 +52,17 @@ def build_problem(config: Config, **options: Any) -> Problem:
 
     ``options`` go to the kind's builder (``fuse_model_lora=False`` for pipelines: see
     :func:`~treegrpo.problems.text_to_image.build_pipeline_problem`).
+
+    Examples:
+        >>> from treegrpo.config import Config
+        >>> from treegrpo.problems import build_problem
+        >>> problem = build_problem(Config().override(["model.kind=toy2d", "sampling.num_steps=8"]))
+        >>> problem.transition.num_steps, problem.latent_shape
+        (8, (2,))
+        >>> build_problem(Config().override(["model.kind=nowhere"]))
+        Traceback (most recent call last):
+        ...
+        treegrpo.errors.ConfigError: model.kind: expected one of ...
     """
     config.validate()
     kind = config.model.kind
