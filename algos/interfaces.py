@@ -42,7 +42,11 @@ Batch = ParentBatch | TensorDictBase
 
 
 class Sampler(Protocol):
-    """What the trainer needs of a sampler (every :class:`~treegrpo.envs.sampler.PlannedSampler`: tree, trajectory, branch)."""
+    """What the trainer needs of a sampler (every :class:`~treegrpo.envs.sampler.PlannedSampler`: tree, trajectory, branch):
+    the denoiser it samples with (the trainer checks the loss scores with the same one), its window
+    schedule, and ``sample``."""
+
+    model: Denoiser
 
     @property
     def schedule(self) -> WindowSchedule | None: ...

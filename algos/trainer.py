@@ -444,9 +444,9 @@ class Trainer:
 
     def _other_model(self) -> str | None:
         """How the sampler's and the loss's models differ, when they are different modules (a copy that
-        one side updates and the other does not); ``None`` when the sampler holds no ``model``."""
-        sampler, loss = getattr(self.sampler, "model", None), self.loss.model
-        if sampler is None or _unwrapped(sampler) is _unwrapped(loss):
+        one side updates and the other does not); ``None`` when they are the same."""
+        sampler, loss = self.sampler.model, self.loss.model
+        if _unwrapped(sampler) is _unwrapped(loss):
             return None
         return (f"the sampler samples with one {type(_unwrapped(sampler)).__name__} and the loss scores with another "
                 "module; give both the same model object")
