@@ -26,6 +26,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 # @pytest.mark.exact_numerics.
 import pytest
 
+from treeadv.registry import registrations_undone
 from treegrpo.testing.numerics import numerics_from_environment, simulated_gpu_numerics
 
 _NUMERICS = numerics_from_environment(default="tf32")
@@ -38,6 +39,14 @@ def gpu_like_numerics(request):
         return
     with simulated_gpu_numerics(_NUMERICS) as size:
         yield size
+
+
+@pytest.fixture(autouse=True)
+def registrations_stay_in_their_test():
+    """A plug-in a test registers (a loss, a reward, a kind) is unregistered after it, so no test sees
+    another's: the registries hold the shipped entries and those of wider-scoped fixtures."""
+    with registrations_undone():
+        yield
 
 
 def pytest_report_header(config):
