@@ -8,20 +8,14 @@ token count, so the transition needs the image size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.flux import FluxDenoiser, has_distilled_guidance
-from treegrpo.envs.timesteps import FlowTimesteps
-from treegrpo.envs.transitions import Transition, flow_transition
 from treegrpo.families.base import ModelFamily, register_family
-from treegrpo.families.flow import flow_match_transition
-
-if TYPE_CHECKING:
-    from treegrpo.families.pipelines import TextToImageModel
+from treegrpo.families.flow import token_shifted_transition
 
 
 def encode(pipeline: Any, prompts: list[str], device: torch.device, max_sequence_length: int) -> dict[str, Tensor]:
@@ -31,19 +25,8 @@ def encode(pipeline: Any, prompts: list[str], device: torch.device, max_sequence
     return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
 
-def transition(model: TextToImageModel, name: str, num_steps: int, noise_level: float, shift: float,
-               schedule: str, cps_scoring: str, image_size: int | None) -> Transition:
-    """FluxPipeline's resolution-shifted schedule (``scheduler``), or a named one with ``shift``."""
-    if schedule != "scheduler":
-        return flow_match_transition(model, name, num_steps, noise_level, shift, schedule, cps_scoring, image_size)
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    if image_size is None:
-        raise ArgumentError("image_size: FLUX.1's schedule shifts with the image's token count; pass "
-                            "transition(..., image_size=model.image_size)")
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.pipeline.scheduler.config)
-    timesteps = FlowTimesteps.flux(scheduler, num_steps, image_seq_len=model.image_tokens(image_size))
-    return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
+transition = token_shifted_transition("FLUX.1")
+"""FluxPipeline's resolution-shifted schedule (``scheduler``), or a named one with ``shift``."""
 
 
 FLUX = register_family(ModelFamily(

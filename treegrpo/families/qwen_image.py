@@ -33,10 +33,8 @@ from torch import Tensor, nn
 from treegrpo.envs._checks import ArgumentError
 from treegrpo.envs.flux import pack_latents, unpack_latents
 from treegrpo.envs.models import Cond, Denoiser, GuidedDenoiser, _cat, _field, _module_dtype
-from treegrpo.envs.timesteps import FlowTimesteps
-from treegrpo.envs.transitions import Transition, flow_transition
 from treegrpo.families.base import ModelFamily, register_family
-from treegrpo.families.flow import flow_match_transition
+from treegrpo.families.flow import token_shifted_transition
 
 if TYPE_CHECKING:
     from treegrpo.families.pipelines import TextToImageModel
@@ -136,20 +134,8 @@ def encode(pipeline: Any, prompts: list[str], device: torch.device, max_sequence
     return {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
 
 
-def transition(model: TextToImageModel, name: str, num_steps: int, noise_level: float, shift: float,
-               schedule: str, cps_scoring: str, image_size: int | None) -> Transition:
-    """QwenImagePipeline's resolution-shifted schedule (``scheduler``), or a named one with ``shift``."""
-    if schedule != "scheduler":
-        return flow_match_transition(model, name, num_steps, noise_level, shift, schedule, cps_scoring, image_size)
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    if image_size is None:
-        raise ArgumentError("image_size: Qwen-Image's schedule shifts with the image's token count; pass "
-                            "transition(..., image_size=model.image_size)")
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.pipeline.scheduler.config)
-    # QwenImagePipeline computes sigmas and mu exactly as FluxPipeline does, on its own scheduler config
-    timesteps = FlowTimesteps.flux(scheduler, num_steps, image_seq_len=model.image_tokens(image_size))
-    return flow_transition(name, timesteps, noise_level, cps_scoring=cps_scoring)
+transition = token_shifted_transition("Qwen-Image")
+"""QwenImagePipeline's resolution-shifted schedule (``scheduler``), or a named one with ``shift``."""
 
 
 def latent_shape(model: TextToImageModel, image_size: int) -> tuple[int, ...]:
