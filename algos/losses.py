@@ -145,9 +145,9 @@ def total_loss(terms: TensorDictBase) -> Tensor:
 
 
 LOSSES: Registry[type[EdgeLoss]] = Registry("loss")
+"""Loss name (an algorithm recipe's ``loss``) to its class; :func:`register_loss` adds."""
 LOSSES.add("ppo_clip", PPOClipLoss)
 LOSSES.add("reinforce", ReinforceLoss)
-"""Loss name (an algorithm recipe's ``loss``) to its class; :func:`register_loss` adds."""
 
 L = TypeVar("L", bound=type[EdgeLoss])
 
