@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
-from treeadv.registry import Registry
+from treeadv.registry import Registry, RegistryError
 from treegrpo.algos.interfaces import EdgeBatchError, EdgeLoss, masked_mean
 from treegrpo.envs.models import Denoiser
 from treegrpo.envs.transitions import Transition
@@ -173,10 +173,18 @@ def register_loss(name: str, *, like: str = "treegrpo", replace: bool = False) -
     def register(cls: L) -> L:
         if not (isinstance(cls, type) and issubclass(cls, EdgeLoss)):
             raise TypeError(f"register_loss({name!r}): expected an EdgeLoss subclass, got {cls!r}")
-        LOSSES.add(name, cls, replace=replace)
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else f"{cls.__name__} like {like}"
+        previous = RECIPES.get(name)
         register_recipe(Recipe(name, like_recipe.sampler, like_recipe.advantage, loss=name,
-                               clipped=issubclass(cls, PPOClipLoss), summary=summary), replace=True)
+                               clipped=issubclass(cls, PPOClipLoss), summary=summary), replace=replace)
+        try:
+            LOSSES.add(name, cls, replace=replace)
+        except RegistryError:  # the name is another loss's: leave the recipes as they were
+            if previous is None:
+                RECIPES.remove(name)
+            else:
+                RECIPES.add(name, previous, replace=True)
+            raise
         return cls
 
     return register

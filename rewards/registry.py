@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from treeadv.registry import Registry, same_definition
+from treeadv.registry import Registry
 from treegrpo.errors import TreegrpoError
 from treegrpo.rewards import clip_models
 from treegrpo.rewards.base import RewardModel
@@ -53,13 +53,6 @@ REWARDS: Registry[RewardEntry] = Registry("reward", field="model.rewards")
 adds, :func:`build_reward` builds."""
 
 
-def _same_factory(old: RewardEntry | None, new: RewardEntry) -> bool:
-    """Whether ``new`` registers ``old`` again: the same kinds and modalities, and the same factory or a
-    re-definition of it (the same module and name, as when a plugin file is loaded a second time)."""
-    return old is not None and (old.kinds, old.modalities) == (new.kinds, new.modalities) and same_definition(
-        old.factory, new.factory)
-
-
 def register_reward(name: str, factory: Callable[..., RewardModel], *, modalities: Sequence[str] | None = None,
                     kinds: Sequence[str] = (), replace: bool = False) -> None:
     """Register ``factory(root=..., device=...)`` as the reward ``name`` for every model family of
@@ -71,7 +64,7 @@ def register_reward(name: str, factory: Callable[..., RewardModel], *, modalitie
     if isinstance(modalities, str) or isinstance(kinds, str):
         raise TypeError("modalities, kinds: expected sequences of names, got one str")
     entry = RewardEntry(factory, tuple(kinds), tuple(modalities))
-    REWARDS.add(name, entry, replace=replace or _same_factory(REWARDS.get(name), entry))
+    REWARDS.add(name, entry, replace=replace)
 
 
 KIND_MODALITIES: dict[str, str] = {}

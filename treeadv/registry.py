@@ -6,7 +6,8 @@ package and ``treegrpo`` share one behaviour on re-registration:
 
 - a new name is added;
 - the same entry again, or a re-definition of it (same ``__qualname__`` from the same source file, as
-  when a plugin file is loaded a second time), replaces the old one silently;
+  when a plugin file is loaded a second time; for a dataclass entry, field by field), replaces the old
+  one silently;
 - a different entry under a taken name raises :class:`RegistryError` naming both, unless the caller
   passes ``replace=True`` (an explicit override, such as a test swapping in a fake).
 
@@ -30,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import weakref
@@ -46,11 +48,16 @@ class RegistryError(ValueError):
 def same_definition(old: object, new: object) -> bool:
     """Whether ``new`` is ``old`` or a re-definition of it: a class or function of the same qualified name
     from the same source file (a plugin loaded twice, or run as a script after being loaded as a plugin,
-    under another module name), or from the same module where the file is unknown."""
+    under another module name), or from the same module where the file is unknown; a dataclass entry
+    whose fields are each the same definition (a recipe, a reward's factory with its modalities); an
+    equal plain value."""
     if old is new:
         return True
-    if getattr(old, "__qualname__", None) is None or getattr(old, "__qualname__", None) != getattr(
-            new, "__qualname__", None):
+    if dataclasses.is_dataclass(old) and not isinstance(old, type) and type(old) is type(new):
+        return all(same_definition(getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(old))
+    if getattr(old, "__qualname__", None) is None:
+        return type(old) is type(new) and old == new
+    if getattr(old, "__qualname__", None) != getattr(new, "__qualname__", None):
         return False
     old_file, new_file = _source_file(old), _source_file(new)
     if old_file is not None and new_file is not None:

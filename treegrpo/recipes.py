@@ -86,7 +86,7 @@ def register_recipe(recipe: Recipe, *, replace: bool = False) -> Recipe:
     bad = [item for item in recipe.defaults if "=" not in item or "." not in item.partition("=")[0]]
     if bad:
         raise TreegrpoError(f"algorithm {recipe.name!r}: defaults must be section.field=value, got {bad}")
-    return RECIPES.add(recipe.name, recipe, replace=replace or RECIPES.get(recipe.name) == recipe)
+    return RECIPES.add(recipe.name, recipe, replace=replace)
 
 
 def recipe(name: str) -> Recipe:

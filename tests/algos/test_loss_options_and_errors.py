@@ -124,3 +124,17 @@ def test_the_trainer_builds_its_reference_with_the_helper(monkeypatch, tmp_path)
     config = Config().override(["model.kind=toy2d", "loss.kl_coef=0.1", f"train.out_dir={tmp_path}"])
     Trainer(build_problem(config), config)
     assert calls == [{"adapters": False}]
+
+
+def test_register_loss_never_replaces_a_taken_name_silently() -> None:
+    from treeadv.registry import RegistryError
+    from treegrpo.algos import PPOClipLoss, register_loss
+    from treegrpo.recipes import RECIPES
+
+    shipped = RECIPES["treegrpo"]
+    with pytest.raises(RegistryError, match="recipe 'treegrpo' is already registered"):
+        register_loss("treegrpo")(type("Impostor", (PPOClipLoss,), {}))
+    assert RECIPES["treegrpo"] is shipped and "treegrpo" not in LOSSES
+    with pytest.raises(RegistryError, match="loss 'ppo_clip' is already registered"):
+        register_loss("ppo_clip")(type("Impostor", (PPOClipLoss,), {}))
+    assert "ppo_clip" not in RECIPES and LOSSES["ppo_clip"] is PPOClipLoss

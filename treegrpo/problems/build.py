@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from treeadv.registry import same_definition
 from treegrpo.config import Config
 from treegrpo.devices import local_device
 from treegrpo.envs.transitions import FLOW_TRANSITIONS, Transition
@@ -39,11 +38,7 @@ def register_problem(kind: str, builder: ProblemBuilder, *, preset: tuple[str, .
     over ``Config()``), and reading the kind-specific option groups ``reads`` (and ``uses``, options
     it reads only under a condition); see :class:`treegrpo.kinds.ModelKind`. Registering a kind again
     with another builder needs ``replace=True``."""
-    entry = ModelKind(kind, builder, tuple(preset), tuple(reads), tuple(uses))
-    old = KINDS.get(kind)
-    again = old is not None and (old.preset, old.reads, old.uses) == (entry.preset, entry.reads, entry.uses) and (
-        same_definition(old.builder, builder))  # the same kind again (a plugin file loaded a second time)
-    KINDS.add(kind, entry, replace=replace or again)
+    KINDS.add(kind, ModelKind(kind, builder, tuple(preset), tuple(reads), tuple(uses)), replace=replace)
     return builder
 
 
@@ -133,7 +128,7 @@ def _digits(config: Config, *, fuse_model_lora: bool = True) -> Problem:
     s = config.sampling
     check_flow_transition(config, "digits")
     with renamed_fields(DIGITS_FIELDS):
-            return digits_problem(num_steps=s.num_steps, noise_level=s.noise_level, shift=s.shift,
+        return digits_problem(num_steps=s.num_steps, noise_level=s.noise_level, shift=s.shift,
                               transition=s.transition, prompts_per_iteration=s.prompts_per_iteration,
                               rewards=config.model.rewards, guidance_scale=s.guidance_scale,
                               weights=config.model.path or None, eval_rewards=config.eval.rewards,
