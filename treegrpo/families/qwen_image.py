@@ -35,6 +35,7 @@ from treegrpo.envs.flux import pack_latents, unpack_latents
 from treegrpo.envs.models import Cond, Denoiser, GuidedDenoiser, _cat, _field, _module_dtype
 from treegrpo.families.base import ModelFamily, register_family
 from treegrpo.families.flow import token_shifted_transition
+from treegrpo.families.video_vae import decode_video_latents
 
 if TYPE_CHECKING:
     from treegrpo.families.pipelines import TextToImageModel
@@ -150,17 +151,8 @@ def latent_shape(model: TextToImageModel, image_size: int) -> tuple[int, ...]:
 
 
 def decode(model: TextToImageModel, latents: Tensor) -> Tensor:
-    """Images ``[B, 3, H, W]`` in ``[0, 1]``: latents un-normalised by the VAE's per-channel mean and
-    std and decoded as one-frame videos ``[B, C, 1, H, W]``, ``vae_batch`` rows per call."""
-    vae = model.pipeline.vae
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape).to(vae.device, vae.dtype)
-    inverse_std = (1.0 / torch.tensor(vae.config.latents_std).view(shape)).to(vae.device, vae.dtype)
-    images = []
-    for chunk in latents.split(model.vae_batch):
-        frames = chunk.to(vae.device, vae.dtype)[:, :, None]  # [b, C, 1, H, W]
-        images.append(vae.decode(frames / inverse_std + mean, return_dict=False)[0][:, :, 0].float())
-    return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
+    """Images ``[B, 3, H, W]`` in ``[0, 1]``: the latents decoded as one-frame videos ``[B, C, 1, H, W]``."""
+    return decode_video_latents(model, latents[:, :, None])[:, :, 0]
 
 
 QWEN_IMAGE = register_family(QwenImageFamily(

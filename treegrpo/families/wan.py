@@ -31,6 +31,7 @@ from treegrpo.envs.models import Cond, Denoiser, _field, _module_dtype
 from treegrpo.envs.timesteps import FlowTimesteps
 from treegrpo.envs.transitions import Transition, flow_transition
 from treegrpo.families.base import ModelFamily, register_family
+from treegrpo.families.video_vae import decode_video_latents
 
 if TYPE_CHECKING:
     from treegrpo.families.pipelines import TextToImageModel
@@ -138,18 +139,9 @@ def latent_shape(model: TextToImageModel, image_size: int) -> tuple[int, ...]:
     return (int(model.network.config.in_channels), latent_frames(model), side, side)
 
 
-@torch.no_grad()
 def decode(model: TextToImageModel, latents: Tensor) -> Tensor:
-    """Videos ``[B, F, 3, H, W]`` float32 in ``[0, 1]``: the latents de-normalised by the VAE's
-    ``latents_mean``/``latents_std`` exactly as ``WanPipeline`` writes it, decoded ``vae_batch``
-    videos per call."""
-    vae = model.pipeline.vae
-    channels = int(vae.config.z_dim)
-    mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(vae.device, vae.dtype)
-    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(vae.device, vae.dtype)
-    videos = [vae.decode(chunk.to(vae.device, vae.dtype) / inverse_std + mean, return_dict=False)[0].float()
-              for chunk in latents.split(model.vae_batch)]  # each [b, 3, F, H, W] in [-1, 1]
-    return (torch.cat(videos) / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
+    """Videos ``[B, F, 3, H, W]`` float32 in ``[0, 1]`` (:func:`~treegrpo.families.video_vae.decode_video_latents`)."""
+    return decode_video_latents(model, latents).permute(0, 2, 1, 3, 4)
 
 
 WAN = register_family(ModelFamily(
