@@ -8,6 +8,7 @@ hands a loss :meth:`ParentBatch.as_loss_input`: a TensorDict whose keys are the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +30,6 @@ class CondTable:
     def rows(self, index: Tensor) -> Cond:
         """Rows ``index`` of the table (``None`` stays ``None``)."""
         return gather_cond(self.cond, index)
-
-
-FIELDS = ("latent", "step", "cond_index", "sample", "log_prob", "advantage", "mask", "node", "child", "depth",
-          "cond_table")
-"""The fields of a :class:`ParentBatch`, in order; ``cond_table`` is the one non-tensor field."""
 
 
 @tensorclass(shadow=True)
@@ -99,6 +95,9 @@ class ParentBatch:
         fields = {name: td.get(key(name)) for name in FIELDS if name != "cond_table"}
         return cls(**fields, cond_table=td.get_non_tensor(key("cond_table")), batch_size=td.batch_size)
 
+
+FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(ParentBatch))
+"""The fields of a :class:`ParentBatch`, in order; ``cond_table`` is the one non-tensor field."""
 
 _rows: Callable[[ParentBatch, Any], ParentBatch] = ParentBatch.__getitem__
 
